@@ -1,0 +1,98 @@
+"""EndpointConfig: every tunable of SPEC section 2, with its default.
+
+Times are in seconds, sizes in bytes. The wire sizes that cannot change live in
+:mod:`intentra.constants`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from intentra.constants import HEADER_LEN, LEN_PREFIX, MAX_PACKET_SIZE, RSEQ_LEN, TAG_LEN
+from intentra.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """Tunables of one endpoint. Defaults are SPEC section 2."""
+
+    max_connections: int = 10_000
+    """Sessions plus pending handshakes per endpoint."""
+    max_handshakes_in_flight: int = 100
+    """Pending, cookie-verified handshakes for the whole endpoint."""
+    max_handshakes_per_ip: int = 5
+    """Pending handshakes per source IP address."""
+    handshake_timeout: float = 5.0
+    """Seconds before a pending handshake is dropped (and an initiator gives up)."""
+    idle_timeout: float = 60.0
+    """Seconds without an authenticated packet before a session is closed."""
+    keepalive_interval: float = 15.0
+    """Seconds of silence after which a side sends an ACK."""
+    rate_limit_pps: float = 10_000.0
+    """Token bucket refill per session, packets per second (applied before decryption)."""
+    rate_limit_burst: float = 500.0
+    """Token bucket depth per session, packets."""
+    strike_threshold: int = 10
+    """Authenticated violations that close a session."""
+    strike_decay: float = 5.0
+    """Seconds after which the strike count starts again from zero."""
+    max_reliable_in_flight: int = 256
+    """Unacknowledged reliable messages per session and direction."""
+    max_reorder_buffer: int = 262_144
+    """Out-of-order reliable bytes a receiver holds per session."""
+    replay_window: int = 1024
+    """Packet numbers remembered below the highest seen."""
+    cookie_rotation: float = 120.0
+    """Cookie secret lifetime, seconds; the previous secret is still accepted."""
+    require_cookie: bool = True
+    """Answer every HELLO without a valid cookie with COOKIE (SPEC section 5)."""
+    initial_rto: float = 0.25
+    """First retransmission timeout, seconds."""
+    min_rto: float = 0.02
+    """Lower bound of the retransmission timeout, seconds."""
+    max_rto: float = 2.0
+    """Upper bound of the retransmission timeout, seconds."""
+    max_retransmissions: int = 10
+    """Attempts for one reliable message before the session is closed (TIMEOUT)."""
+    ack_delay: float = 0.01
+    """Longest a receiver waits before acknowledging reliable data, seconds."""
+    max_datagram: int = 1200
+    """Largest datagram a sender builds, bytes (at most MAX_PACKET_SIZE)."""
+    key_update_packets: int = 1 << 24
+    """Packets under one key before the sender moves to the next."""
+    key_update_time: float = 120.0
+    """Seconds under one key before the sender moves to the next."""
+    key_update_min_interval: float = 10.0
+    """Minimum seconds between two key updates of one sender."""
+    pn_limit: int = 1 << 62
+    """Packet number at which a sender closes with KEY_EXHAUSTED."""
+    realtime_deadline: float = 0.1
+    """Seconds a REALTIME message may wait in the send queue before it is dropped."""
+    max_send_queue: int = 4096
+    """Messages waiting in one session's send queue; beyond it REALTIME sends are dropped."""
+    initial_pn: int = 1
+    """First packet number a sender uses. Testing only: start near 2**32 to test the wrap."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                continue
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"EndpointConfig.{f.name} must be a positive number, got {value!r}")
+        if not HEADER_LEN + TAG_LEN + RSEQ_LEN + LEN_PREFIX < self.max_datagram <= MAX_PACKET_SIZE:
+            raise ConfigError(
+                f"EndpointConfig.max_datagram must be between {HEADER_LEN + TAG_LEN + 7} and "
+                f"{MAX_PACKET_SIZE}, got {self.max_datagram}"
+            )
+        if not self.min_rto <= self.initial_rto <= self.max_rto:
+            raise ConfigError("EndpointConfig needs min_rto <= initial_rto <= max_rto")
+        if self.max_reliable_in_flight >= 1 << 31:
+            raise ConfigError("EndpointConfig.max_reliable_in_flight must be below 2**31")
+        if not 1 <= self.initial_pn < self.pn_limit:
+            raise ConfigError("EndpointConfig.initial_pn must be at least 1 and below pn_limit")
+
+    @property
+    def max_message_size(self) -> int:
+        """Largest message one datagram carries (RELIABLE framing, the larger one)."""
+        return self.max_datagram - HEADER_LEN - TAG_LEN - RSEQ_LEN - LEN_PREFIX

@@ -1,0 +1,80 @@
+"""Wire constants of SPEC section 2 and 3 that are not tunable.
+
+Tunable defaults (timeouts, limits, windows) live in :mod:`intentra.config`;
+this module holds only what is fixed by the wire format.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+VERSION: Final = 1
+HEADER_LEN: Final = 16
+TAG_LEN: Final = 16
+MAX_PACKET_SIZE: Final = 2048
+PROLOGUE: Final = b"intentra/1"
+NOISE_PROTOCOL_NAME: Final = b"Noise_XX_25519_AESGCM_SHA256"
+KEY_LEN: Final = 32
+COOKIE_LEN: Final = 16
+
+#: Bytes of framing around messages in a DATA plaintext.
+LEN_PREFIX: Final = 2
+RSEQ_LEN: Final = 4
+ACK_PAYLOAD_LEN: Final = 8
+CLOSE_PAYLOAD_LEN: Final = 1
+RSEQ_MOD: Final = 1 << 32
+
+
+class PacketType(enum.IntEnum):
+    """The header's type field (SPEC section 3)."""
+
+    DATA = 0
+    ACK = 1
+    HS = 2
+    CLOSE = 3
+
+
+class Intent(enum.IntEnum):
+    """Delivery intent of a message (SPEC section 1)."""
+
+    RELIABLE = 0
+    """Delivered once, in order, retransmitted until acknowledged."""
+    REALTIME = 1
+    """Delivered at most once, on arrival, never late, never retransmitted."""
+
+
+class HsKind(enum.IntEnum):
+    """The first byte of an HS body (SPEC section 5)."""
+
+    HELLO = 1
+    COOKIE = 2
+    RESPONSE = 3
+    FINISH = 4
+
+
+#: HS body length for each kind (SPEC section 5 table).
+HS_BODY_LEN: Final = {
+    HsKind.HELLO: 112,
+    HsKind.COOKIE: 21,
+    HsKind.RESPONSE: 101,
+    HsKind.FINISH: 69,
+}
+HELLO_PADDING: Final = 59
+NOISE_MSG1_LEN: Final = 32
+NOISE_MSG2_LEN: Final = 96
+NOISE_MSG3_LEN: Final = 64
+
+
+class CloseReason(enum.IntEnum):
+    """The reason byte of CLOSE (SPEC section 4)."""
+
+    NORMAL = 0
+    PROTOCOL_VIOLATION = 1
+    TIMEOUT = 2
+    KEY_EXHAUSTED = 3
+    REPLACED = 4
+
+
+MIN_PRIORITY: Final = 0
+MAX_PRIORITY: Final = 7

@@ -1,0 +1,69 @@
+"""Events the sans-I/O core emits, in the past tense.
+
+They report only what the application must act on. Drops are counters
+(:mod:`intentra.core.stats`), never events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from intentra.constants import CloseReason, Intent
+
+Address = tuple[Any, ...]
+"""A socket address as the socket module gives it: (host, port[, flowinfo, scope_id])."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted:
+    """A session is established; ``initiator`` says which side we were."""
+
+    conn_id: int
+    peer_key: bytes
+    address: Address
+    initiator: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFailed:
+    """An initiator's handshake ended without a session.
+
+    ``reason`` is ``"timeout"`` or ``"authentication"``.
+    """
+
+    conn_id: int
+    address: Address
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A message was delivered (REALTIME on arrival, RELIABLE in rseq order)."""
+
+    conn_id: int
+    data: bytes
+    intent: Intent
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    """An established session ended. ``by_peer`` is True when the peer sent CLOSE."""
+
+    conn_id: int
+    reason: CloseReason
+    by_peer: bool
+    unacked_reliable: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRoamed:
+    """An authenticated packet came from a new address; the session now sends there."""
+
+    conn_id: int
+    old_address: Address
+    new_address: Address
+
+
+Event = HandshakeCompleted | HandshakeFailed | MessageReceived | SessionClosed | PeerRoamed
