@@ -1,0 +1,118 @@
+"""Per-direction AEAD keys, nonces and key updates (SPEC section 4).
+
+Owns: one AESGCM object per key and direction, the nonce layout
+``conn_id (4) || pn (8)``, the Noise Rekey function, and the receiver's
+current / next / previous key logic.
+Never: moves a key on a packet that failed to authenticate, or keeps the
+previous key beyond its expiry.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+_NONCE: Final = struct.Struct("!IQ")
+_REKEY_NONCE: Final = bytes(4) + b"\xff" * 8
+_ZEROS32: Final = bytes(32)
+
+
+def rekey(key: bytes) -> bytes:
+    """Noise Rekey: the first 32 bytes of AES-256-GCM(key, maxnonce, "", 32 zeros)."""
+    return AESGCM(key).encrypt(_REKEY_NONCE, _ZEROS32, b"")[:32]
+
+
+def nonce(conn_id: int, pn: int) -> bytes:
+    return _NONCE.pack(conn_id, pn)
+
+
+class SendKeys:
+    """The sending direction: current key, its phase, and when to update it."""
+
+    __slots__ = ("_aead", "_key", "key_started_at", "packets_under_key", "phase",
+                 "updated_at")
+
+    def __init__(self, key: bytes, now: float) -> None:
+        self._key = key
+        self._aead = AESGCM(key)
+        self.phase = 0
+        self.packets_under_key = 0
+        self.key_started_at = now
+        self.updated_at: float | None = None
+
+    def seal(self, conn_id: int, pn: int, header: bytes, plaintext: bytes) -> bytes:
+        """Ciphertext and tag of one packet (header is the AAD, as sent)."""
+        self.packets_under_key += 1
+        return self._aead.encrypt(_NONCE.pack(conn_id, pn), plaintext, header)
+
+    def due(self, now: float, max_packets: int, max_age: float, min_interval: float) -> bool:
+        """Whether the next packet should go out under the next key."""
+        if self.updated_at is not None and now - self.updated_at < min_interval:
+            return False
+        return self.packets_under_key >= max_packets or now - self.key_started_at >= max_age
+
+    def update(self, now: float) -> None:
+        """Move to the next key and flip the phase; the old key is dropped."""
+        self._key = rekey(self._key)
+        self._aead = AESGCM(self._key)
+        self.phase ^= 1
+        self.packets_under_key = 0
+        self.key_started_at = now
+        self.updated_at = now
+
+
+class ReceiveKeys:
+    """The receiving direction: current, next and (briefly) previous key."""
+
+    __slots__ = ("_cur", "_cur_key", "_next", "_next_key", "_prev", "first_pn_current",
+                 "phase", "prev_expires_at")
+
+    def __init__(self, key: bytes) -> None:
+        self._cur_key = key
+        self._cur = AESGCM(key)
+        self._next_key = rekey(key)
+        self._next = AESGCM(self._next_key)
+        self._prev: AESGCM | None = None
+        self.prev_expires_at: float | None = None
+        self.phase = 0
+        self.first_pn_current = 0
+
+    def open(self, conn_id: int, pn: int, key_phase: int, header: bytes | memoryview,
+             body: bytes | memoryview) -> tuple[bytes, bool] | None:
+        """Authenticate and decrypt without changing any state.
+
+        Returns:
+            ``(plaintext, moves_phase)``, or None if it does not authenticate.
+            ``moves_phase`` tells the caller to :meth:`commit_update` once the
+            packet has passed every other check.
+        """
+        n = _NONCE.pack(conn_id, pn)
+        if key_phase == self.phase:
+            aead, moves = self._cur, False
+        elif self._prev is not None and pn < self.first_pn_current:
+            aead, moves = self._prev, False
+        else:
+            aead, moves = self._next, True
+        try:
+            return aead.decrypt(n, bytes(body), bytes(header)), moves
+        except InvalidTag:
+            return None
+
+    def commit_update(self, pn: int, now: float, prev_lifetime: float) -> None:
+        """The peer moved to its next key (proved by an authenticated packet ``pn``)."""
+        self._prev = self._cur
+        self.prev_expires_at = now + prev_lifetime
+        self._cur_key, self._cur = self._next_key, self._next
+        self._next_key = rekey(self._cur_key)
+        self._next = AESGCM(self._next_key)
+        self.phase ^= 1
+        self.first_pn_current = pn
+
+    def expire_previous(self, now: float) -> None:
+        """Erase the previous key once its time for late packets is over."""
+        if self.prev_expires_at is not None and now >= self.prev_expires_at:
+            self._prev = None
+            self.prev_expires_at = None

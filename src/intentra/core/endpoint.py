@@ -1,0 +1,600 @@
+"""Endpoint: one static key, many sessions; the sans-I/O core's front door.
+
+Owns: conn_id demultiplexing, the receive order of SPEC section 4 steps 1-7,
+the handshake of SPEC section 5 for both roles (cookies, limits, pending
+handshakes, replacement), the endpoint-wide timer, and the counters of
+SPEC section 9.
+Never: reads a clock (``now`` is monotonic seconds, passed in), reads global
+randomness (``rng`` is passed in), touches a socket, or lets a packet that did
+not authenticate change a session (steps 1-5 drop and count, nothing more).
+
+Use: feed ``receive_datagram(s)``, ``connect``, ``send``, ``close`` and
+``handle_timer``; after each, drain ``datagrams_to_send``, then
+``next_event`` until None, then re-arm one timer at ``get_timer()``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from intentra.config import EndpointConfig
+from intentra.constants import (
+    HEADER_LEN,
+    KEY_LEN,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    CloseReason,
+    HsKind,
+    Intent,
+    PacketType,
+)
+from intentra.core.cookie import CookieJar, address_bytes
+from intentra.core.noise import InitiatorHandshake, ResponderHandshake
+from intentra.core.session import Session, SessionState
+from intentra.core.stats import Stats
+from intentra.core.wire import (
+    Header,
+    HsBody,
+    pack_cookie_reply,
+    pack_finish,
+    pack_hello,
+    pack_response,
+    recover_pn,
+    unpack_header,
+    unpack_hs,
+)
+from intentra.errors import (
+    IntentraError,
+    InvalidMessageError,
+    MessageTooLargeError,
+    PeerClosedError,
+    SendQueueFullError,
+)
+from intentra.events import (
+    Address,
+    Event,
+    HandshakeCompleted,
+    HandshakeFailed,
+    PeerRoamed,
+)
+
+Rng = Callable[[int], bytes]
+_HS: Final = int(PacketType.HS)
+_REALTIME: Final = int(Intent.REALTIME)
+_ESTABLISHED: Final = SessionState.ESTABLISHED
+
+
+class ConnectionLimitError(IntentraError):
+    """The endpoint holds MAX_CONNECTIONS sessions and pending handshakes already."""
+
+
+class Endpoint:
+    """The sans-I/O intentra endpoint.
+
+    Args:
+        static_key: this endpoint's raw 32-byte X25519 private key.
+        rng: a source of random bytes (``os.urandom`` in production).
+        config: tunables; SPEC section 2 defaults when omitted.
+        allowed_peers: raw public keys allowed to establish sessions, or None for any.
+        cookie_master: the 32-byte cookie master secret; drawn from ``rng`` if
+            None. Endpoints sharing a port share it.
+        wall_offset: ``unix_time - now``, for cookie epochs (SPEC section 5).
+    """
+
+    def __init__(self, static_key: bytes, rng: Rng, config: EndpointConfig | None = None,
+                 allowed_peers: Iterable[bytes] | None = None,
+                 cookie_master: bytes | None = None, wall_offset: float = 0.0) -> None:
+        if len(static_key) != KEY_LEN:
+            raise ValueError("static_key is the 32 raw bytes of an X25519 private key")
+        self.config = config if config is not None else EndpointConfig()
+        self.stats = Stats()
+        self._static = bytes(static_key)
+        self._rng = rng
+        self.allowed_peers: frozenset[bytes] | None = (
+            frozenset(bytes(k) for k in allowed_peers) if allowed_peers is not None else None)
+        self._cookies = CookieJar(cookie_master if cookie_master is not None else rng(32),
+                                  self.config.cookie_rotation)
+        self.wall_offset = wall_offset
+        self.sessions: dict[int, Session] = {}
+        self._by_peer_key: dict[bytes, int] = {}       # responder sessions, for REPLACED
+        self._pending_hello: dict[tuple[Address, bytes], int] = {}
+        self._pending_per_ip: dict[object, int] = {}
+        self._pending_count = 0
+        self._out: list[tuple[bytes, Address]] = []
+        self._events: deque[Event] = deque()
+        self._dirty: set[Session] = set()
+        self._flush: set[Session] = set()
+        self._timers: list[tuple[float, int, int]] = []
+        self._timer_tick = 0
+
+    # ---------------------------------------------------------------- gauges
+
+    @property
+    def handshakes_in_flight(self) -> int:
+        return self._pending_count
+
+    @property
+    def connections_active(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.state is _ESTABLISHED)
+
+    @property
+    def reorder_buffer_bytes(self) -> int:
+        return sum(s.recv_window.buffered_bytes for s in self.sessions.values())
+
+    # ----------------------------------------------------------------- input
+
+    def receive_datagrams(self, batch: Iterable[tuple[bytes, Address]], now: float) -> None:
+        """Process a batch of received datagrams (the fast path's entry point)."""
+        receive = self.receive_datagram
+        for data, addr in batch:
+            receive(data, addr, now)
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """SPEC section 4 receive order. Never raises on network input."""
+        stats = self.stats
+        stats.packets_received += 1
+        # 1. header checks (section 3)
+        header = unpack_header(data)
+        if header is None:
+            stats.packets_dropped_malformed += 1
+            return
+        if header.ptype == _HS:
+            self._on_hs(data, header, addr, now)
+            return
+        # 2. session lookup
+        session = self.sessions.get(header.conn_id)
+        if session is None or session.recv_keys is None:
+            stats.packets_dropped_unknown += 1
+            return
+        # 3. token bucket, before any cryptography
+        if not session.bucket.take(now):
+            stats.packets_dropped_rate_limit += 1
+            return
+        # 4. packet number recovery and replay pre-check
+        replay = session.replay
+        pn = recover_pn(replay.highest, header.seq)
+        if not replay.is_fresh(pn):
+            stats.replay_rejections += 1
+            return
+        # 5. AEAD open; on failure nothing in the session changes
+        view = memoryview(data)
+        opened = session.recv_keys.open(header.conn_id, pn, header.key_phase,
+                                        view[:HEADER_LEN], view[HEADER_LEN:])
+        if opened is None:
+            stats.packets_dropped_crypto += 1
+            return
+        plaintext, moves_phase = opened
+        # 6. commit: replay window, then the key update this packet proved
+        replay.mark(pn)
+        if moves_phase:
+            session.recv_keys.commit_update(pn, now, 3 * session.rtt.rto)
+            stats.key_updates_receive += 1
+        # 7. roaming
+        if addr != session.addr:
+            old = session.addr
+            session.addr = addr
+            stats.roams += 1
+            self._events.append(PeerRoamed(session.conn_id, old, addr))
+        session.last_recv_at = now
+        if not session.confirmed:
+            session.confirmed = True
+            session.finish_datagram = b""
+        # 8. act
+        session.on_packet(header.ptype, header.intent, header.priority, header.ack,
+                          plaintext, now)
+        if session.state is SessionState.CLOSED:
+            self._remove(session)
+        else:
+            self._touch(session)
+
+    # ------------------------------------------------------------ handshake
+
+    def _on_hs(self, data: bytes, header: Header, addr: Address, now: float) -> None:
+        body = unpack_hs(data, header)
+        if body is None:
+            self.stats.packets_dropped_malformed += 1
+            return
+        if body.kind is HsKind.HELLO:
+            self._on_hello(body, addr, now)
+            return
+        session = self.sessions.get(header.conn_id)
+        if session is None:
+            self.stats.packets_dropped_unknown += 1
+            return
+        if body.kind is HsKind.COOKIE:
+            self._on_cookie(session, body, addr, now)
+        elif body.kind is HsKind.RESPONSE:
+            self._on_response(session, body, addr, now)
+        else:
+            self._on_finish(session, body, data, addr, now)
+
+    def _on_hello(self, body: HsBody, addr: Address, now: float) -> None:
+        stats = self.stats
+        cfg = self.config
+        source = address_bytes(addr)
+        if source is None:
+            stats.packets_dropped_malformed += 1
+            return
+        # 2. stateless cookie check: no state at all before the address is proven
+        if cfg.require_cookie and not self._cookies.verify(body.cookie, source,
+                                                           now + self.wall_offset):
+            stats.cookie_replies += 1
+            stats.packets_sent += 1
+            self._out.append((pack_cookie_reply(body.sender_id,
+                                                self._cookies.make(source, now + self.wall_offset)),
+                              addr))
+            return
+        # 3. a repeated HELLO gets the same RESPONSE, not a second pending handshake
+        hello_key = (addr, body.noise)
+        existing = self._pending_hello.get(hello_key)
+        if existing is not None:
+            pending = self.sessions.get(existing)
+            if pending is not None and pending.state is SessionState.RESPONSE_SENT:
+                stats.packets_sent += 1
+                self._out.append((pending.hs_datagram, addr))
+            return
+        ip = addr[0]
+        if (len(self.sessions) >= cfg.max_connections
+                or self._pending_count >= cfg.max_handshakes_in_flight
+                or self._pending_per_ip.get(ip, 0) >= cfg.max_handshakes_per_ip):
+            stats.handshakes_rejected += 1
+            return
+        hs = ResponderHandshake.create(self._static, self._rng(KEY_LEN), body.noise)
+        if hs is None:
+            stats.packets_dropped_crypto += 1
+            return
+        conn_id = self._new_conn_id()
+        session = Session(conn_id, addr, False, now, cfg, stats, self._out, self._events)
+        session.remote_id = body.sender_id
+        session.responder_hs = hs
+        session.hello_key = hello_key
+        session.hs_datagram = pack_response(body.sender_id, conn_id, hs.msg2)
+        self.sessions[conn_id] = session
+        self._pending_hello[hello_key] = conn_id
+        self._pending_per_ip[ip] = self._pending_per_ip.get(ip, 0) + 1
+        self._pending_count += 1
+        stats.packets_sent += 1
+        self._out.append((session.hs_datagram, addr))
+        self._touch(session)
+
+    def _on_cookie(self, session: Session, body: HsBody, addr: Address, now: float) -> None:
+        # COOKIE is not authenticated (SPEC section 5 gives it no MAC). Accept it
+        # only from the address the HELLO went to, for our own random conn_id, and
+        # answer a given cookie once: a forger can at most make us resend HELLO.
+        if (session.state is not SessionState.HELLO_SENT or addr != session.addr
+                or hmac.compare_digest(body.cookie, session.cookie)):
+            self.stats.packets_dropped_unknown += 1
+            return
+        hs = session.initiator_hs
+        assert hs is not None  # noqa: S101
+        session.cookie = body.cookie
+        session.hs_datagram = pack_hello(session.conn_id, body.cookie, hs.msg1)
+        self.stats.packets_sent += 1
+        self._out.append((session.hs_datagram, addr))
+        session.hs_rto = self.config.initial_rto
+        session.hs_retransmit_at = now + session.hs_rto
+        self._touch(session)
+
+    def _authorised(self, peer_key: bytes, pinned: bytes | None) -> bool:
+        ok = True
+        if pinned is not None and not hmac.compare_digest(peer_key, pinned):
+            ok = False
+        if self.allowed_peers is not None and not any(
+                hmac.compare_digest(peer_key, k) for k in self.allowed_peers):
+            ok = False
+        return ok
+
+    def _on_response(self, session: Session, body: HsBody, addr: Address, now: float) -> None:
+        stats = self.stats
+        hs = session.initiator_hs
+        if session.state is not SessionState.HELLO_SENT or hs is None or addr != session.addr:
+            stats.packets_dropped_unknown += 1
+            return
+        result = hs.consume_response(body.noise)
+        if result is None:
+            stats.packets_dropped_crypto += 1
+            return
+        # 4. authenticated: check the responder's static key (section 7)
+        if not self._authorised(result.remote_static, session.pinned_key):
+            stats.handshakes_rejected += 1
+            self._remove(session)
+            self._events.append(HandshakeFailed(session.conn_id, addr, "authentication"))
+            return
+        session.initiator_hs = None
+        session.finish_datagram = pack_finish(body.sender_id, session.conn_id, result.msg3)
+        session.establish(body.sender_id, result.remote_static, result.send_key,
+                          result.receive_key, now)
+        session.hs_rto = self.config.initial_rto
+        session.hs_retransmit_at = now + session.hs_rto
+        stats.handshakes_completed += 1
+        stats.packets_sent += 1
+        self._out.append((session.finish_datagram, addr))
+        self._events.append(HandshakeCompleted(session.conn_id, result.remote_static, addr, True))
+        self._touch(session)
+        if session.has_output:
+            self._flush.add(session)
+
+    def _on_finish(self, session: Session, body: HsBody, data: bytes, addr: Address,
+                   now: float) -> None:
+        stats = self.stats
+        if session.state is _ESTABLISHED and not session.initiator:
+            # 6. a duplicate of the FINISH that established this session: answer with an ACK
+            if session.finish_body and hmac.compare_digest(data, session.finish_body):
+                if not session.bucket.take(now):
+                    stats.packets_dropped_rate_limit += 1
+                    return
+                session.send_ack(now)
+                self._touch(session)
+            else:
+                stats.packets_dropped_unknown += 1
+            return
+        hs = session.responder_hs
+        if (session.state is not SessionState.RESPONSE_SENT or hs is None
+                or body.sender_id != session.remote_id):
+            stats.packets_dropped_unknown += 1
+            return
+        result = hs.consume_finish(body.noise)
+        if result is None:
+            stats.packets_dropped_crypto += 1
+            return
+        # 5. authenticated: check the initiator's static key (section 7)
+        self._end_pending(session)
+        if not self._authorised(result.remote_static, None):
+            stats.handshakes_rejected += 1
+            self._remove(session)
+            return
+        session.responder_hs = None
+        session.finish_body = bytes(data)
+        session.addr = addr
+        session.establish(session.remote_id, result.remote_static, result.send_key,
+                          result.receive_key, now)
+        old_id = self._by_peer_key.get(result.remote_static)
+        if old_id is not None:
+            old = self.sessions.get(old_id)
+            if old is not None:
+                old.close(CloseReason.REPLACED, now)
+                self._remove(old)
+        self._by_peer_key[result.remote_static] = session.conn_id
+        stats.handshakes_completed += 1
+        self._events.append(HandshakeCompleted(session.conn_id, result.remote_static, addr,
+                                               False))
+        # Confirm at once so the initiator stops resending FINISH (an ACK is
+        # smaller than the FINISH that caused it).
+        session.send_ack(now)
+        self._touch(session)
+
+    def _end_pending(self, session: Session) -> None:
+        if session.hello_key is None:
+            return
+        self._pending_hello.pop(session.hello_key, None)
+        session.hello_key = None
+        ip = session.addr[0]
+        left = self._pending_per_ip.get(ip, 0) - 1
+        if left > 0:
+            self._pending_per_ip[ip] = left
+        else:
+            self._pending_per_ip.pop(ip, None)
+        self._pending_count -= 1
+
+    def _new_conn_id(self) -> int:
+        while True:
+            conn_id = int.from_bytes(self._rng(4), "big")
+            if conn_id and conn_id not in self.sessions:
+                return conn_id
+
+    def _remove(self, session: Session) -> None:
+        if session.state is SessionState.RESPONSE_SENT:
+            self._end_pending(session)
+        if session.state is not SessionState.CLOSED:
+            session.close(CloseReason.NORMAL, session.last_recv_at, send=False)
+        self.sessions.pop(session.conn_id, None)
+        if session.peer_key is not None and self._by_peer_key.get(session.peer_key) == \
+                session.conn_id:
+            del self._by_peer_key[session.peer_key]
+        self._dirty.discard(session)
+        self._flush.discard(session)
+
+    # ---------------------------------------------------------------- API
+
+    def connect(self, addr: Address, now: float, server_key: bytes | None = None) -> int:
+        """Start a handshake as initiator; HandshakeCompleted or HandshakeFailed follows.
+
+        Returns:
+            The new session's conn_id.
+
+        Raises:
+            ConnectionLimitError: the endpoint is at MAX_CONNECTIONS.
+        """
+        if len(self.sessions) >= self.config.max_connections:
+            raise ConnectionLimitError(
+                f"this endpoint already holds {len(self.sessions)} sessions and handshakes "
+                f"(max_connections); close some or raise EndpointConfig.max_connections")
+        if server_key is not None and len(server_key) != KEY_LEN:
+            raise ValueError("server_key is the 32 raw bytes of an X25519 public key")
+        conn_id = self._new_conn_id()
+        session = Session(conn_id, addr, True, now, self.config, self.stats, self._out,
+                          self._events)
+        session.pinned_key = server_key
+        hs = InitiatorHandshake(self._static, self._rng(KEY_LEN))
+        session.initiator_hs = hs
+        session.hs_datagram = pack_hello(conn_id, session.cookie, hs.msg1)
+        self.sessions[conn_id] = session
+        self.stats.packets_sent += 1
+        self._out.append((session.hs_datagram, addr))
+        self._touch(session)
+        return conn_id
+
+    def _established(self, conn_id: int) -> Session:
+        session = self.sessions.get(conn_id)
+        if session is None or session.state is not _ESTABLISHED:
+            raise PeerClosedError(
+                f"session {conn_id:#010x} is not established (closed or never opened); "
+                "connect again", int(CloseReason.NORMAL), False)
+        return session
+
+    def check_message(self, data: bytes, intent: int, priority: int) -> None:
+        """Validate a message before it is queued (raises; changes nothing)."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidMessageError(f"a message is bytes, got {type(data).__name__}")
+        if intent not in (0, 1):
+            raise InvalidMessageError("intent must be Intent.RELIABLE or Intent.REALTIME")
+        if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise InvalidMessageError(f"priority must be an integer 0..7, got {priority!r}")
+        size = len(data)
+        if size == 0:
+            raise InvalidMessageError("a message must be at least 1 byte")
+        if size > self.config.max_message_size:
+            raise MessageTooLargeError(
+                f"message of {size} bytes exceeds the largest that fits one datagram "
+                f"({self.config.max_message_size}); split it, or raise "
+                "EndpointConfig.max_datagram (up to 2048)")
+
+    def send(self, conn_id: int, data: bytes, intent: int, priority: int, now: float) -> bool:
+        """Queue a message for the next flush.
+
+        Returns:
+            False if a REALTIME message was dropped because the queue is full.
+
+        Raises:
+            PeerClosedError: the session is not established.
+            SendQueueFullError: a RELIABLE message found the queue full.
+            InvalidMessageError, MessageTooLargeError: bad arguments.
+        """
+        self.check_message(data, intent, priority)
+        session = self._established(conn_id)
+        if not session.enqueue(bytes(data), intent, priority, now):
+            if intent == _REALTIME:
+                self.stats.messages_dropped_queue_full += 1
+                return False
+            raise SendQueueFullError(
+                f"the send queue of session {conn_id:#010x} is full "
+                f"({self.config.max_send_queue} messages); wait for room (await send) "
+                "or raise EndpointConfig.max_send_queue")
+        self._flush.add(session)
+        return True
+
+    def reliable_capacity(self, conn_id: int) -> int:
+        """RELIABLE messages that can be queued now without exceeding the window."""
+        return self._established(conn_id).reliable_capacity
+
+    def close(self, conn_id: int, now: float, reason: CloseReason = CloseReason.NORMAL) -> None:
+        """Close a session (sends CLOSE if established); a no-op if it is gone."""
+        session = self.sessions.get(conn_id)
+        if session is None:
+            return
+        if session.state is _ESTABLISHED:
+            session.flush(now)
+        session.close(reason, now)
+        self._remove(session)
+
+    def close_all(self, now: float, reason: CloseReason = CloseReason.NORMAL) -> None:
+        for conn_id in list(self.sessions):
+            self.close(conn_id, now, reason)
+
+    def peer_key(self, conn_id: int) -> bytes | None:
+        session = self.sessions.get(conn_id)
+        return session.peer_key if session is not None else None
+
+    def address(self, conn_id: int) -> Address | None:
+        session = self.sessions.get(conn_id)
+        return session.addr if session is not None else None
+
+    # ---------------------------------------------------------------- timers
+
+    def _touch(self, session: Session) -> None:
+        self._dirty.add(session)
+        if session.has_output:
+            self._flush.add(session)
+
+    def _rearm(self) -> None:
+        for session in self._dirty:
+            t = session.next_timer()
+            if t != session.timer_at:
+                session.timer_at = t
+                if t is not None:
+                    self._timer_tick += 1
+                    heapq.heappush(self._timers, (t, self._timer_tick, session.conn_id))
+        self._dirty.clear()
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline over the whole endpoint, or None."""
+        self._rearm()
+        timers = self._timers
+        sessions = self.sessions
+        while timers:
+            t, _, conn_id = timers[0]
+            session = sessions.get(conn_id)
+            if session is not None and session.timer_at == t:
+                return t
+            heapq.heappop(timers)  # stale entry
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """Run every deadline at or before ``now``."""
+        self._rearm()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            t, _, conn_id = heapq.heappop(timers)
+            session = self.sessions.get(conn_id)
+            if session is None or session.timer_at != t:
+                continue
+            session.timer_at = None
+            self._on_session_timer(session, now)
+        self._rearm()
+
+    def _on_session_timer(self, session: Session, now: float) -> None:
+        state = session.state
+        if state is SessionState.RESPONSE_SENT:
+            if now >= session.hs_deadline_at:
+                self._remove(session)  # the application never knew of it
+                return
+        elif state is SessionState.HELLO_SENT:
+            if now >= session.hs_deadline_at:
+                self.stats.handshakes_failed += 1
+                self._remove(session)
+                self._events.append(HandshakeFailed(session.conn_id, session.addr, "timeout"))
+                return
+            if session.hs_retransmit_at is not None and now >= session.hs_retransmit_at:
+                self.stats.packets_sent += 1
+                self._out.append((session.hs_datagram, session.addr))
+                session.hs_rto = min(session.hs_rto * 2, self.config.max_rto)
+                session.hs_retransmit_at = now + session.hs_rto
+        elif state is _ESTABLISHED:
+            session.on_timer(now)
+            if session.state is SessionState.CLOSED:
+                self._remove(session)
+                return
+        self._touch(session)
+
+    # ---------------------------------------------------------------- output
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """Flush every session with queued output; return what to send, in order."""
+        if self._flush:
+            for session in list(self._flush):
+                session.flush(now)
+                if session.state is SessionState.CLOSED:
+                    self._remove(session)
+                else:
+                    self._dirty.add(session)
+            self._flush.clear()
+        out = self._out
+        if not out:
+            return []
+        batch = out[:]
+        out.clear()  # sessions hold this same list; it is never replaced
+        return batch
+
+    def next_event(self) -> Event | None:
+        """The oldest event not yet taken, or None."""
+        return self._events.popleft() if self._events else None
+
+    def events(self) -> list[Event]:
+        """Every pending event, oldest first."""
+        evs = list(self._events)
+        self._events.clear()
+        return evs

@@ -1,0 +1,26 @@
+"""TokenBucket: the per-session rate limit applied before decryption (SPEC 4 step 3, 8)."""
+
+from __future__ import annotations
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst``; refilled lazily on each take."""
+
+    __slots__ = ("burst", "rate", "tokens", "updated_at")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated_at = now
+
+    def take(self, now: float) -> bool:
+        """Take one token; False (and nothing taken) when the bucket is empty."""
+        elapsed = now - self.updated_at
+        if elapsed > 0:
+            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+            self.updated_at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False

@@ -1,0 +1,189 @@
+"""Header and HS body codec (SPEC sections 3 and 5).
+
+Owns: the byte layout of the 16-byte header and of the four HS bodies, and
+every rejection rule of SPEC section 3.
+Never: raises on bad input (bad bytes give None), touches keys or state.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, NamedTuple
+
+from intentra.constants import (
+    ACK_PAYLOAD_LEN,
+    CLOSE_PAYLOAD_LEN,
+    COOKIE_LEN,
+    HEADER_LEN,
+    HELLO_PADDING,
+    HS_BODY_LEN,
+    MAX_PACKET_SIZE,
+    NOISE_MSG1_LEN,
+    TAG_LEN,
+    VERSION,
+    HsKind,
+    Intent,
+    PacketType,
+)
+
+HEADER: Final = struct.Struct("!BBHIII")
+HS_PREFIX: Final = struct.Struct("!BI")
+U16: Final = struct.Struct("!H")
+U32: Final = struct.Struct("!I")
+U64: Final = struct.Struct("!Q")
+
+_DATA, _ACK, _HS, _CLOSE = (int(t) for t in PacketType)
+_RELIABLE, _REALTIME = int(Intent.RELIABLE), int(Intent.REALTIME)
+_MIN_DATA_PAYLOAD: Final = {_RELIABLE: 7, _REALTIME: 3}
+_HELLO_ZEROS: Final = bytes(HELLO_PADDING)
+_ZERO_COOKIE: Final = bytes(COOKIE_LEN)
+
+
+class Header(NamedTuple):
+    """A decoded header. ``seq`` is the low 32 bits of the packet number."""
+
+    ptype: int
+    intent: int
+    priority: int
+    key_phase: int
+    payload_len: int
+    conn_id: int
+    seq: int
+    ack: int
+
+
+def pack_header(ptype: int, intent: int, priority: int, key_phase: int, payload_len: int,
+                conn_id: int, seq: int, ack: int) -> bytes:
+    """The 16 header bytes; arguments are not checked (the sender builds them)."""
+    return HEADER.pack((VERSION << 4) | ptype, (intent << 6) | (priority << 3) | key_phase,
+                       payload_len, conn_id, seq, ack)
+
+
+def unpack_header(data: bytes | memoryview) -> Header | None:
+    """Decode and check a datagram's header against every rule of SPEC section 3.
+
+    Returns:
+        The header, or None when the datagram must be dropped as malformed.
+    """
+    n = len(data)
+    if n < HEADER_LEN or n > MAX_PACKET_SIZE:
+        return None
+    b0, b1, payload_len, conn_id, seq, ack = HEADER.unpack_from(data)
+    if b0 >> 4 != VERSION:
+        return None
+    ptype = b0 & 0x0F
+    intent = b1 >> 6
+    priority = (b1 >> 3) & 0x07
+    key_phase = b1 & 0x01
+    if ptype > _CLOSE or intent > _REALTIME or b1 & 0x06:
+        return None
+    if ptype == _DATA:
+        if n != HEADER_LEN + payload_len + TAG_LEN or payload_len < _MIN_DATA_PAYLOAD[intent]:
+            return None
+        if conn_id == 0:
+            return None
+    else:
+        if intent != _RELIABLE or priority != 0:
+            return None
+        if ptype == _HS:
+            if key_phase or n != HEADER_LEN + payload_len or seq or ack:
+                return None
+        elif n != HEADER_LEN + payload_len + TAG_LEN or conn_id == 0:
+            return None
+        elif ptype == _ACK:
+            if payload_len != ACK_PAYLOAD_LEN:
+                return None
+        elif payload_len != CLOSE_PAYLOAD_LEN or ack:  # CLOSE
+            return None
+    return Header(ptype, intent, priority, key_phase, payload_len, conn_id, seq, ack)
+
+
+# --- HS bodies (SPEC section 5) -------------------------------------------------
+
+class HsBody(NamedTuple):
+    """A decoded HS body. ``rest`` is cookie/Noise bytes as the kind defines."""
+
+    kind: HsKind
+    sender_id: int
+    cookie: bytes
+    noise: bytes
+
+
+def pack_hs(kind: HsKind, conn_id: int, sender_id: int, rest: bytes) -> bytes:
+    """A whole HS datagram: header (conn_id of the receiver) and body."""
+    body_len = 5 + len(rest)
+    return (pack_header(_HS, _RELIABLE, 0, 0, body_len, conn_id, 0, 0)
+            + HS_PREFIX.pack(kind, sender_id) + rest)
+
+
+def pack_hello(sender_id: int, cookie: bytes, msg1: bytes) -> bytes:
+    return pack_hs(HsKind.HELLO, 0, sender_id, cookie + msg1 + _HELLO_ZEROS)
+
+
+def pack_cookie_reply(initiator_id: int, cookie: bytes) -> bytes:
+    return pack_hs(HsKind.COOKIE, initiator_id, 0, cookie)
+
+
+def pack_response(initiator_id: int, responder_id: int, msg2: bytes) -> bytes:
+    return pack_hs(HsKind.RESPONSE, initiator_id, responder_id, msg2)
+
+
+def pack_finish(responder_id: int, initiator_id: int, msg3: bytes) -> bytes:
+    return pack_hs(HsKind.FINISH, responder_id, initiator_id, msg3)
+
+
+def unpack_hs(data: bytes | memoryview, header: Header) -> HsBody | None:
+    """Decode the body of a datagram whose header passed :func:`unpack_header` as HS.
+
+    Returns:
+        The body, or None (malformed) when the kind is unknown, the body length
+        does not match the kind, or an id is zero where it must not be.
+    """
+    if header.payload_len < 5:
+        return None
+    kind_byte, sender_id = HS_PREFIX.unpack_from(data, HEADER_LEN)
+    try:
+        kind = HsKind(kind_byte)
+    except ValueError:
+        return None
+    if header.payload_len != HS_BODY_LEN[kind]:
+        return None
+    rest = bytes(data[HEADER_LEN + 5:])
+    if kind is HsKind.HELLO:
+        # Padding content is not checked: nothing in SPEC rejects it, and it
+        # carries no meaning.
+        if header.conn_id != 0 or sender_id == 0:
+            return None
+        return HsBody(kind, sender_id, rest[:COOKIE_LEN],
+                      rest[COOKIE_LEN:COOKIE_LEN + NOISE_MSG1_LEN])
+    if header.conn_id == 0:
+        return None
+    if kind is HsKind.COOKIE:
+        if sender_id != 0:
+            return None
+        return HsBody(kind, 0, rest, b"")
+    if sender_id == 0:
+        return None
+    return HsBody(kind, sender_id, _ZERO_COOKIE, rest)
+
+
+# --- packet numbers (SPEC section 4) -----------------------------------------------
+
+_PN_WIN: Final = 1 << 32
+_PN_HWIN: Final = 1 << 31
+_PN_MASK: Final = _PN_WIN - 1
+_PN_MAX: Final = 1 << 64
+
+
+def recover_pn(largest: int, seq: int) -> int:
+    """The full packet number whose low 32 bits are ``seq``, closest to largest + 1.
+
+    RFC 9000 appendix A.3 with a 32-bit field.
+    """
+    expected = largest + 1
+    candidate = (expected & ~_PN_MASK) | seq
+    if candidate <= expected - _PN_HWIN and candidate < _PN_MAX - _PN_WIN:
+        return candidate + _PN_WIN
+    if candidate > expected + _PN_HWIN and candidate >= _PN_WIN:
+        return candidate - _PN_WIN
+    return candidate
