@@ -119,11 +119,11 @@ class Endpoint:
 
     @property
     def connections_active(self) -> int:
-        return sum(1 for s in self.sessions.values() if s.state is _ESTABLISHED)
+        return sum(1 for s in list(self.sessions.values()) if s.state is _ESTABLISHED)
 
     @property
     def reorder_buffer_bytes(self) -> int:
-        return sum(s.recv_window.buffered_bytes for s in self.sessions.values())
+        return sum(s.recv_window.buffered_bytes for s in list(self.sessions.values()))
 
     # ----------------------------------------------------------------- input
 

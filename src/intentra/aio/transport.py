@@ -1,0 +1,561 @@
+"""Transport and Peer: the asyncio adapter around :class:`intentra.core.endpoint.Endpoint`.
+
+Owns: the UDP socket, the event-loop timer, the application-facing queues and
+futures. It reads the socket itself (``loop.add_reader``, then drains it until
+it would block) and hands the core a batch per wake-up: asyncio's
+``DatagramProtocol`` delivers one datagram per loop turn, which caps a
+receiver near 30,000 datagrams/s.
+
+After every input the adapter drains, in this order: datagrams to send, then
+events, then re-arms its one timer (STYLE: the sans-I/O contract).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Self
+
+from intentra.config import EndpointConfig
+from intentra.constants import MAX_PACKET_SIZE, CloseReason, Intent
+from intentra.core.endpoint import Endpoint
+from intentra.errors import (
+    AuthenticationError,
+    HandshakeTimeoutError,
+    IntentraError,
+    PeerClosedError,
+    TransportClosedError,
+)
+from intentra.events import (
+    Address,
+    HandshakeCompleted,
+    HandshakeFailed,
+    MessageReceived,
+    SessionClosed,
+)
+from intentra.keys import PrivateKey, PublicKey
+from intentra.metrics import make_registry, render, serve_http
+
+#: Datagrams read per wake-up before the loop gets a turn (fairness with timers and senders).
+RECEIVE_BATCH: Final = 512
+_SOCKET_BUFFER: Final = 4 * 1024 * 1024
+
+
+def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
+    """``"host:port"``, ``"[v6]:port"`` or ``(host, port)`` to ``(host, port)``.
+
+    Raises:
+        ValueError: with a message naming the expected form.
+    """
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+    else:
+        text = address.strip()
+        if text.startswith("["):
+            host, sep, rest = text[1:].partition("]")
+            if not sep or not rest.startswith(":"):
+                raise ValueError(f"bad address {address!r}: expected [IPv6]:PORT")
+            port_text = rest[1:]
+        else:
+            host, sep, port_text = text.rpartition(":")
+            if not sep or ":" in host:
+                raise ValueError(f"bad address {address!r}: expected HOST:PORT or [IPv6]:PORT")
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ValueError(f"bad address {address!r}: port {port_text!r} is not a number") \
+                from None
+    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+        raise ValueError(f"bad address {address!r}: port must be 0..65535")
+    return str(host or "0.0.0.0"), port
+
+
+def _family(host: str) -> socket.AddressFamily:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+        return infos[0][0]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message delivered to the application."""
+
+    peer: Peer
+    data: bytes
+    intent: Intent
+    priority: int
+
+
+class Peer:
+    """One established session, as the application sees it."""
+
+    def __init__(self, transport: Transport, conn_id: int, public_key: PublicKey,
+                 initiator: bool) -> None:
+        self._transport = transport
+        self.conn_id = conn_id
+        self.public_key = public_key
+        self.initiator = initiator
+        self.close_reason: CloseReason | None = None
+        self.closed_by_peer = False
+        self._room = asyncio.Event()
+        self._last_address: Address = transport._endpoint.address(conn_id) or ("", 0)
+
+    @property
+    def address(self) -> Address:
+        """The peer's current address (it changes when the peer roams)."""
+        addr = self._transport._endpoint.address(self.conn_id)
+        if addr is not None:
+            self._last_address = addr
+        return self._last_address
+
+    @property
+    def closed(self) -> bool:
+        return self.close_reason is not None
+
+    def _check_open(self) -> None:
+        if self.close_reason is not None:
+            who = "the peer" if self.closed_by_peer else "this side"
+            raise PeerClosedError(
+                f"session with {self.public_key.to_base64()} was closed by {who} "
+                f"({self.close_reason.name}); connect again to send",
+                int(self.close_reason), self.closed_by_peer)
+        self._transport._check_open()
+
+    async def send(self, data: bytes, intent: Intent = Intent.RELIABLE, priority: int = 0) -> None:
+        """Queue a message; for RELIABLE, wait while the window is full.
+
+        Raises:
+            PeerClosedError: the session ended (also while waiting).
+            MessageTooLargeError, InvalidMessageError: bad arguments.
+        """
+        self._transport._endpoint.check_message(data, int(intent), priority)
+        if intent == Intent.RELIABLE:
+            while True:
+                self._check_open()
+                if self._transport._endpoint.reliable_capacity(self.conn_id) > 0:
+                    break
+                self._room.clear()
+                self._transport._waiting.add(self)
+                await self._room.wait()
+        self.send_nowait(data, intent, priority)
+
+    def send_nowait(self, data: bytes, intent: Intent = Intent.REALTIME,
+                    priority: int = 0) -> bool:
+        """Queue a message without waiting; it leaves in this loop turn's flush.
+
+        Returns:
+            False if a REALTIME message was dropped because the send queue is
+            full (counted in ``intentra_messages_dropped_queue_full_total``).
+
+        Raises:
+            SendQueueFullError: a RELIABLE message found the queue full.
+            PeerClosedError: the session ended.
+        """
+        self._check_open()
+        transport = self._transport
+        ok = transport._endpoint.send(self.conn_id, data, int(intent), priority,
+                                      transport._loop.time())
+        transport._schedule_flush()
+        return ok
+
+    async def close(self, reason: CloseReason = CloseReason.NORMAL) -> None:
+        """Send CLOSE with ``reason`` and forget the session (idempotent)."""
+        if self.close_reason is not None or self._transport._closed:
+            return
+        self._transport._close_peer(self, reason)
+
+    def __repr__(self) -> str:
+        return (f"Peer({self.public_key.to_base64()[:12]}…, {self.address!r}, "
+                f"{'closed' if self.closed else 'open'})")
+
+
+class Transport:
+    """One UDP socket, one static key, many peers. Create with :meth:`bind`."""
+
+    def __init__(self, sock: socket.socket, key: PrivateKey, endpoint: Endpoint,
+                 receive_queue_size: int) -> None:
+        self._sock = sock
+        self._key = key
+        self._endpoint = endpoint
+        self._loop = asyncio.get_running_loop()
+        self._peers: dict[int, Peer] = {}
+        self._connecting: dict[int, asyncio.Future[Peer]] = {}
+        self._queue: deque[Message] = deque()
+        self._queue_limit = receive_queue_size
+        self._receivers: deque[asyncio.Future[None]] = deque()
+        self._waiting: set[Peer] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._flush_scheduled = False
+        self._closed = False
+        self._metrics_server: Any = None
+        self.send_errors = 0
+        self.receive_queue_drops = 0
+        self.registry = make_registry(endpoint, self._extra_metrics)
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+
+    # ---------------------------------------------------------------- creation
+
+    @classmethod
+    async def bind(cls, address: str | tuple[str, int], key: PrivateKey,
+                   allowed_peers: Iterable[PublicKey] | None = None, *,
+                   config: EndpointConfig | None = None,
+                   metrics_address: str | tuple[str, int] | None = None,
+                   cookie_master: bytes | None = None, reuse_port: bool = False,
+                   receive_queue_size: int = 65536) -> Transport:
+        """Bind a UDP socket and start serving.
+
+        Args:
+            address: ``"host:port"`` (``"[::1]:0"`` for IPv6; port 0 picks one).
+            key: this endpoint's private key.
+            allowed_peers: public keys allowed to establish sessions (both roles);
+                None allows any key.
+            config: protocol tunables (SPEC section 2 defaults).
+            metrics_address: serve Prometheus ``/metrics`` over HTTP there.
+            cookie_master: 32 bytes shared by endpoints on one port (workers).
+            reuse_port: set SO_REUSEPORT (several processes on one port).
+            receive_queue_size: messages held for :meth:`receive`; beyond it
+                new messages are dropped and counted.
+
+        Raises:
+            OSError: the address cannot be bound (in use, not local, ...).
+            ValueError: the address is malformed.
+        """
+        if not isinstance(key, PrivateKey):
+            raise TypeError("key must be an intentra.PrivateKey (PrivateKey.generate() or .load())")
+        host, port = parse_address(address)
+        sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
+            sock.bind((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        loop = asyncio.get_running_loop()
+        endpoint = Endpoint(
+            key.to_bytes(), os.urandom, config,
+            allowed_peers=None if allowed_peers is None else [k.to_bytes() for k in allowed_peers],
+            cookie_master=cookie_master, wall_offset=time.time() - loop.time())
+        transport = cls(sock, key, endpoint, receive_queue_size)
+        if metrics_address is not None:
+            mhost, mport = parse_address(metrics_address)
+            try:
+                transport._metrics_server = serve_http(transport.registry, mhost, mport)
+            except BaseException:
+                await transport.close()
+                raise
+        return transport
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -------------------------------------------------------------- properties
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        name = self._sock.getsockname()
+        return name[0], name[1]
+
+    @property
+    def public_key(self) -> PublicKey:
+        return self._key.public_key
+
+    @property
+    def peers(self) -> list[Peer]:
+        """Established peers, in the order their sessions began."""
+        return list(self._peers.values())
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The sans-I/O core (for counters and advanced use)."""
+        return self._endpoint
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def metrics_text(self) -> str:
+        """Every metric of SPEC section 9 in Prometheus text format."""
+        return render(self.registry)
+
+    def _extra_metrics(self) -> dict[str, tuple[str, int]]:
+        return {
+            "intentra_socket_send_errors": ("Datagrams the socket refused to send",
+                                            self.send_errors),
+            "intentra_receive_queue_drops": ("Messages dropped on a full receive queue",
+                                             self.receive_queue_drops),
+        }
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportClosedError("the transport is closed; bind a new one")
+
+    # --------------------------------------------------------------- the API
+
+    async def connect(self, address: str | tuple[str, int], server_key: PublicKey | None = None,
+                      ) -> Peer:
+        """Handshake with the endpoint at ``address``; returns once established.
+
+        Args:
+            address: ``(host, port)`` or ``"host:port"``.
+            server_key: pin the responder's public key (recommended).
+
+        Raises:
+            HandshakeTimeoutError: no handshake within the handshake timeout.
+            AuthenticationError: the responder's key is not the pinned one or
+                not on the allow-list.
+        """
+        self._check_open()
+        host, port = parse_address(address)
+        target: Address = (host, port)
+        if self._sock.family == socket.AF_INET6:
+            with contextlib.suppress(ValueError):
+                if ipaddress.ip_address(host).version == 4:
+                    target = ("::ffff:" + host, port)
+        else:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                infos = await self._loop.getaddrinfo(host, port, family=self._sock.family,
+                                                     type=socket.SOCK_DGRAM)
+                target = infos[0][4][:2]
+        fut: asyncio.Future[Peer] = self._loop.create_future()
+        conn_id = self._endpoint.connect(
+            target, self._loop.time(), None if server_key is None else server_key.to_bytes())
+        self._connecting[conn_id] = fut
+        self._process(self._loop.time())
+        try:
+            return await fut
+        finally:
+            self._connecting.pop(conn_id, None)
+
+    async def receive(self) -> Message:
+        """The next delivered message, from any peer.
+
+        Raises:
+            TransportClosedError: the transport was closed.
+        """
+        while not self._queue:
+            self._check_open()
+            fut = self._loop.create_future()
+            self._receivers.append(fut)
+            try:
+                await fut
+            finally:
+                if not fut.done():
+                    fut.cancel()
+        return self._queue.popleft()
+
+    def receive_nowait(self) -> Message | None:
+        """A delivered message if one is waiting, else None."""
+        return self._queue.popleft() if self._queue else None
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        while True:
+            try:
+                yield await self.receive()
+            except TransportClosedError:
+                return
+
+    async def broadcast(self, data: bytes, intent: Intent = Intent.REALTIME,
+                        priority: int = 0) -> int:
+        """Send to every established peer; returns how many it was queued for."""
+        self._check_open()
+        self._endpoint.check_message(data, int(intent), priority)
+        count = 0
+        for peer in list(self._peers.values()):
+            try:
+                if intent == Intent.RELIABLE:
+                    await peer.send(data, intent, priority)
+                    count += 1
+                elif peer.send_nowait(data, intent, priority):
+                    count += 1
+            except PeerClosedError:
+                continue
+        return count
+
+    async def close(self) -> None:
+        """Close every session (CLOSE NORMAL), then the socket. Idempotent.
+
+        Reliable messages not yet acknowledged are not waited for: they are
+        reported in each SessionClosed's ``unacked_reliable`` count.
+        """
+        if self._closed:
+            return
+        now = self._loop.time()
+        self._endpoint.close_all(now)
+        self._process(now)
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self._sock.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+        self._sock.close()
+        if self._metrics_server is not None:
+            server = self._metrics_server
+            self._metrics_server = None
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()
+        err = TransportClosedError("the transport was closed")
+        for fut in self._connecting.values():
+            if not fut.done():
+                fut.set_exception(err)
+        for waiter in self._receivers:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._receivers.clear()
+        for peer in self._waiting:
+            peer._room.set()
+        self._waiting.clear()
+
+    # ---------------------------------------------------------------- driving
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        recv = sock.recvfrom
+        batch: list[tuple[bytes, Address]] = []
+        append = batch.append
+        for _ in range(RECEIVE_BATCH):
+            try:
+                append(recv(MAX_PACKET_SIZE + 1))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue  # e.g. an ICMP error queued on the socket
+        if batch:
+            now = self._loop.time()
+            self._endpoint.receive_datagrams(batch, now)
+            self._process(now)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self._closed:
+            return
+        now = self._loop.time()
+        self._endpoint.handle_timer(now)
+        self._process(now)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_scheduled = False
+        if not self._closed:
+            self._process(self._loop.time())
+
+    def _process(self, now: float) -> None:
+        endpoint = self._endpoint
+        # 1. datagrams
+        out = endpoint.datagrams_to_send(now)
+        if out and not self._closed:
+            sendto = self._sock.sendto
+            for data, addr in out:
+                try:
+                    sendto(data, addr)
+                except OSError:
+                    self.send_errors += 1  # full buffer or unreachable: UDP may drop
+        # 2. events
+        while (event := endpoint.next_event()) is not None:
+            if type(event) is MessageReceived:
+                peer = self._peers.get(event.conn_id)
+                if peer is None:
+                    continue
+                if len(self._queue) >= self._queue_limit:
+                    self.receive_queue_drops += 1
+                    continue
+                self._queue.append(Message(peer, event.data, event.intent, event.priority))
+            elif type(event) is HandshakeCompleted:
+                self._on_established(event)
+            elif type(event) is SessionClosed:
+                self._on_closed(event)
+            elif type(event) is HandshakeFailed:
+                self._on_failed(event)
+        if self._queue and self._receivers:
+            while self._receivers:
+                waiter = self._receivers.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+        # 3. wake senders waiting for window room
+        if self._waiting:
+            for peer in list(self._waiting):
+                if peer.closed or endpoint.sessions.get(peer.conn_id) is None or \
+                        endpoint.reliable_capacity(peer.conn_id) > 0:
+                    self._waiting.discard(peer)
+                    peer._room.set()
+        # 4. one timer
+        if self._closed:
+            return
+        deadline = endpoint.get_timer()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = None if deadline is None else self._loop.call_at(deadline,
+                                                                           self._on_timer)
+
+    def _on_established(self, event: HandshakeCompleted) -> None:
+        peer = Peer(self, event.conn_id, PublicKey(event.peer_key), event.initiator)
+        self._peers[event.conn_id] = peer
+        fut = self._connecting.get(event.conn_id)
+        if fut is not None and not fut.done():
+            fut.set_result(peer)
+
+    def _on_failed(self, event: HandshakeFailed) -> None:
+        fut = self._connecting.get(event.conn_id)
+        if fut is None or fut.done():
+            return
+        host = event.address[0]
+        port = event.address[1]
+        if event.reason == "authentication":
+            fut.set_exception(AuthenticationError(
+                f"{host}:{port} proved a static key that is not the pinned server key or "
+                "not on the allow-list; check the key you expect"))
+        else:
+            fut.set_exception(HandshakeTimeoutError(
+                f"no handshake with {host}:{port} within "
+                f"{self._endpoint.config.handshake_timeout:g} s; is an intentra endpoint "
+                "listening there?"))
+
+    def _on_closed(self, event: SessionClosed) -> None:
+        peer = self._peers.pop(event.conn_id, None)
+        if peer is None:
+            return
+        peer.close_reason = event.reason
+        peer.closed_by_peer = event.by_peer
+        if peer in self._waiting:
+            self._waiting.discard(peer)
+        peer._room.set()
+
+    def _close_peer(self, peer: Peer, reason: CloseReason) -> None:
+        now = self._loop.time()
+        self._endpoint.close(peer.conn_id, now, reason)
+        self._process(now)
+        if peer.close_reason is None:  # the core reports it; keep the object consistent anyway
+            peer.close_reason = reason
+            self._peers.pop(peer.conn_id, None)
+
+
+__all__ = ["IntentraError", "Message", "Peer", "Transport", "parse_address"]

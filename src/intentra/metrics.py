@@ -1,0 +1,108 @@
+"""Prometheus metrics (SPEC section 9), read from the core's plain counters.
+
+One registry per Transport; nothing is counted through prometheus_client on
+the hot path: the collector reads :class:`intentra.core.stats.Stats` when
+scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from intentra.core.endpoint import Endpoint
+
+# (metric name without _total, help, Stats field)
+_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("intentra_packets_received", "Datagrams received", "packets_received"),
+    ("intentra_packets_sent", "Datagrams sent", "packets_sent"),
+    ("intentra_packets_dropped_malformed", "Datagrams failing the header checks",
+     "packets_dropped_malformed"),
+    ("intentra_packets_dropped_unknown", "Datagrams for no session able to take them",
+     "packets_dropped_unknown"),
+    ("intentra_packets_dropped_rate_limit", "Datagrams refused by a session's token bucket",
+     "packets_dropped_rate_limit"),
+    ("intentra_packets_dropped_crypto", "Datagrams that failed to authenticate",
+     "packets_dropped_crypto"),
+    ("intentra_replay_rejections", "Packet numbers already seen or below the window",
+     "replay_rejections"),
+    ("intentra_handshakes_completed", "Handshakes completed", "handshakes_completed"),
+    ("intentra_handshakes_rejected", "Handshakes refused by limits or authorisation",
+     "handshakes_rejected"),
+    ("intentra_handshakes_failed", "Handshakes this endpoint started that timed out",
+     "handshakes_failed"),
+    ("intentra_cookie_replies", "COOKIE replies sent", "cookie_replies"),
+    ("intentra_strike_events", "Authenticated protocol violations", "strike_events"),
+    ("intentra_connection_closes", "Established sessions closed", "connection_closes"),
+    ("intentra_retransmissions", "Reliable messages retransmitted", "retransmissions"),
+    ("intentra_messages_dropped_deadline", "REALTIME messages dropped past their deadline",
+     "messages_dropped_deadline"),
+    ("intentra_messages_dropped_queue_full", "REALTIME messages dropped on a full send queue",
+     "messages_dropped_queue_full"),
+    ("intentra_messages_dropped_reorder_full",
+     "Out-of-order reliable messages dropped on a full reorder buffer",
+     "messages_dropped_reorder_full"),
+    ("intentra_roams", "Sessions that moved to a new peer address", "roams"),
+)
+
+
+class EndpointCollector(Collector):
+    """Reads an Endpoint's counters and gauges at scrape time."""
+
+    def __init__(self, endpoint: Endpoint,
+                 extra: Callable[[], dict[str, tuple[str, int]]] | None = None) -> None:
+        self._endpoint = endpoint
+        self._extra = extra
+
+    def collect(self) -> Iterator[Metric]:
+        ep = self._endpoint
+        stats = ep.stats
+        for name, doc, field in _COUNTERS:
+            yield CounterMetricFamily(name, doc, value=getattr(stats, field))
+        delivered = CounterMetricFamily("intentra_messages_delivered",
+                                        "Messages delivered to the application", labels=["intent"])
+        delivered.add_metric(["reliable"], stats.messages_delivered_reliable)
+        delivered.add_metric(["realtime"], stats.messages_delivered_realtime)
+        yield delivered
+        sent = CounterMetricFamily("intentra_messages_sent", "Messages sent (first transmission)",
+                                   labels=["intent"])
+        sent.add_metric(["reliable"], stats.messages_sent_reliable)
+        sent.add_metric(["realtime"], stats.messages_sent_realtime)
+        yield sent
+        updates = CounterMetricFamily("intentra_key_updates", "Key updates", labels=["direction"])
+        updates.add_metric(["send"], stats.key_updates_send)
+        updates.add_metric(["receive"], stats.key_updates_receive)
+        yield updates
+        yield GaugeMetricFamily("intentra_handshake_in_flight",
+                                "Pending (cookie-verified) handshakes", value=ep.handshakes_in_flight)
+        yield GaugeMetricFamily("intentra_connections_active", "Established sessions",
+                                value=ep.connections_active)
+        yield GaugeMetricFamily("intentra_reorder_buffer_bytes",
+                                "Out-of-order reliable bytes held", value=ep.reorder_buffer_bytes)
+        if self._extra is not None:
+            for name, (doc, value) in self._extra().items():
+                yield CounterMetricFamily(name, doc, value=value)
+
+
+def make_registry(endpoint: Endpoint,
+                  extra: Callable[[], dict[str, tuple[str, int]]] | None = None
+                  ) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EndpointCollector(endpoint, extra))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> str:
+    """The Prometheus text exposition of ``registry``."""
+    return generate_latest(registry).decode("utf-8")
+
+
+def serve_http(registry: CollectorRegistry, host: str, port: int) -> Any:
+    """Serve ``/metrics`` on a background thread; returns the server (``.shutdown()``)."""
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
