@@ -79,7 +79,8 @@ class EndpointConfig:
             if isinstance(value, bool):
                 continue
             if not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"EndpointConfig.{f.name} must be a positive number, got {value!r}")
+                raise ConfigError(
+                    f"EndpointConfig.{f.name} must be a positive number, got {value!r}")
         if not HEADER_LEN + TAG_LEN + RSEQ_LEN + LEN_PREFIX < self.max_datagram <= MAX_PACKET_SIZE:
             raise ConfigError(
                 f"EndpointConfig.max_datagram must be between {HEADER_LEN + TAG_LEN + 7} and "

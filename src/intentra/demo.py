@@ -72,7 +72,7 @@ async def _start_hub(workdir: Path) -> tuple[asyncio.subprocess.Process, tuple[s
         sys.executable, "-m", "intentra", "serve", "--bind", "127.0.0.1:0", "--key",
         str(key_path), "--metrics", "127.0.0.1:0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    assert proc.stdout is not None  # noqa: S101 - PIPE was asked for
+    assert proc.stdout is not None
     address: tuple[str, int] | None = None
     metrics_url = ""
     while address is None or not metrics_url:

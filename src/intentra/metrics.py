@@ -79,7 +79,8 @@ class EndpointCollector(Collector):
         updates.add_metric(["receive"], stats.key_updates_receive)
         yield updates
         yield GaugeMetricFamily("intentra_handshake_in_flight",
-                                "Pending (cookie-verified) handshakes", value=ep.handshakes_in_flight)
+                                "Pending (cookie-verified) handshakes",
+                                value=ep.handshakes_in_flight)
         yield GaugeMetricFamily("intentra_connections_active", "Established sessions",
                                 value=ep.connections_active)
         yield GaugeMetricFamily("intentra_reorder_buffer_bytes",

@@ -15,8 +15,8 @@ Use: feed ``receive_datagram(s)``, ``connect``, ``send``, ``close`` and
 
 from __future__ import annotations
 
-import hmac
 import heapq
+import hmac
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -270,7 +270,7 @@ class Endpoint:
             self.stats.packets_dropped_unknown += 1
             return
         hs = session.initiator_hs
-        assert hs is not None  # noqa: S101
+        assert hs is not None
         session.cookie = body.cookie
         session.hs_datagram = pack_hello(session.conn_id, body.cookie, hs.msg1)
         self.stats.packets_sent += 1

@@ -95,7 +95,7 @@ class InitiatorHandshake:
             peer_payload = bytes(conn.read_message(bytes(msg2)))
             remote_static = bytes(state.rs.public_bytes)
             msg3 = bytes(conn.write_message(payload))
-        except Exception:  # noqa: BLE001 - any library failure means "did not authenticate"
+        except Exception:
             self._conn, _ = self._start()
             return None
         send, recv = _split(conn)
@@ -127,7 +127,7 @@ class ResponderHandshake:
             conn = _new(False, static, ephemeral, prologue)
             peer_payload = bytes(conn.read_message(bytes(msg1)))
             msg2 = bytes(conn.write_message(payload))
-        except Exception:  # noqa: BLE001 - e.g. a short message: refuse quietly
+        except Exception:
             return None
         return cls(conn, static, ephemeral, prologue, payload, bytes(msg1), msg2, peer_payload)
 
@@ -143,7 +143,7 @@ class ResponderHandshake:
             state = conn.noise_protocol.handshake_state
             peer_payload = bytes(conn.read_message(bytes(msg3)))
             remote_static = bytes(state.rs.public_bytes)
-        except Exception:  # noqa: BLE001 - any library failure means "did not authenticate"
+        except Exception:
             rebuilt = ResponderHandshake.create(self._static, self._ephemeral, self._msg1,
                                                 self._prologue, self._payload)
             if rebuilt is not None:

@@ -21,7 +21,7 @@ SACK_BITS: Final = 64
 FAST_RETRANSMIT_THRESHOLD: Final = 3
 
 
-class Violation(Exception):  # noqa: N818 - a protocol event, not an error of ours
+class Violation(Exception):
     """An authenticated packet broke a rule of SPEC sections 4 or 6 (earns a strike)."""
 
 
@@ -34,8 +34,15 @@ def serial_gt(a: int, b: int) -> bool:
 class Outstanding:
     """One reliable message sent and not yet acknowledged."""
 
-    __slots__ = ("data", "first_sent_at", "fast_retransmitted", "priority", "retries",
-                 "sacked", "sent_at")
+    __slots__ = (
+        "data",
+        "fast_retransmitted",
+        "first_sent_at",
+        "priority",
+        "retries",
+        "sacked",
+        "sent_at",
+    )
 
     def __init__(self, data: bytes, priority: int, now: float) -> None:
         self.data = data

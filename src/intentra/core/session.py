@@ -157,7 +157,7 @@ class Session:
         if pn >= cfg.pn_limit - 1:
             return None
         keys = self.send_keys
-        assert keys is not None  # noqa: S101 - only established sessions send
+        assert keys is not None
         if keys.due(now, cfg.key_update_packets, cfg.key_update_time,
                     cfg.key_update_min_interval):
             keys.update(now)
@@ -173,7 +173,7 @@ class Session:
             self.close(CloseReason.KEY_EXHAUSTED, now)
             return False
         keys = self.send_keys
-        assert keys is not None  # noqa: S101
+        assert keys is not None
         header = HEADER.pack(_VERSION_BITS | ptype, (intent << 6) | (priority << 3) | keys.phase,
                              len(plaintext), self.remote_id, pn & _SEQ_MASK, ack)
         self.out.append((header + keys.seal(self.remote_id, pn, header, plaintext), self.addr))
@@ -281,8 +281,7 @@ class Session:
                     rt_parts, rt_size, rt_prio = [], 0, 0
                 rt_parts.append(U16.pack(len(data)) + data)
                 rt_size += need
-                if level > rt_prio:
-                    rt_prio = level
+                rt_prio = max(rt_prio, level)
                 stats.messages_sent_realtime += 1
             rq = self.rel_queue[level]
             while rq and window.room > 0:
@@ -301,8 +300,7 @@ class Session:
                     rel_first = rseq
                 rel_parts.append(U16.pack(len(data)) + data)
                 rel_size += need
-                if level > rel_prio:
-                    rel_prio = level
+                rel_prio = max(rel_prio, level)
                 stats.messages_sent_reliable += 1
         if rt_parts:
             if not self._seal(_DATA, _REALTIME, rt_prio, ack, b"".join(rt_parts), now):
@@ -421,7 +419,7 @@ class Session:
             if pn < self.config.pn_limit:
                 self.pn_next = pn + 1
                 keys = self.send_keys
-                assert keys is not None  # noqa: S101
+                assert keys is not None
                 header = HEADER.pack(_VERSION_BITS | _CLOSE, keys.phase, 1, self.remote_id,
                                      pn & _SEQ_MASK, 0)
                 self.out.append((header + keys.seal(self.remote_id, pn, header,
@@ -443,7 +441,7 @@ class Session:
         """The earliest deadline of this session (None if it has none)."""
         cfg = self.config
         if self.state is SessionState.HELLO_SENT:
-            assert self.hs_retransmit_at is not None  # noqa: S101
+            assert self.hs_retransmit_at is not None
             return min(self.hs_retransmit_at, self.hs_deadline_at)
         if self.state is SessionState.RESPONSE_SENT:
             return self.hs_deadline_at
