@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from intentra.aio.transport import Peer, Transport, parse_address
+from intentra.aio.transport import Message, Transport, parse_address
 from intentra.constants import Intent
 from intentra.errors import IntentraError, KeyFileError, SendQueueFullError
 from intentra.keys import PrivateKey, PublicKey
@@ -143,16 +143,20 @@ async def _serve(args: argparse.Namespace) -> int:
 
     async def relay() -> None:
         nonlocal dropped
-        async for msg in transport:
-            targets: list[Peer] = [msg.peer] if args.echo else \
-                [p for p in transport.peers if p is not msg.peer]
-            for peer in targets:
+        while True:
+            msg: Message | None = await transport.receive()
+            while msg is not None:  # drain without a loop turn per message
                 try:
-                    peer.send_nowait(msg.data, msg.intent, msg.priority)
+                    if args.echo:
+                        msg.peer.send_nowait(msg.data, msg.intent, msg.priority)
+                    else:
+                        transport.broadcast_nowait(msg.data, msg.intent, msg.priority,
+                                                   exclude=msg.peer)
                 except SendQueueFullError:
                     dropped += 1  # one slow peer must not stall the others
                 except IntentraError:
-                    continue
+                    pass  # the sender's session ended meanwhile
+                msg = transport.receive_nowait()
 
     task = asyncio.create_task(relay())
     await stop.wait()

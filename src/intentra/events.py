@@ -7,7 +7,7 @@ They report only what the application must act on. Drops are counters
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from intentra.constants import CloseReason, Intent
 
@@ -37,9 +37,12 @@ class HandshakeFailed:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
-    """A message was delivered (REALTIME on arrival, RELIABLE in rseq order)."""
+class MessageReceived(NamedTuple):
+    """A message was delivered (REALTIME on arrival, RELIABLE in rseq order).
+
+    A NamedTuple rather than a frozen dataclass like the other events: one is
+    built per delivered message, and a tuple costs a sixth of the time.
+    """
 
     conn_id: int
     data: bytes

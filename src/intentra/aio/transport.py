@@ -20,8 +20,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
-from typing import Any, Final, Self
+from typing import Any, Final, NamedTuple, Self
 
 from intentra.config import EndpointConfig
 from intentra.constants import MAX_PACKET_SIZE, CloseReason, Intent
@@ -85,9 +84,12 @@ def _family(host: str) -> socket.AddressFamily:
         return infos[0][0]
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A message delivered to the application."""
+class Message(NamedTuple):
+    """A message delivered to the application (a NamedTuple: one per message, kept cheap).
+
+    ``priority`` is the priority of the packet that carried it: the highest
+    priority among the messages packed together.
+    """
 
     peer: Peer
     data: bytes
@@ -377,19 +379,39 @@ class Transport:
             except TransportClosedError:
                 return
 
+    def broadcast_nowait(self, data: bytes, intent: Intent = Intent.REALTIME, priority: int = 0,
+                         exclude: Peer | None = None) -> int:
+        """Queue a message for every established peer except ``exclude``, without waiting.
+
+        A peer whose send queue is full is skipped (counted in
+        ``intentra_messages_dropped_queue_full_total``); for RELIABLE fan-out
+        that cannot lose messages, use :meth:`broadcast`.
+
+        Returns:
+            How many peers it was queued for.
+        """
+        self._check_open()
+        count = self._endpoint.broadcast(data, int(intent), priority, self._loop.time(),
+                                         None if exclude is None else exclude.conn_id)
+        self._schedule_flush()
+        return count
+
     async def broadcast(self, data: bytes, intent: Intent = Intent.REALTIME,
                         priority: int = 0) -> int:
-        """Send to every established peer; returns how many it was queued for."""
+        """Send to every established peer; returns how many it was queued for.
+
+        REALTIME is queued at once for all; RELIABLE waits, peer by peer,
+        while a peer's window is full.
+        """
         self._check_open()
+        if intent != Intent.RELIABLE:
+            return self.broadcast_nowait(data, intent, priority)
         self._endpoint.check_message(data, int(intent), priority)
         count = 0
         for peer in list(self._peers.values()):
             try:
-                if intent == Intent.RELIABLE:
-                    await peer.send(data, intent, priority)
-                    count += 1
-                elif peer.send_nowait(data, intent, priority):
-                    count += 1
+                await peer.send(data, intent, priority)
+                count += 1
             except PeerClosedError:
                 continue
         return count
@@ -508,13 +530,14 @@ class Transport:
         # 4. one timer
         if self._closed:
             return
+        # Re-arm only for an earlier deadline; a timer that fires early finds
+        # nothing due and re-arms (see Endpoint._rearm).
         deadline = endpoint.get_timer()
-        if deadline != self._timer_at:
+        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = deadline
-            self._timer = None if deadline is None else self._loop.call_at(deadline,
-                                                                           self._on_timer)
+            self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_established(self, event: HandshakeCompleted) -> None:
         peer = Peer(self, event.conn_id, PublicKey(event.peer_key), event.initiator)

@@ -97,7 +97,7 @@ class ReceiveKeys:
         else:
             aead, moves = self._next, True
         try:
-            return aead.decrypt(n, bytes(body), bytes(header)), moves
+            return aead.decrypt(n, body, header), moves
         except InvalidTag:
             return None
 

@@ -43,8 +43,8 @@ from intentra.core.wire import (
     pack_finish,
     pack_hello,
     pack_response,
+    parse_header,
     recover_pn,
-    unpack_header,
     unpack_hs,
 )
 from intentra.errors import (
@@ -91,6 +91,7 @@ class Endpoint:
         if len(static_key) != KEY_LEN:
             raise ValueError("static_key is the 32 raw bytes of an X25519 private key")
         self.config = config if config is not None else EndpointConfig()
+        self._max_message = self.config.max_message_size
         self.stats = Stats()
         self._static = bytes(static_key)
         self._rng = rng
@@ -138,16 +139,21 @@ class Endpoint:
         stats = self.stats
         stats.packets_received += 1
         # 1. header checks (section 3)
-        header = unpack_header(data)
-        if header is None:
+        fields = parse_header(data)
+        if fields is None:
             stats.packets_dropped_malformed += 1
             return
-        if header.ptype == _HS:
-            self._on_hs(data, header, addr, now)
+        ptype, intent, priority, key_phase, _, conn_id, seq, ack = fields
+        if ptype == _HS:
+            self._on_hs(data, Header._make(fields), addr, now)
             return
         # 2. session lookup
-        session = self.sessions.get(header.conn_id)
-        if session is None or session.recv_keys is None:
+        session = self.sessions.get(conn_id)
+        if session is None:
+            stats.packets_dropped_unknown += 1
+            return
+        keys = session.recv_keys
+        if keys is None:
             stats.packets_dropped_unknown += 1
             return
         # 3. token bucket, before any cryptography
@@ -156,14 +162,13 @@ class Endpoint:
             return
         # 4. packet number recovery and replay pre-check
         replay = session.replay
-        pn = recover_pn(replay.highest, header.seq)
+        pn = recover_pn(replay.highest, seq)
         if not replay.is_fresh(pn):
             stats.replay_rejections += 1
             return
         # 5. AEAD open; on failure nothing in the session changes
-        view = memoryview(data)
-        opened = session.recv_keys.open(header.conn_id, pn, header.key_phase,
-                                        view[:HEADER_LEN], view[HEADER_LEN:])
+        opened = keys.open(conn_id, pn, key_phase, data[:HEADER_LEN],
+                           memoryview(data)[HEADER_LEN:])
         if opened is None:
             stats.packets_dropped_crypto += 1
             return
@@ -171,7 +176,7 @@ class Endpoint:
         # 6. commit: replay window, then the key update this packet proved
         replay.mark(pn)
         if moves_phase:
-            session.recv_keys.commit_update(pn, now, 3 * session.rtt.rto)
+            keys.commit_update(pn, now, 3 * session.rtt.rto)
             stats.key_updates_receive += 1
         # 7. roaming
         if addr != session.addr:
@@ -184,12 +189,13 @@ class Endpoint:
             session.confirmed = True
             session.finish_datagram = b""
         # 8. act
-        session.on_packet(header.ptype, header.intent, header.priority, header.ack,
-                          plaintext, now)
+        session.on_packet(ptype, intent, priority, ack, plaintext, now)
         if session.state is SessionState.CLOSED:
             self._remove(session)
-        else:
-            self._touch(session)
+            return
+        self._dirty.add(session)
+        if session.ack_now or session.retransmit:
+            self._flush.add(session)
 
     # ------------------------------------------------------------ handshake
 
@@ -438,6 +444,10 @@ class Endpoint:
 
     def check_message(self, data: bytes, intent: int, priority: int) -> None:
         """Validate a message before it is queued (raises; changes nothing)."""
+        if (type(data) is bytes and 0 < len(data) <= self._max_message
+                and intent in {0, 1} and type(priority) is int
+                and 0 <= priority <= MAX_PRIORITY):
+            return  # the common case, checked in one expression
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidMessageError(f"a message is bytes, got {type(data).__name__}")
         if intent not in (0, 1):
@@ -447,10 +457,10 @@ class Endpoint:
         size = len(data)
         if size == 0:
             raise InvalidMessageError("a message must be at least 1 byte")
-        if size > self.config.max_message_size:
+        if size > self._max_message:
             raise MessageTooLargeError(
                 f"message of {size} bytes exceeds the largest that fits one datagram "
-                f"({self.config.max_message_size}); split it, or raise "
+                f"({self._max_message}); split it, or raise "
                 "EndpointConfig.max_datagram (up to 2048)")
 
     def send(self, conn_id: int, data: bytes, intent: int, priority: int, now: float) -> bool:
@@ -465,8 +475,12 @@ class Endpoint:
             InvalidMessageError, MessageTooLargeError: bad arguments.
         """
         self.check_message(data, intent, priority)
-        session = self._established(conn_id)
-        if not session.enqueue(bytes(data), intent, priority, now):
+        session = self.sessions.get(conn_id)
+        if session is None or session.state is not _ESTABLISHED:
+            session = self._established(conn_id)  # raises with the explanation
+        if type(data) is not bytes:
+            data = bytes(data)
+        if not session.enqueue(data, intent, priority, now):
             if intent == _REALTIME:
                 self.stats.messages_dropped_queue_full += 1
                 return False
@@ -476,6 +490,32 @@ class Endpoint:
                 "or raise EndpointConfig.max_send_queue")
         self._flush.add(session)
         return True
+
+    def broadcast(self, data: bytes, intent: int, priority: int, now: float,
+                  exclude: int | None = None) -> int:
+        """Queue one message for every established session (but ``exclude``).
+
+        Validates once, then enqueues directly: a hub's fan-out costs one
+        append per peer. Sessions whose queue is full are skipped (REALTIME
+        drops are counted; RELIABLE ones too, as queue-full drops).
+
+        Returns:
+            How many sessions the message was queued for.
+        """
+        self.check_message(data, intent, priority)
+        if type(data) is not bytes:
+            data = bytes(data)
+        count = 0
+        flush = self._flush
+        for conn_id, session in self.sessions.items():
+            if session.state is not _ESTABLISHED or conn_id == exclude:
+                continue
+            if session.enqueue(data, intent, priority, now):
+                flush.add(session)
+                count += 1
+            else:
+                self.stats.messages_dropped_queue_full += 1
+        return count
 
     def reliable_capacity(self, conn_id: int) -> int:
         """RELIABLE messages that can be queued now without exceeding the window."""
@@ -511,13 +551,16 @@ class Endpoint:
             self._flush.add(session)
 
     def _rearm(self) -> None:
+        # Deadlines only move earlier here. One that moved later (the idle
+        # deadline moves on every authenticated packet) keeps its old heap
+        # entry: when that fires, the session finds nothing due and re-arms.
+        # This keeps the heap and the adapter's timer still under load.
         for session in self._dirty:
             t = session.next_timer()
-            if t != session.timer_at:
+            if t is not None and (session.timer_at is None or t < session.timer_at):
                 session.timer_at = t
-                if t is not None:
-                    self._timer_tick += 1
-                    heapq.heappush(self._timers, (t, self._timer_tick, session.conn_id))
+                self._timer_tick += 1
+                heapq.heappush(self._timers, (t, self._timer_tick, session.conn_id))
         self._dirty.clear()
 
     def get_timer(self) -> float | None:

@@ -65,6 +65,12 @@ def unpack_header(data: bytes | memoryview) -> Header | None:
     Returns:
         The header, or None when the datagram must be dropped as malformed.
     """
+    fields = parse_header(data)
+    return None if fields is None else Header._make(fields)
+
+
+def parse_header(data: bytes | memoryview) -> tuple[int, int, int, int, int, int, int, int] | None:
+    """:func:`unpack_header` as a plain tuple, for the receive path (no object per packet)."""
     n = len(data)
     if n < HEADER_LEN or n > MAX_PACKET_SIZE:
         return None
@@ -95,7 +101,7 @@ def unpack_header(data: bytes | memoryview) -> Header | None:
                 return None
         elif payload_len != CLOSE_PAYLOAD_LEN or ack:  # CLOSE
             return None
-    return Header(ptype, intent, priority, key_phase, payload_len, conn_id, seq, ack)
+    return ptype, intent, priority, key_phase, payload_len, conn_id, seq, ack
 
 
 # --- HS bodies (SPEC section 5) -------------------------------------------------
