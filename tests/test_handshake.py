@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from corelink import Datagram, DropFirst, Link, Node, is_hs, is_type, seeded_key
 
+from corelink import Datagram, DropFirst, Link, Node, is_hs, is_type, seeded_key
 from intentra.config import EndpointConfig
 from intentra.constants import HEADER_LEN, CloseReason, HsKind, Intent, PacketType
 from intentra.core.cookie import CookieJar, address_bytes
@@ -174,7 +174,7 @@ def test_finish_with_a_flipped_byte_is_dropped_and_the_genuine_one_completes() -
 
     link.deliver(genuine, a.addr, b)
     assert len(completed(b)) == 1
-    assert pending.state is SessionState.ESTABLISHED
+    assert pending.established
 
 
 def test_forged_response_is_counted_and_the_real_one_still_completes() -> None:
@@ -244,13 +244,30 @@ def test_repeated_hello_with_valid_cookie_gets_the_same_response() -> None:
     link.deliver(hello, src, b)
     link.deliver(hello, src, b)
 
-    replies = [d for d in link.sent_by(b)]
+    replies = link.sent_by(b)
     assert [d.hs_kind for d in replies] == [HsKind.RESPONSE, HsKind.RESPONSE]
     assert replies[0].data == replies[1].data
     assert replies[0].conn_id == 0x1234
     assert b.endpoint.handshakes_in_flight == 1
     assert len(b.endpoint.sessions) == 1
     assert b.endpoint.stats.cookie_replies == 0
+
+
+def test_hello_repeated_after_the_handshake_completed_starts_nothing() -> None:
+    """A late copy of the HELLO (network duplication, or a replay by anyone on the
+    path within the cookie's lifetime) is still a repeated HELLO (SPEC 5 flow 3):
+    it must not open a second pending handshake."""
+    link, a, b = pair()
+    link.establish(a, b)
+    link.advance(1.0)
+    hello = hs_sent(link, a, HsKind.HELLO)[-1]  # the one carrying the cookie
+    [response] = hs_sent(link, b, HsKind.RESPONSE)
+
+    link.deliver(hello.data, a.addr, b)
+
+    assert b.endpoint.handshakes_in_flight == 0
+    assert len(b.endpoint.sessions) == 1
+    assert all(d.data == response.data for d in hs_sent(link, b, HsKind.RESPONSE))
 
 
 def test_hello_without_cookie_keeps_no_state() -> None:
@@ -294,6 +311,19 @@ def test_pinned_server_key_match_completes() -> None:
     link.advance(1.0)
     assert [e.conn_id for e in completed(a)] == [cid_a]
     assert not a.of_type(HandshakeFailed)
+
+
+def test_initiator_allow_list_refuses_an_unknown_responder() -> None:
+    link = Link()
+    a = link.add("a", allowed_peers=[seeded_key("friend").public_key.to_bytes()])
+    b = link.add("b")
+    cid_a = link.connect(a, b)
+    link.advance(1.0)
+
+    [failed] = a.of_type(HandshakeFailed)
+    assert (failed.conn_id, failed.reason) == (cid_a, "authentication")
+    assert not completed(a)
+    assert not hs_sent(link, a, HsKind.FINISH)
 
 
 def test_responder_allow_list_refuses_an_unknown_initiator() -> None:
@@ -448,3 +478,20 @@ def test_data_before_finish_is_not_delivered_by_a_pending_responder() -> None:
     link.advance(2.0)
     assert len(completed(b)) == 1
     assert not b.of_type(SessionClosed)
+
+
+def test_session_that_closes_while_confirming_finish_is_removed() -> None:
+    """The responder's confirming ACK can exhaust its packet numbers (here at once):
+    the session closes, and a closed session must not stay in the endpoint."""
+    link = Link()
+    a = link.add("a")
+    b = link.add("b", EndpointConfig(pn_limit=2))
+    cid_a = link.connect(a, b)
+    link.advance(1.0)
+
+    [closed_b] = b.of_type(SessionClosed)
+    assert closed_b.reason is CloseReason.KEY_EXHAUSTED
+    closed_a = a.closed(cid_a)
+    assert closed_a is not None and closed_a.by_peer
+    assert b.endpoint.sessions == {}
+    assert b.endpoint.get_timer() is None

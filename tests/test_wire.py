@@ -24,6 +24,7 @@ from intentra.core.wire import (
     pack_header,
     pack_hello,
     pack_response,
+    parse_header,
     recover_pn,
     unpack_header,
     unpack_hs,
@@ -181,11 +182,14 @@ REJECT_CASES = [
 @pytest.mark.parametrize("raw", REJECT)
 def test_unpack_header_rejects_raw(raw: bytes) -> None:
     assert unpack_header(raw) is None
+    assert parse_header(raw) is None
 
 
 @pytest.mark.parametrize("kw", REJECT_CASES)
 def test_unpack_header_rejects(kw: dict[str, int]) -> None:
-    assert unpack_header(datagram(**kw)) is None
+    raw = datagram(**kw)
+    assert unpack_header(raw) is None
+    assert parse_header(raw) is None  # the receive path's parser
 
 
 ACCEPT = [
@@ -361,6 +365,21 @@ def test_near_valid_bytes_never_raise(raw: bytes) -> None:
     header = unpack_header(raw)
     if header is not None and header.ptype == HS:
         unpack_hs(raw, header)
+
+
+@FAST
+@given(st.one_of(near_valid(), st.binary(max_size=64)))
+def test_parse_header_agrees_with_unpack_header(raw: bytes) -> None:
+    """The receive path's tuple parser applies exactly the same rules."""
+    header = unpack_header(raw)
+    parsed = parse_header(raw)
+    assert parsed == (None if header is None else tuple(header))
+
+
+@pytest.mark.parametrize("vector", HEADER_VECTORS)
+def test_parse_header_golden(vector: dict[str, Any]) -> None:
+    tail = vector["payload_len"] + (0 if vector["ptype"] == HS else TAG)
+    assert parse_header(bytes.fromhex(vector["hex"]) + bytes(tail)) == fields(vector)
 
 
 @FAST

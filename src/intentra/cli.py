@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from intentra.aio.transport import Message, Transport, parse_address
 from intentra.constants import Intent
-from intentra.errors import IntentraError, KeyFileError, SendQueueFullError
+from intentra.errors import IntentraError, KeyFileError, SendQueueFullError, TransportClosedError
 from intentra.keys import PrivateKey, PublicKey
 
 EXIT_USAGE = 2
@@ -127,6 +127,11 @@ async def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot bind {args.bind[0]}:{args.bind[1]} or the metrics address: "
                          f"{exc.strerror or exc}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Handlers before the announcement: a supervisor may signal as soon as it reads it.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     host, port = transport.local_address
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     print(f"intentra serving on {shown}", flush=True)
@@ -135,16 +140,15 @@ async def _serve(args: argparse.Namespace) -> int:
     if transport._metrics_server is not None:
         mport = transport._metrics_server.server_port
         print(f"metrics: http://{parse_address(args.metrics)[0]}:{mport}/metrics", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     dropped = 0
 
     async def relay() -> None:
         nonlocal dropped
         while True:
-            msg: Message | None = await transport.receive()
+            try:
+                msg: Message | None = await transport.receive()
+            except TransportClosedError:
+                return
             while msg is not None:  # drain without a loop turn per message
                 try:
                     if args.echo:

@@ -26,6 +26,18 @@ class HandshakeCompleted:
 
 
 @dataclass(frozen=True, slots=True)
+class HandshakeConfirmed:
+    """The initiator received the responder's first authenticated packet.
+
+    Noise XX lets the initiator send DATA right after FINISH, but only this
+    proves the responder accepted the session (it may refuse our key and
+    stay silent).
+    """
+
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class HandshakeFailed:
     """An initiator's handshake ended without a session.
 
@@ -69,4 +81,5 @@ class PeerRoamed:
     new_address: Address
 
 
-Event = HandshakeCompleted | HandshakeFailed | MessageReceived | SessionClosed | PeerRoamed
+Event = (HandshakeCompleted | HandshakeConfirmed | HandshakeFailed | MessageReceived
+         | SessionClosed | PeerRoamed)

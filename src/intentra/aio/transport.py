@@ -35,6 +35,7 @@ from intentra.errors import (
 from intentra.events import (
     Address,
     HandshakeCompleted,
+    HandshakeConfirmed,
     HandshakeFailed,
     MessageReceived,
     SessionClosed,
@@ -326,18 +327,19 @@ class Transport:
         """
         self._check_open()
         host, port = parse_address(address)
-        target: Address = (host, port)
+        lookup = host
         if self._sock.family == socket.AF_INET6:
             with contextlib.suppress(ValueError):
                 if ipaddress.ip_address(host).version == 4:
-                    target = ("::ffff:" + host, port)
-        else:
-            try:
-                ipaddress.ip_address(host)
-            except ValueError:
-                infos = await self._loop.getaddrinfo(host, port, family=self._sock.family,
-                                                     type=socket.SOCK_DGRAM)
-                target = infos[0][4][:2]
+                    lookup = "::ffff:" + host  # an IPv4 peer on a dual-stack socket
+        # Resolve into exactly the tuple recvfrom will report for replies
+        # (IPv6 gives four fields), so replies match the session's address.
+        try:
+            infos = await self._loop.getaddrinfo(lookup, port, family=self._sock.family,
+                                                 type=socket.SOCK_DGRAM)
+        except socket.gaierror as exc:
+            raise ValueError(f"cannot resolve {host!r}: {exc.strerror}") from None
+        target: Address = infos[0][4]
         fut: asyncio.Future[Peer] = self._loop.create_future()
         conn_id = self._endpoint.connect(
             target, self._loop.time(), None if server_key is None else server_key.to_bytes())
@@ -511,6 +513,8 @@ class Transport:
                 self._queue.append(Message(peer, event.data, event.intent, event.priority))
             elif type(event) is HandshakeCompleted:
                 self._on_established(event)
+            elif type(event) is HandshakeConfirmed:
+                self._on_confirmed(event)
             elif type(event) is SessionClosed:
                 self._on_closed(event)
             elif type(event) is HandshakeFailed:
@@ -542,8 +546,13 @@ class Transport:
     def _on_established(self, event: HandshakeCompleted) -> None:
         peer = Peer(self, event.conn_id, PublicKey(event.peer_key), event.initiator)
         self._peers[event.conn_id] = peer
+        # connect() resolves on HandshakeConfirmed: until the responder answers,
+        # it may still refuse our key (allow-list) without a word.
+
+    def _on_confirmed(self, event: HandshakeConfirmed) -> None:
         fut = self._connecting.get(event.conn_id)
-        if fut is not None and not fut.done():
+        peer = self._peers.get(event.conn_id)
+        if fut is not None and not fut.done() and peer is not None:
             fut.set_result(peer)
 
     def _on_failed(self, event: HandshakeFailed) -> None:
@@ -564,6 +573,18 @@ class Transport:
 
     def _on_closed(self, event: SessionClosed) -> None:
         peer = self._peers.pop(event.conn_id, None)
+        fut = self._connecting.get(event.conn_id)
+        if fut is not None and not fut.done():
+            if event.by_peer:
+                fut.set_exception(PeerClosedError(
+                    f"the responder closed the new session ({event.reason.name})",
+                    int(event.reason), True))
+            else:
+                timeout = self._endpoint.config.handshake_timeout
+                where = f"{peer.address[0]}:{peer.address[1]}" if peer is not None else "the peer"
+                fut.set_exception(HandshakeTimeoutError(
+                    f"handshake with {where} not confirmed within {timeout:g} s; the responder "
+                    "may not allow this key (allow-list) or may be unreachable"))
         if peer is None:
             return
         peer.close_reason = event.reason

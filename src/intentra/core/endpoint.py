@@ -58,6 +58,7 @@ from intentra.events import (
     Address,
     Event,
     HandshakeCompleted,
+    HandshakeConfirmed,
     HandshakeFailed,
     PeerRoamed,
 )
@@ -188,14 +189,15 @@ class Endpoint:
         if not session.confirmed:
             session.confirmed = True
             session.finish_datagram = b""
+            self._events.append(HandshakeConfirmed(session.conn_id))
         # 8. act
         session.on_packet(ptype, intent, priority, ack, plaintext, now)
         if session.state is SessionState.CLOSED:
             self._remove(session)
             return
         self._dirty.add(session)
-        if session.ack_now or session.retransmit:
-            self._flush.add(session)
+        if session.ack_now or session.retransmit or session.queued:
+            self._flush.add(session)  # an ACK may have opened the window for queued messages
 
     # ------------------------------------------------------------ handshake
 
@@ -258,6 +260,8 @@ class Endpoint:
         session.remote_id = body.sender_id
         session.responder_hs = hs
         session.hello_key = hello_key
+        session.pending_ip = ip
+        session.pending = True
         session.hs_datagram = pack_response(body.sender_id, conn_id, hs.msg2)
         self.sessions[conn_id] = session
         self._pending_hello[hello_key] = conn_id
@@ -334,7 +338,7 @@ class Endpoint:
                     stats.packets_dropped_rate_limit += 1
                     return
                 session.send_ack(now)
-                self._touch(session)
+                self._settle(session)
             else:
                 stats.packets_dropped_unknown += 1
             return
@@ -371,14 +375,23 @@ class Endpoint:
         # Confirm at once so the initiator stops resending FINISH (an ACK is
         # smaller than the FINISH that caused it).
         session.send_ack(now)
-        self._touch(session)
+        self._settle(session)
+
+    def _settle(self, session: Session) -> None:
+        """After acting on a session: forget it if it closed, else re-arm and flush."""
+        if session.state is SessionState.CLOSED:
+            self._remove(session)
+        else:
+            self._touch(session)
 
     def _end_pending(self, session: Session) -> None:
-        if session.hello_key is None:
+        # The HELLO stays in _pending_hello for the session's whole life (removed
+        # in _remove): a late or replayed copy of it must not open a second
+        # pending handshake (SPEC section 5 step 3).
+        if not session.pending:
             return
-        self._pending_hello.pop(session.hello_key, None)
-        session.hello_key = None
-        ip = session.addr[0]
+        session.pending = False
+        ip = session.pending_ip
         left = self._pending_per_ip.get(ip, 0) - 1
         if left > 0:
             self._pending_per_ip[ip] = left
@@ -393,8 +406,10 @@ class Endpoint:
                 return conn_id
 
     def _remove(self, session: Session) -> None:
-        if session.state is SessionState.RESPONSE_SENT:
-            self._end_pending(session)
+        self._end_pending(session)
+        if session.hello_key is not None:
+            self._pending_hello.pop(session.hello_key, None)
+            session.hello_key = None
         if session.state is not SessionState.CLOSED:
             session.close(CloseReason.NORMAL, session.last_recv_at, send=False)
         self.sessions.pop(session.conn_id, None)

@@ -107,12 +107,16 @@ class SendWindow:
             stop = (ack + 1) & _MASK
             outstanding = self.outstanding
             newest: Outstanding | None = None
+            retransmitted = False
             while rseq != stop:
                 entry = outstanding.pop(rseq, None)
                 if entry is not None:
                     newest = entry
+                    retransmitted = retransmitted or entry.retries > 0
                 rseq = (rseq + 1) & _MASK
-            if newest is not None and newest.retries == 0:
+            # Karn's rule: no sample when the ack may have been caused by a
+            # retransmission, nor twice for a message already sampled by SACK.
+            if newest is not None and not retransmitted and not newest.sacked:
                 sample = now - newest.first_sent_at
             self.acked = ack
             # RFC 6298 5.3: restart the timer when new data is acknowledged.

@@ -83,6 +83,8 @@ class Session:
         self.finish_datagram = b""    # FINISH, initiator only, resent until confirmed
         self.finish_body = b""        # FINISH that established us, responder only
         self.hello_key: tuple[Address, bytes] | None = None
+        self.pending = False          # responder: counted in the pending-handshake limits
+        self.pending_ip: object = None
         self.cookie = bytes(16)
         self.hs_deadline_at = now + config.handshake_timeout
         self.hs_rto = config.initial_rto

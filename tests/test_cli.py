@@ -1,0 +1,445 @@
+"""The ``intentra`` command line, run as real subprocesses on 127.0.0.1 (no mocks).
+
+Every command is started as ``python -m intentra ...`` with a timeout. A long-running
+``serve`` is a :class:`Server`: a Popen whose stdout is read line by line on a
+background thread, so the test can learn the address and public key it prints and
+still see the closing line after SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import queue
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from intentra import Intent, PrivateKey, PublicKey, Transport
+
+RUN_TIMEOUT = 30.0
+"""Seconds any one short-lived command may take."""
+START_TIMEOUT = 15.0
+"""Seconds a server may take to print its address (interpreter start included)."""
+STOP_TIMEOUT = 5.0
+"""Seconds a server may take to exit after SIGINT."""
+
+B64_KEY = re.compile(r"^[A-Za-z0-9+/]{43}=$")
+SERVING = re.compile(r"^intentra serving on (\S+):(\d+)$")
+
+
+# ------------------------------------------------------------------ helpers
+
+def intentra(*args: str, cwd: Path, stdin: str | None = None, timeout: float = RUN_TIMEOUT,
+             umask: int = -1) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m intentra ARGS`` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "intentra", *args], cwd=cwd, input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL, capture_output=True,
+        text=True, timeout=timeout, check=False, umask=umask)
+
+
+def keygen(path: Path) -> str:
+    """Create a key file with the CLI; return its base64 public key."""
+    result = intentra("keygen", str(path), cwd=path.parent)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def assert_usage_error(result: subprocess.CompletedProcess[str]) -> str:
+    """Exit 2, one non-empty ``intentra: error:`` line on stderr, no traceback; the line."""
+    everything = result.stdout + result.stderr
+    assert "Traceback" not in everything, everything
+    assert result.returncode == 2, (result.returncode, everything)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert result.stderr.endswith("\n")
+    line = lines[0]
+    assert line.startswith("intentra: error:"), line
+    assert line.removeprefix("intentra: error:").strip(), line
+    assert result.stdout == "", result.stdout
+    return line
+
+
+class Server:
+    """``python -m intentra serve ARGS`` running in the background."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "intentra", "serve", *args], cwd=cwd,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        self.stdout_lines: list[str] = []
+        self.stderr_lines: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, True), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, False), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+        self.host = ""
+        self.port = 0
+        self.public_key = ""
+
+    def _pump(self, stream: object, is_stdout: bool) -> None:
+        assert hasattr(stream, "readline")
+        for line in iter(stream.readline, ""):
+            text = line.rstrip("\n")
+            if is_stdout:
+                self.stdout_lines.append(text)
+                self._lines.put(text)
+            else:
+                self.stderr_lines.append(text)
+        if is_stdout:
+            self._lines.put(None)
+
+    def expect(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
+        """The next stdout line matching ``pattern`` (lines before it are skipped)."""
+        regex = re.compile(pattern)
+        while True:
+            try:
+                line = self._lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"serve printed no line matching {pattern!r} in "
+                                     f"{timeout} s; stdout {self.stdout_lines}") from None
+            if line is None:
+                self.proc.wait(STOP_TIMEOUT)
+                raise AssertionError(
+                    f"serve exited ({self.proc.returncode}) before printing {pattern!r}; "
+                    f"stdout {self.stdout_lines}, stderr {self.stderr_lines}")
+            if match := regex.search(line):
+                return match
+
+    def started(self) -> Server:
+        """Wait for the address and public key lines."""
+        match = self.expect(SERVING.pattern)
+        self.host, self.port = match.group(1), int(match.group(2))
+        self.public_key = self.expect(r"^public key: (\S+)$").group(1)
+        self.expect(r"^mode: (echo|hub)$")
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def interrupt(self) -> int:
+        """SIGINT; the exit status (the test fails if it takes over STOP_TIMEOUT)."""
+        self.proc.send_signal(signal.SIGINT)
+        status = self.proc.wait(STOP_TIMEOUT)
+        self.join()
+        return status
+
+    def join(self) -> None:
+        for reader in self._readers:
+            reader.join(STOP_TIMEOUT)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT)
+        self.join()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+ServeFactory = Callable[..., Server]
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[ServeFactory]:
+    """Start ``intentra serve`` processes; each is killed at teardown if still running."""
+    servers: list[Server] = []
+
+    def start(*args: str) -> Server:
+        server = Server(list(args), tmp_path)
+        servers.append(server)
+        return server.started()
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+# ------------------------------------------------------------------ keygen / pubkey
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_keygen_writes_a_0600_key_file_and_prints_its_public_key(tmp_path: Path,
+                                                                 umask: int) -> None:
+    path = tmp_path / "server.key"
+    result = intentra("keygen", str(path), cwd=tmp_path, umask=umask)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    printed = result.stdout.splitlines()
+    assert len(printed) == 1
+    public = printed[0]
+    assert len(public) == 44 and B64_KEY.match(public), public
+    assert len(base64.b64decode(public, validate=True)) == 32
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    content = path.read_bytes()
+    assert content.endswith(b"\n") and content.count(b"\n") == 1
+    raw = base64.b64decode(content[:-1], validate=True)
+    assert len(raw) == 32
+    # The printed key is the X25519 public key of the stored private key.
+    expected = X25519PrivateKey.from_private_bytes(raw).public_key().public_bytes(
+        Encoding.Raw, PublicFormat.Raw)
+    assert base64.b64decode(public) == expected
+
+    again = intentra("pubkey", str(path), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr == ""
+    assert again.stdout == public + "\n"
+
+
+def test_keygen_refuses_to_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "server.key"
+    keygen(path)
+    before = path.read_bytes()
+    mode = stat.S_IMODE(path.stat().st_mode)
+    line = assert_usage_error(intentra("keygen", str(path), cwd=tmp_path))
+    assert "exists" in line
+    assert path.read_bytes() == before
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+# ------------------------------------------------------------------ serve + send
+
+def test_echo_round_trip_then_sigint(tmp_path: Path, serve: ServeFactory) -> None:
+    server_key = tmp_path / "server.key"
+    client_key = tmp_path / "client.key"
+    server_pub = keygen(server_key)
+    keygen(client_key)
+    server = serve("--bind", "127.0.0.1:0", "--key", str(server_key), "--echo")
+    assert server.host == "127.0.0.1" and 0 < server.port <= 65535
+    assert server.public_key == server_pub
+    common = ["send", "--to", server.address, "--key", str(client_key),
+              "--server-key", server.public_key, "--wait", "1"]
+
+    # Messages as arguments.
+    result = intentra(*common, "hello", "world", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout.splitlines() == ["hello", "world"]
+
+    # Lines of stdin; blank lines are not sent.
+    result = intentra(*common, cwd=tmp_path, stdin="line one\n\nline two\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["line one", "line two"]
+
+    # REALTIME at the top priority (loopback: nothing is lost).
+    result = intentra(*common, "--intent", "realtime", "--priority", "7", "fast", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["fast"]
+
+    # Without a key file (a fresh key) and without pinning.
+    result = intentra("send", "--to", server.address, "--wait", "1", "anon", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["anon"]
+
+    assert server.interrupt() == 0, server.stderr_lines
+    assert any(re.match(r"^closed \d+ session\(s\)", line) for line in server.stdout_lines), \
+        server.stdout_lines
+    assert not any("Traceback" in line for line in server.stderr_lines), server.stderr_lines
+
+
+def test_hub_fans_out_to_other_peers_only(tmp_path: Path, serve: ServeFactory) -> None:
+    hub_key = tmp_path / "hub.key"
+    keygen(hub_key)
+    hub = serve("--bind", "127.0.0.1:0", "--key", str(hub_key))
+    hub_pub = PublicKey.from_base64(hub.public_key)
+
+    async def scenario() -> None:
+        a = await Transport.bind("127.0.0.1:0", PrivateKey.generate())
+        b = await Transport.bind("127.0.0.1:0", PrivateKey.generate())
+        try:
+            link_b = await asyncio.wait_for(b.connect(hub.address, server_key=hub_pub), 10)
+            link_a = await asyncio.wait_for(a.connect(hub.address, server_key=hub_pub), 10)
+            assert link_a.public_key == hub_pub and link_b.public_key == hub_pub
+            # B speaks first: once A hears B, the hub has both sessions.
+            await link_b.send(b"b is here", Intent.RELIABLE, 2)
+            heard = await asyncio.wait_for(a.receive(), 5)
+            assert (heard.data, heard.intent, heard.priority) == (b"b is here",
+                                                                  Intent.RELIABLE, 2)
+
+            await link_a.send(b"state from a", Intent.RELIABLE, 6)
+            link_a.send_nowait(b"tick from a", Intent.REALTIME, 7)
+            got = [await asyncio.wait_for(b.receive(), 5) for _ in range(2)]
+            seen = {(m.data, m.intent, m.priority) for m in got}
+            assert seen == {(b"state from a", Intent.RELIABLE, 6),
+                            (b"tick from a", Intent.REALTIME, 7)}
+            assert all(m.peer is link_b for m in got)
+
+            # Nothing comes back to the sender.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(a.receive(), 0.5)
+            assert b.receive_nowait() is None
+
+            # SIGINT with both sessions open: the hub closes them and says so.
+            hub.proc.send_signal(signal.SIGINT)
+            status = await asyncio.to_thread(hub.proc.wait, STOP_TIMEOUT)
+            assert status == 0, hub.stderr_lines
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 2
+            while not (link_a.closed and link_b.closed) and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            assert link_a.closed and link_a.closed_by_peer
+            assert link_b.closed and link_b.closed_by_peer
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(scenario())
+    hub.join()
+    assert any(line.startswith("closed 2 session(s)") for line in hub.stdout_lines), \
+        hub.stdout_lines
+
+
+def test_allow_list_admits_listed_key_and_refuses_others(tmp_path: Path,
+                                                         serve: ServeFactory) -> None:
+    server_key = tmp_path / "server.key"
+    k2 = tmp_path / "k2.key"
+    k3 = tmp_path / "k3.key"
+    keygen(server_key)
+    k2_pub = keygen(k2)
+    keygen(k3)
+    allow = tmp_path / "allow.txt"
+    allow.write_text(f"# the only client\n\n{k2_pub}  # k2\n", encoding="ascii")
+    server = serve("--bind", "127.0.0.1:0", "--key", str(server_key), "--allow", str(allow),
+                   "--echo")
+
+    ok = intentra("send", "--to", server.address, "--key", str(k2), "--server-key",
+                  server.public_key, "--wait", "1", "let me in", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines() == ["let me in"]
+
+    # The server drops K3's FINISH, so K3's session is never confirmed; the handshake
+    # times out (HANDSHAKE_TIMEOUT, 5 s by default) and send must fail, not exit 0.
+    refused = intentra("send", "--to", server.address, "--key", str(k3), "--server-key",
+                       server.public_key, "--wait", "0.5", "let me in too", cwd=tmp_path,
+                       timeout=20)
+    line = assert_usage_error(refused)
+    assert "handshake" in line.lower() and re.search(r"within|time", line.lower()), line
+
+    assert server.interrupt() == 0
+
+
+def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path, serve: ServeFactory) -> None:
+    server_key = tmp_path / "server.key"
+    keygen(server_key)
+    server = serve("--bind", "127.0.0.1:0", "--key", str(server_key), "--echo",
+                   "--metrics", "127.0.0.1:0")
+    url = server.expect(r"^metrics: (http://127\.0\.0\.1:\d+/metrics)$").group(1)
+    assert not url.endswith(":0/metrics")
+
+    result = intentra("send", "--to", server.address, "--server-key", server.public_key,
+                      "--wait", "0.5", "count me", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+    with urllib.request.urlopen(url, timeout=5) as response:  # loopback only
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        body = response.read().decode()
+    assert "# TYPE intentra_packets_received_total counter" in body
+    match = re.search(r"^intentra_packets_received_total (\S+)$", body, re.MULTILINE)
+    assert match is not None, body
+    assert float(match.group(1)) > 0
+    assert server.interrupt() == 0
+
+
+# ------------------------------------------------------------------ demo
+
+def test_demo_runs_and_summarises(tmp_path: Path) -> None:
+    result = intentra("demo", "--peers", "5", "--rate", "20", "--duration", "1", "--plain",
+                      cwd=tmp_path, timeout=60)
+    out = result.stdout
+    assert "Traceback" not in out + result.stderr, result.stderr
+    assert result.returncode == 0, (out, result.stderr)
+    assert "intentra demo summary" in out
+    assert re.search(r"^\s*reliable\s+[\d,]+\s+[\d,]+\s+[\d,]+\s+100\.00%\s*$", out,
+                     re.MULTILINE), out
+    assert re.search(r"p50 \d+\.\d+ ms", out), out
+    assert re.search(r"p99 \d+\.\d+ ms", out), out
+    assert "hub exit status after SIGINT: 0" in out
+
+
+# ------------------------------------------------------------------ bad input
+
+def _write_key(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="ascii")
+    path.chmod(0o600)  # no permission warning: stderr must hold only the error
+    return path
+
+
+def _good_key(tmp: Path) -> str:
+    return str(_write_key(tmp / "good.key", PrivateKey.generate().to_base64() + "\n"))
+
+
+BAD_INPUTS: dict[str, Callable[[Path], list[str]]] = {
+    "no-subcommand": lambda t: [],
+    "unknown-subcommand": lambda t: ["frobnicate"],
+    "serve-missing-bind": lambda t: ["serve", "--key", _good_key(t)],
+    "bind-without-port": lambda t: ["serve", "--bind", "127.0.0.1", "--key", _good_key(t)],
+    "bind-port-99999": lambda t: ["serve", "--bind", "127.0.0.1:99999", "--key", _good_key(t)],
+    "key-missing-file": lambda t: ["serve", "--bind", "127.0.0.1:0", "--key",
+                                   str(t / "absent.key")],
+    "key-not-base64": lambda t: ["serve", "--bind", "127.0.0.1:0", "--key",
+                                 str(_write_key(t / "bad.key", "not*base64!\n"))],
+    "key-wrong-length": lambda t: ["serve", "--bind", "127.0.0.1:0", "--key",
+                                   str(_write_key(t / "short.key",
+                                                  base64.b64encode(bytes(16)).decode() + "\n"))],
+    "allow-bad-line": lambda t: ["serve", "--bind", "127.0.0.1:0", "--key", _good_key(t),
+                                 "--allow", str(_write_key(
+                                     t / "allow.txt",
+                                     PrivateKey.generate().public_key.to_base64()
+                                     + "\nnot a key\n"))],
+    "send-priority-9": lambda t: ["send", "--to", "127.0.0.1:9", "--priority", "9", "x"],
+    "send-intent-bogus": lambda t: ["send", "--to", "127.0.0.1:9", "--intent", "bogus", "x"],
+    "send-server-key-garbage": lambda t: ["send", "--to", "127.0.0.1:9", "--server-key",
+                                          "garbage", "x"],
+    "demo-peers-0": lambda t: ["demo", "--peers", "0"],
+    "pubkey-missing-file": lambda t: ["pubkey", str(t / "absent.key")],
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_status_2(tmp_path: Path, case: str) -> None:
+    args = BAD_INPUTS[case](tmp_path)
+    line = assert_usage_error(intentra(*args, cwd=tmp_path, timeout=15))
+    if case == "allow-bad-line":
+        assert "line 2" in line, line
+
+
+def test_port_in_use_is_one_line_and_status_2(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        line = assert_usage_error(intentra("serve", "--bind", f"127.0.0.1:{port}", "--key",
+                                           _good_key(tmp_path), cwd=tmp_path, timeout=15))
+    assert str(port) in line, line
+
+
+def test_world_readable_key_loads_with_one_warning(tmp_path: Path) -> None:
+    """A key readable by others still loads, with one warning line (not an error)."""
+    path = _write_key(tmp_path / "open.key", PrivateKey.generate().to_base64() + "\n")
+    path.chmod(0o644)
+    result = intentra("pubkey", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert B64_KEY.match(result.stdout.strip())
+    warning = result.stderr.splitlines()
+    assert len(warning) == 1 and warning[0].startswith("intentra: warning:"), result.stderr
+    assert "chmod 600" in warning[0]

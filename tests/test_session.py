@@ -1,0 +1,527 @@
+"""Sessions of SPEC sections 4, 6 and 8 over the seeded in-memory link (fake clock)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from corelink import LATENCY, DropFirst, Link, Node, is_type
+from intentra.config import EndpointConfig
+from intentra.constants import (
+    HEADER_LEN,
+    LEN_PREFIX,
+    RSEQ_LEN,
+    TAG_LEN,
+    CloseReason,
+    Intent,
+    PacketType,
+)
+from intentra.core.wire import U32, U64, unpack_header
+from intentra.events import MessageReceived, PeerRoamed, SessionClosed
+
+RELIABLE, REALTIME = Intent.RELIABLE, Intent.REALTIME
+DATA = is_type(PacketType.DATA)
+
+
+def setup(seed: int = 1, config: EndpointConfig | None = None,
+          config_b: EndpointConfig | None = None) -> tuple[Link, Node, Node, int, int]:
+    """Two endpoints with an established session; the link is quiet afterwards."""
+    link = Link(seed)
+    a = link.add("a", config)
+    b = link.add("b", config_b if config_b is not None else config)
+    cid_a, cid_b = link.establish(a, b)
+    link.advance(0.1)
+    return link, a, b, cid_a, cid_b
+
+
+def forge(link: Link, node: Node, conn_id: int, ptype: PacketType, intent: Intent,
+          plaintext: bytes, ack: int | None = None, priority: int = 0) -> None:
+    """Seal an arbitrary plaintext with the session's real keys and send it.
+
+    This is what a hostile peer holding valid keys can do; the receiver must
+    treat it as an authenticated violation.
+    """
+    session = node.endpoint.sessions[conn_id]
+    if ack is None:
+        ack = session.recv_window.ack
+    assert session._seal(int(ptype), int(intent), priority, ack, plaintext, link.now)
+    link.pump(node)
+
+
+def data_sent(link: Link, node: Node) -> list[bytes]:
+    return [d.data for d in link.sent_by(node, DATA)]
+
+
+# --------------------------------------------------------------- packing
+
+
+def expected_packing(sizes_prios: list[tuple[int, int]], limit: int, first: int) -> list[int]:
+    """Header priorities of the datagrams a greedy packer builds, in order."""
+    prios: list[int] = []
+    size = first
+    prio = -1
+    for length, p in sizes_prios:
+        need = LEN_PREFIX + length
+        if prio >= 0 and size + need > limit:
+            prios.append(prio)
+            size, prio = first, -1
+        size += need
+        prio = max(prio, p)
+    prios.append(prio)
+    return prios
+
+
+@pytest.mark.parametrize("intent", [RELIABLE, REALTIME])
+@pytest.mark.parametrize("max_datagram", [1200, 200])
+def test_messages_queued_in_one_turn_share_datagrams(intent: Intent, max_datagram: int) -> None:
+    config = EndpointConfig(max_datagram=max_datagram)
+    link, a, b, cid_a, _ = setup(config=config)
+    messages = [(bytes([i]) * 20, (i * 3) % 5) for i in range(40)]
+    before = len(data_sent(link, a))
+    for data, prio in messages:
+        link.send(a, cid_a, data, intent, prio)
+    link.pump(a)
+    sent = data_sent(link, a)[before:]
+    link.advance(0.5)
+
+    by_priority = sorted(messages, key=lambda m: -m[1])  # stable: FIFO within a level
+    first = RSEQ_LEN if intent == RELIABLE else 0
+    limit = max_datagram - HEADER_LEN - TAG_LEN
+    expected = expected_packing([(len(d), p) for d, p in by_priority], limit, first)
+    assert len(sent) == len(expected)
+    assert all(len(d) <= max_datagram for d in sent)
+    headers = [unpack_header(d) for d in sent]
+    assert [h.priority for h in headers if h is not None] == expected
+    assert all(h is not None and h.intent == intent for h in headers)
+    assert b.payloads() == [d for d, _ in by_priority]
+    # Every message reports the header priority of the packet that carried it.
+    received = b.of_type(MessageReceived)
+    assert received[0].priority == expected[0] == 4
+    assert {m.priority for m in received} == set(expected)
+
+
+def test_realtime_and_reliable_never_share_a_datagram() -> None:
+    link, a, b, cid_a, _ = setup()
+    before = len(data_sent(link, a))
+    for i in range(10):
+        link.send(a, cid_a, b"r%d" % i, RELIABLE, 1)
+        link.send(a, cid_a, b"t%d" % i, REALTIME, 2)
+    link.pump(a)
+    sent = [unpack_header(d) for d in data_sent(link, a)[before:]]
+    assert sorted((h.intent, h.priority) for h in sent if h is not None) == [(0, 1), (1, 2)]
+    link.advance(0.1)
+    assert b.payloads(RELIABLE) == [b"r%d" % i for i in range(10)]
+    assert b.payloads(REALTIME) == [b"t%d" % i for i in range(10)]
+
+
+# --------------------------------------------------------------- violations
+
+
+def _bad_cases() -> list[tuple[str, PacketType, Intent, bytes, int | None]]:
+    window = EndpointConfig().max_reliable_in_flight
+    return [
+        ("realtime-length-beyond", PacketType.DATA, REALTIME, b"\x00\x09abc", None),
+        ("realtime-length-zero", PacketType.DATA, REALTIME, b"\x00\x00\x00\x01a", None),
+        ("realtime-truncated-prefix", PacketType.DATA, REALTIME, b"\x00\x01a\x00", None),
+        ("reliable-length-beyond", PacketType.DATA, RELIABLE, U32.pack(1) + b"\x00\x05ab", None),
+        ("reliable-trailing-byte", PacketType.DATA, RELIABLE, U32.pack(1) + b"\x00\x01ab", None),
+        ("reliable-rseq-beyond-window", PacketType.DATA, RELIABLE,
+         U32.pack(1 + window) + b"\x00\x01a", None),
+        ("data-ack-never-sent", PacketType.DATA, REALTIME, b"\x00\x01a", 7),
+        ("ack-never-sent", PacketType.ACK, RELIABLE, U64.pack(0), 7),
+        ("ack-bitmap-never-sent", PacketType.ACK, RELIABLE, U64.pack(1 << 5), 0),
+    ]
+
+
+@pytest.mark.parametrize(("ptype", "intent", "plaintext", "ack"),
+                         [c[1:] for c in _bad_cases()], ids=[c[0] for c in _bad_cases()])
+def test_authenticated_violation_strikes_and_delivers_nothing(
+        ptype: PacketType, intent: Intent, plaintext: bytes, ack: int | None) -> None:
+    link, a, b, cid_a, cid_b = setup()
+    forge(link, a, cid_a, ptype, intent, plaintext, ack)
+    link.advance(0.1)
+
+    assert b.endpoint.stats.strike_events == 1
+    assert b.endpoint.sessions[cid_b].strikes == 1
+    assert b.of_type(MessageReceived) == []
+    assert b.established(cid_b)
+    # The session still works.
+    link.send(a, cid_a, b"fine")
+    link.advance(0.1)
+    assert b.payloads() == [b"fine"]
+    assert b.endpoint.stats.strike_events == 1
+
+
+def test_well_formed_forged_packet_is_not_a_violation() -> None:
+    """The control case of the table above: the same path with valid framing."""
+    link, a, b, cid_a, _ = setup()
+    forge(link, a, cid_a, PacketType.DATA, REALTIME, b"\x00\x02ok\x00\x01!")
+    link.advance(0.1)
+    assert b.endpoint.stats.strike_events == 0
+    assert b.payloads() == [b"ok", b"!"]
+
+
+@pytest.mark.parametrize("strikes", [9, 10])
+def test_strike_threshold_closes_with_protocol_violation(strikes: int) -> None:
+    link, a, b, cid_a, cid_b = setup()
+    threshold = b.endpoint.config.strike_threshold
+    for _ in range(strikes):
+        forge(link, a, cid_a, PacketType.DATA, REALTIME, b"\x00\x00\x00")
+    link.advance(0.2)
+
+    assert b.endpoint.stats.strike_events == strikes
+    if strikes < threshold:
+        assert b.established(cid_b)
+        assert a.established(cid_a)
+        return
+    closed_b = b.closed(cid_b)
+    assert closed_b is not None
+    assert (closed_b.reason, closed_b.by_peer) == (CloseReason.PROTOCOL_VIOLATION, False)
+    closed_a = a.closed(cid_a)
+    assert closed_a is not None
+    assert (closed_a.reason, closed_a.by_peer) == (CloseReason.PROTOCOL_VIOLATION, True)
+    assert b.endpoint.sessions == {}
+
+
+def test_strikes_decay() -> None:
+    link, a, b, cid_a, cid_b = setup()
+    cfg = b.endpoint.config
+    for _ in range(2 * cfg.strike_threshold):
+        forge(link, a, cid_a, PacketType.DATA, REALTIME, b"\x00\x00\x00")
+        link.advance(cfg.strike_decay + 0.5)
+    assert b.endpoint.stats.strike_events == 2 * cfg.strike_threshold
+    assert b.established(cid_b)
+    assert b.endpoint.sessions[cid_b].strikes == 1
+
+
+# --------------------------------------------------------------- packet numbers
+
+
+def test_packet_numbers_cross_the_32_bit_wrap() -> None:
+    start = 2**32 - 50
+    link, a, b, cid_a, cid_b = setup(config=EndpointConfig(initial_pn=start))
+    for i in range(100):
+        link.send(a, cid_a, b"rel%d" % i, RELIABLE)
+        link.advance(0.002)
+        link.send(a, cid_a, b"rt%d" % i, REALTIME)
+        link.advance(0.002)
+        link.send(b, cid_b, b"back%d" % i, RELIABLE)
+    link.advance(1.0)
+
+    seqs = [d.seq for d in link.sent_by(a, DATA)]
+    assert len(seqs) >= 200
+    assert max(seqs) >= start and min(seqs) < 200  # it did wrap
+    assert b.payloads(RELIABLE) == [b"rel%d" % i for i in range(100)]
+    assert b.payloads(REALTIME) == [b"rt%d" % i for i in range(100)]
+    assert a.payloads(RELIABLE) == [b"back%d" % i for i in range(100)]
+    for node in (a, b):
+        assert node.endpoint.stats.replay_rejections == 0
+        assert node.endpoint.stats.packets_dropped_crypto == 0
+        assert node.endpoint.stats.retransmissions == 0
+
+
+def test_pn_limit_closes_with_key_exhausted() -> None:
+    limit = 40
+    config = EndpointConfig(initial_pn=1, pn_limit=limit)
+    link, a, b, cid_a, cid_b = setup(config=config)
+    for i in range(2 * limit):
+        if not a.established(cid_a):
+            break
+        link.send(a, cid_a, b"m%d" % i, REALTIME)
+        link.advance(0.002)
+    link.advance(0.5)
+
+    closed_a = a.closed(cid_a)
+    assert closed_a is not None
+    assert (closed_a.reason, closed_a.by_peer) == (CloseReason.KEY_EXHAUSTED, False)
+    closed_b = b.closed(cid_b)
+    assert closed_b is not None
+    assert (closed_b.reason, closed_b.by_peer) == (CloseReason.KEY_EXHAUSTED, True)
+    encrypted = [d for d in link.sent_by(a) if d.ptype != PacketType.HS]
+    assert encrypted[-1].ptype == PacketType.CLOSE
+    assert all(1 <= d.seq < limit for d in encrypted)
+    assert len({d.seq for d in encrypted}) == len(encrypted)  # never reused
+    assert len(b.payloads()) == len(encrypted) - 1
+
+
+# --------------------------------------------------------------- key update
+
+
+def test_key_updates_in_both_directions_with_reordering() -> None:
+    config = EndpointConfig(key_update_packets=20, key_update_min_interval=0.001)
+    link, a, b, cid_a, cid_b = setup(seed=7, config=config)
+    for path in link.both(a, b):
+        path.reorder = 0.15
+        path.hold = 0.02
+        path.dup = 0.02
+    n = 300
+    for i in range(n):
+        link.send(a, cid_a, b"a-rel-%d" % i, RELIABLE)
+        link.send(a, cid_a, b"a-rt-%d" % i, REALTIME)
+        link.send(b, cid_b, b"b-rel-%d" % i, RELIABLE)
+        link.send(b, cid_b, b"b-rt-%d" % i, REALTIME)
+        link.advance(0.003)
+    link.advance(5.0)
+
+    for node in (a, b):
+        stats = node.endpoint.stats
+        assert stats.key_updates_send >= 5, node.name
+        assert stats.key_updates_receive >= 5, node.name
+    assert a.established(cid_a) and b.established(cid_b)
+    assert b.payloads(RELIABLE) == [b"a-rel-%d" % i for i in range(n)]
+    assert a.payloads(RELIABLE) == [b"b-rel-%d" % i for i in range(n)]
+    for node, name in ((a, b"b"), (b, b"a")):
+        realtime = node.payloads(REALTIME)
+        assert max(Counter(realtime).values()) == 1
+        assert set(realtime) <= {name + b"-rt-%d" % i for i in range(n)}
+        assert len(realtime) > n // 2
+
+
+def test_late_packet_of_the_previous_phase_opens_until_the_old_key_expires() -> None:
+    config = EndpointConfig(key_update_packets=5, key_update_min_interval=0.001)
+    link, a, b, cid_a, cid_b = setup(config=config)
+    held = DropFirst(lambda d: d.ptype == PacketType.DATA and d.src == a.addr
+                     and d.data[1] & 1 == 0 and d.seq >= 4, 2)
+    link.path(a, b).drop = held
+    for i in range(8):
+        link.send(a, cid_a, b"m%d" % i, REALTIME)
+        link.advance(0.001)
+    link.advance(0.01)
+    phases = [d.data[1] & 1 for d in link.sent_by(a, DATA)]
+    assert phases == [0] * 5 + [1] * 3
+    assert [d.seq for d in held.dropped] == [4, 5]
+    assert b.endpoint.stats.key_updates_receive == 1
+    assert b.payloads() == [b"m0", b"m1", b"m2", b"m5", b"m6", b"m7"]
+
+    # Within 3 x RTO: the previous key still opens it.
+    link.deliver(held.dropped[1].data, a.addr, b)
+    assert b.payloads()[-1] == b"m4"
+    # After it: the previous key is gone (SPEC 4), the packet cannot be opened.
+    link.advance(3 * b.endpoint.sessions[cid_b].rtt.rto + 0.1)
+    crypto = b.endpoint.stats.packets_dropped_crypto
+    link.deliver(held.dropped[0].data, a.addr, b)
+    assert b.endpoint.stats.packets_dropped_crypto == crypto + 1
+    assert b"m3" not in b.payloads()
+    assert b.established(cid_b)
+
+
+# --------------------------------------------------------------- reliability
+
+
+def test_reliable_exactly_once_in_order_under_loss_dup_reorder() -> None:
+    link, a, b, cid_a, cid_b = setup(seed=3)
+    for path in link.both(a, b):
+        path.loss = 0.2
+        path.dup = 0.05
+        path.reorder = 0.1
+    n = 2000
+    sent = {a.name: 0, b.name: 0}
+
+    def message(name: str, i: int) -> bytes:
+        return b"%s-%d-" % (name.encode(), i) + bytes(300)
+
+    def feed(node: Node, conn_id: int) -> None:
+        # A few messages per turn, so that they travel in many datagrams.
+        room = node.endpoint.reliable_capacity(conn_id)
+        for _ in range(min(room, 4, n - sent[node.name])):
+            link.send(node, conn_id, message(node.name, sent[node.name]))
+            sent[node.name] += 1
+
+    def done() -> bool:
+        return len(a.messages) >= n and len(b.messages) >= n
+
+    while not done() and link.now < 120.0:
+        feed(a, cid_a)
+        feed(b, cid_b)
+        link.advance(0.002, done)
+
+    assert b.payloads() == [message("a", i) for i in range(n)]
+    assert a.payloads() == [message("b", i) for i in range(n)]
+    assert len(link.sent_by(a, DATA)) > 1000
+    assert a.established(cid_a) and b.established(cid_b)
+    assert a.endpoint.stats.retransmissions > 0
+    assert b.endpoint.stats.replay_rejections > 0
+
+
+# --------------------------------------------------------------- queueing
+
+
+@pytest.mark.parametrize(("wait", "delivered"), [(0.05, 3), (0.2, 0)])
+def test_realtime_past_its_deadline_is_dropped(wait: float, delivered: int) -> None:
+    link, a, b, cid_a, _ = setup()
+    for i in range(3):
+        link.send(a, cid_a, b"late%d" % i, REALTIME, i)
+    link.now += wait  # the loop turn took this long before the flush
+    link.pump(a)
+    link.advance(0.1)
+
+    assert len(b.payloads(REALTIME)) == delivered
+    assert a.endpoint.stats.messages_dropped_deadline == 3 - delivered
+
+
+def test_backed_up_messages_leave_by_priority_fifo_within_a_level() -> None:
+    link, a, b, cid_a, _ = setup(config=EndpointConfig(max_reliable_in_flight=2))
+    link.send(a, cid_a, b"fill1")
+    link.send(a, cid_a, b"fill2")
+    link.pump(a)
+    assert a.endpoint.reliable_capacity(cid_a) == 0
+    queued = [(1, b"a"), (5, b"b"), (1, b"c"), (7, b"d"), (5, b"e"), (0, b"f"), (7, b"g")]
+    for prio, data in queued:
+        link.send(a, cid_a, data, RELIABLE, prio)
+    link.advance(1.0)
+
+    assert b.payloads() == [b"fill1", b"fill2", b"d", b"g", b"b", b"e", b"a", b"c", b"f"]
+
+
+def test_queued_messages_leave_as_soon_as_an_ack_opens_the_window() -> None:
+    """SPEC 4: a sender flushes what it has queued once per turn; the turn that
+    takes the ACK freeing window room must send what waited for it."""
+    config = EndpointConfig(max_reliable_in_flight=2)
+    link, a, b, cid_a, _ = setup(config=config)
+    t0 = link.now
+    for i in range(6):
+        link.send(a, cid_a, b"m%d" % i)
+    link.advance(2.0)
+
+    assert b.payloads() == [b"m%d" % i for i in range(6)]
+    round_trip = 2 * LATENCY + config.ack_delay  # the receiver delays its ACK
+    sent = [d.sent_at - t0 for d in link.sent_by(a, DATA)]
+    assert sent == pytest.approx([0.0, round_trip, 2 * round_trip], abs=0.002)
+
+
+def test_loss_recovery_does_not_inflate_the_rtt_estimate() -> None:
+    """SPEC 6: RFC 6298 over samples from first transmissions only. An ACK that
+    moves the cumulative ack only because a retransmission filled the hole says
+    nothing about the path; sampling the newest message it covers (which was
+    already SACKed, and sampled, long before) inflates the RTO."""
+    link, a, b, cid_a, _ = setup()
+    link.path(a, b).drop = DropFirst(DATA)  # the packet carrying rseq 1
+    for i in range(8):
+        link.send(a, cid_a, b"m%d" % i)
+        link.advance(0.001)
+    link.path(a, b).loss = 1.0  # its first retransmissions are lost too
+    link.advance(0.1)
+    link.path(a, b).loss = 0.0
+    link.advance(2.0)
+
+    assert b.payloads() == [b"m%d" % i for i in range(8)]
+    assert a.endpoint.stats.retransmissions >= 2
+    srtt = a.endpoint.sessions[cid_a].rtt.srtt
+    assert srtt is not None
+    assert srtt < 1.5 * 2 * LATENCY  # the path's round trip (a gap is ACKed at once)
+
+
+def test_realtime_in_one_turn_leaves_by_priority() -> None:
+    link, a, b, cid_a, _ = setup()
+    for prio, data in [(1, b"a"), (5, b"b"), (1, b"c"), (7, b"d"), (0, b"e")]:
+        link.send(a, cid_a, data, REALTIME, prio)
+    link.advance(0.1)
+    assert b.payloads() == [b"d", b"b", b"a", b"c", b"e"]
+
+
+# --------------------------------------------------------------- life and death
+
+
+def test_idle_timeout_closes_with_timeout() -> None:
+    link, a, b, cid_a, cid_b = setup(config=EndpointConfig(idle_timeout=3.0),
+                                     config_b=EndpointConfig())
+    last_recv = a.endpoint.sessions[cid_a].last_recv_at
+    link.advance(10.0)
+
+    [(t, closed_a)] = a.timed(SessionClosed)
+    assert (closed_a.conn_id, closed_a.reason, closed_a.by_peer) == (
+        cid_a, CloseReason.TIMEOUT, False)
+    assert t == pytest.approx(last_recv + 3.0)
+    closed_b = b.closed(cid_b)
+    assert closed_b is not None
+    assert closed_b.reason == CloseReason.TIMEOUT
+    assert a.endpoint.sessions == {} and b.endpoint.sessions == {}
+
+
+QUICK = EndpointConfig(idle_timeout=5.0, keepalive_interval=1.0)
+
+
+def test_partitioned_session_times_out_on_both_sides() -> None:
+    link, a, b, cid_a, cid_b = setup(config=QUICK)
+    for path in link.both(a, b):
+        path.loss = 1.0
+    link.advance(10.0)
+    for node, cid in ((a, cid_a), (b, cid_b)):
+        closed = node.closed(cid)
+        assert closed is not None
+        assert (closed.reason, closed.by_peer) == (CloseReason.TIMEOUT, False)
+
+
+@pytest.mark.parametrize("config", [QUICK, EndpointConfig()], ids=["quick", "defaults"])
+def test_keepalive_keeps_a_quiet_session_alive(config: EndpointConfig) -> None:
+    link, a, b, cid_a, cid_b = setup(config=config)
+    link.advance(4 * config.idle_timeout)
+    assert a.of_type(SessionClosed) == [] and b.of_type(SessionClosed) == []
+    assert a.established(cid_a) and b.established(cid_b)
+    acks = link.sent_by(a, is_type(PacketType.ACK))
+    assert len(acks) >= 4 * config.idle_timeout / config.keepalive_interval - 1
+    link.send(a, cid_a, b"still here")
+    link.advance(0.1)
+    assert b.payloads() == [b"still here"]
+
+
+@pytest.mark.parametrize("reason", list(CloseReason))
+def test_close_reason_reaches_the_peer(reason: CloseReason) -> None:
+    link, a, b, cid_a, cid_b = setup()
+    link.send(a, cid_a, b"last words")
+    a.endpoint.close(cid_a, link.now, reason)
+    link.pump(a)
+    link.advance(0.5)
+
+    closed_a = a.closed(cid_a)
+    assert closed_a is not None
+    assert (closed_a.reason, closed_a.by_peer) == (reason, False)
+    closed_b = b.closed(cid_b)
+    assert closed_b is not None
+    assert (closed_b.reason, closed_b.by_peer) == (reason, True)
+    assert b.payloads() == [b"last words"]
+    assert a.endpoint.sessions == {} and b.endpoint.sessions == {}
+    # Nothing answers a CLOSE.
+    assert link.sent_by(b, is_type(PacketType.CLOSE)) == []
+
+
+def test_replayed_data_is_not_delivered_twice() -> None:
+    link, a, b, cid_a, _ = setup()
+    link.send(a, cid_a, b"once", REALTIME)
+    link.advance(0.1)
+    [datagram] = link.sent_by(a, DATA)
+
+    link.deliver(datagram.data, a.addr, b)
+    link.deliver(datagram.data, ("10.66.0.1", 666), b)  # from elsewhere: no roaming either
+    link.advance(0.1)
+
+    assert b.payloads() == [b"once"]
+    assert b.endpoint.stats.replay_rejections == 2
+    assert b.of_type(PeerRoamed) == []
+
+
+def test_authenticated_packet_from_a_new_address_roams() -> None:
+    link, a, b, cid_a, cid_b = setup()
+    old = a.addr
+    new = ("10.1.2.3", 5678)
+    # A corrupted packet from another address does not move the session.
+    link.send(a, cid_a, b"probe", REALTIME)
+    link.pump(a)
+    probe = link.sent_by(a, DATA)[-1].data
+    link.advance(0.1)
+    link.deliver(probe[:-1] + bytes([probe[-1] ^ 1]), ("10.66.0.1", 666), b)
+    assert b.endpoint.address(cid_b) == old
+
+    link.move(a, new)
+    link.send(a, cid_a, b"moved")
+    link.advance(0.1)
+
+    assert b.payloads() == [b"probe", b"moved"]
+    assert b.of_type(PeerRoamed) == [PeerRoamed(cid_b, old, new)]
+    assert b.endpoint.address(cid_b) == new
+    link.send(b, cid_b, b"reply")
+    link.advance(0.1)
+    assert a.payloads() == [b"reply"]
+    assert link.sent_by(b, DATA)[-1].dst == new
+
