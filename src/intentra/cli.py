@@ -39,7 +39,8 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
         import uvloop  # noqa: PLC0415 - optional extra
     except ImportError:
         return asyncio.run(coro)
-    return uvloop.run(coro)
+    result: int = uvloop.run(coro)
+    return result
 
 
 def _load_key(path: str) -> PrivateKey:
