@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[ui]'
+	$(BIN)/pip install --quiet -e '.[ui,fast]'
 
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'

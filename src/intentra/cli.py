@@ -33,14 +33,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"intentra: error: {message} (see --help)\n")
 
 
+_LOOP = "auto"
+
+
 def _run(coro: Coroutine[Any, Any, int]) -> int:
-    """Run on uvloop when it is installed, else asyncio's default loop."""
-    try:
-        import uvloop  # noqa: PLC0415 - optional extra
-    except ImportError:
-        return asyncio.run(coro)
-    result: int = uvloop.run(coro)
-    return result
+    """Run on uvloop when installed (``--loop auto``, the default), else asyncio's loop."""
+    if _LOOP != "asyncio":
+        try:
+            import uvloop  # noqa: PLC0415 - optional extra
+        except ImportError:
+            if _LOOP == "uvloop":
+                coro.close()
+                raise UsageError("--loop uvloop needs uvloop: pip install 'intentra[fast]'") \
+                    from None
+        else:
+            result: int = uvloop.run(coro)
+            return result
+    return asyncio.run(coro)
 
 
 def _load_key(path: str) -> PrivateKey:
@@ -211,7 +220,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return _run(run_demo(peers=args.peers, rate=args.rate, duration=args.duration,
                          size=args.size, reliable_every=args.reliable_every,
-                         plain=args.plain))
+                         plain=args.plain, loop=args.loop))
 
 
 # ------------------------------------------------------------------- parser
@@ -219,6 +228,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="intentra", description=(
         "Encrypted, authenticated multi-peer UDP transport for real-time state."))
+    parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                        help="event loop: uvloop when installed (auto), or force one")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("keygen", help="write a new private key file (mode 0600)")
@@ -264,8 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _LOOP
     parser = build_parser()
     args = parser.parse_args(argv)
+    _LOOP = args.loop
     try:
         result: int = args.func(args)
     except KeyboardInterrupt:

@@ -63,13 +63,13 @@ def percentile(values: list[int], q: float) -> float:
     return float(ordered[index])
 
 
-async def _start_hub(workdir: Path) -> tuple[asyncio.subprocess.Process, tuple[str, int], str,
-                                             str]:
+async def _start_hub(workdir: Path, loop: str
+                     ) -> tuple[asyncio.subprocess.Process, tuple[str, int], str, str]:
     key = PrivateKey.generate()
     key_path = workdir / "hub.key"
     key.save(key_path)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "intentra", "serve", "--bind", "127.0.0.1:0", "--key",
+        sys.executable, "-m", "intentra", "--loop", loop, "serve", "--bind", "127.0.0.1:0", "--key",
         str(key_path), "--metrics", "127.0.0.1:0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
@@ -139,12 +139,12 @@ class _Display:
 
 
 async def run_demo(peers: int = 50, rate: float = 50.0, duration: float = 10.0, size: int = 64,
-                   reliable_every: int = 10, plain: bool = False) -> int:
+                   reliable_every: int = 10, plain: bool = False, loop: str = "auto") -> int:
     """Run the demo and print its summary. Returns the exit status."""
     size = max(size, _STAMP.size)
     padding = bytes(size - _STAMP.size)
     with tempfile.TemporaryDirectory(prefix="intentra-demo-") as tmp:
-        proc, hub_address, hub_key, metrics_url = await _start_hub(Path(tmp))
+        proc, hub_address, hub_key, metrics_url = await _start_hub(Path(tmp), loop)
         try:
             return await _drive(proc, hub_address, hub_key, metrics_url, peers, rate, duration,
                                 padding, reliable_every, plain)
@@ -162,7 +162,8 @@ async def _drive(proc: asyncio.subprocess.Process, hub_address: tuple[str, int],
 
     server_key = PublicKey.from_base64(hub_key)
     print(f"hub pid {proc.pid} on {hub_address[0]}:{hub_address[1]}; "
-          f"{n_peers} peers x {rate:g} Hz for {duration:g} s", flush=True)
+          f"{n_peers} peers x {rate:g} Hz for {duration:g} s; event loop: "
+          f"{type(asyncio.get_running_loop()).__module__.split('.')[0]}", flush=True)
     transports = [await Transport.bind("127.0.0.1:0", PrivateKey.generate())
                   for _ in range(n_peers)]
     t0 = time.perf_counter()
