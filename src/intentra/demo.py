@@ -72,7 +72,8 @@ async def _start_hub(workdir: Path, loop: str
         sys.executable, "-m", "intentra", "--loop", loop, "serve", "--bind", "127.0.0.1:0", "--key",
         str(key_path), "--metrics", "127.0.0.1:0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    assert proc.stdout is not None
+    if proc.stdout is None:  # pragma: no cover - PIPE was asked for
+        raise IntentraError("the hub process has no stdout pipe")
     address: tuple[str, int] | None = None
     metrics_url = ""
     while address is None or not metrics_url:

@@ -275,12 +275,11 @@ class Endpoint:
         # COOKIE is not authenticated (SPEC section 5 gives it no MAC). Accept it
         # only from the address the HELLO went to, for our own random conn_id, and
         # answer a given cookie once: a forger can at most make us resend HELLO.
-        if (session.state is not SessionState.HELLO_SENT or addr != session.addr
+        hs = session.initiator_hs
+        if (session.state is not SessionState.HELLO_SENT or hs is None or addr != session.addr
                 or hmac.compare_digest(body.cookie, session.cookie)):
             self.stats.packets_dropped_unknown += 1
             return
-        hs = session.initiator_hs
-        assert hs is not None
         session.cookie = body.cookie
         session.hs_datagram = pack_hello(session.conn_id, body.cookie, hs.msg1)
         self.stats.packets_sent += 1
@@ -325,8 +324,6 @@ class Endpoint:
         self._out.append((session.finish_datagram, addr))
         self._events.append(HandshakeCompleted(session.conn_id, result.remote_static, addr, True))
         self._touch(session)
-        if session.has_output:
-            self._flush.add(session)
 
     def _on_finish(self, session: Session, body: HsBody, data: bytes, addr: Address,
                    now: float) -> None:

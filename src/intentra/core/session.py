@@ -152,14 +152,12 @@ class Session:
         self.queued += 1
         return True
 
-    def _next_pn(self, now: float) -> int | None:
+    def _next_pn(self, keys: SendKeys, now: float) -> int | None:
         """The packet number for the next packet, after a key update if one is due."""
         pn = self.pn_next
         cfg = self.config
         if pn >= cfg.pn_limit - 1:
             return None
-        keys = self.send_keys
-        assert keys is not None
         if keys.due(now, cfg.key_update_packets, cfg.key_update_time,
                     cfg.key_update_min_interval):
             keys.update(now)
@@ -169,13 +167,14 @@ class Session:
 
     def _seal(self, ptype: int, intent: int, priority: int, ack: int, plaintext: bytes,
               now: float) -> bool:
-        """Seal one packet and put it in ``out``. False if the keys are exhausted."""
-        pn = self._next_pn(now)
+        """Seal one packet and put it in ``out``. False if closed or the keys are exhausted."""
+        keys = self.send_keys
+        if keys is None:
+            return False  # not established, or closed: nothing may be sealed
+        pn = self._next_pn(keys, now)
         if pn is None:
             self.close(CloseReason.KEY_EXHAUSTED, now)
             return False
-        keys = self.send_keys
-        assert keys is not None
         header = HEADER.pack(_VERSION_BITS | ptype, (intent << 6) | (priority << 3) | keys.phase,
                              len(plaintext), self.remote_id, pn & _SEQ_MASK, ack)
         self.out.append((header + keys.seal(self.remote_id, pn, header, plaintext), self.addr))
@@ -426,12 +425,11 @@ class Session:
         if self.state is SessionState.CLOSED:
             return
         was_established = self.state is SessionState.ESTABLISHED
-        if was_established and send and not by_peer:
+        keys = self.send_keys
+        if was_established and send and not by_peer and keys is not None:
             pn = self.pn_next
             if pn < self.config.pn_limit:
                 self.pn_next = pn + 1
-                keys = self.send_keys
-                assert keys is not None
                 header = HEADER.pack(_VERSION_BITS | _CLOSE, keys.phase, 1, self.remote_id,
                                      pn & _SEQ_MASK, 0)
                 self.out.append((header + keys.seal(self.remote_id, pn, header,
@@ -453,7 +451,8 @@ class Session:
         """The earliest deadline of this session (None if it has none)."""
         cfg = self.config
         if self.state is SessionState.HELLO_SENT:
-            assert self.hs_retransmit_at is not None
+            if self.hs_retransmit_at is None:
+                return self.hs_deadline_at
             return min(self.hs_retransmit_at, self.hs_deadline_at)
         if self.state is SessionState.RESPONSE_SENT:
             return self.hs_deadline_at
