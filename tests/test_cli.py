@@ -75,10 +75,10 @@ def assert_usage_error(result: subprocess.CompletedProcess[str]) -> str:
 class Server:
     """``python -m intentra serve ARGS`` running in the background."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, command: str = "serve") -> None:
         self.args = args
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "intentra", "serve", *args], cwd=cwd,
+            [sys.executable, "-m", "intentra", command, *args], cwd=cwd,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
         self.stdout_lines: list[str] = []
@@ -336,6 +336,30 @@ def test_allow_list_admits_listed_key_and_refuses_others(tmp_path: Path,
     assert "handshake" in line.lower() and re.search(r"within|time", line.lower()), line
 
     assert server.interrupt() == 0
+
+
+def test_proxy_injects_faults_between_send_and_serve(tmp_path: Path,
+                                                    serve: ServeFactory) -> None:
+    server_key = tmp_path / "server.key"
+    server_pub = keygen(server_key)
+    server = serve("--bind", "127.0.0.1:0", "--key", str(server_key), "--echo")
+    proxy = Server(["--to", server.address, "--loss", "0.2", "--dup", "0.1", "--jitter", "5ms",
+                    "--seed", "7", "--report-every", "60"], tmp_path, command="proxy")
+    try:
+        match = proxy.expect(r"^intentra proxy on (\S+):(\d+) -> ")
+        address = f"{match.group(1)}:{match.group(2)}"
+        words = [f"w{i}" for i in range(30)]
+        # RELIABLE through 20% loss each way: every word comes back, once, in order.
+        result = intentra("send", "--to", address, "--server-key", server_pub, "--wait", "3",
+                          *words, cwd=tmp_path, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == words
+        assert proxy.interrupt() == 0, proxy.stderr_lines
+        report = "\n".join(proxy.stdout_lines)
+        assert re.search(r"dropped\s+[1-9]", report), report  # the faults really happened
+        assert "loss=20%" in report, report
+    finally:
+        proxy.kill()
 
 
 def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path, serve: ServeFactory) -> None:

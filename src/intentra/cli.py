@@ -115,6 +115,25 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
     return parse
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability in [0, 1]")
+    return value
+
+
+def _duration(text: str) -> float:
+    from intentra.testing.netem import parse_duration  # noqa: PLC0415
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 # ------------------------------------------------------------------ commands
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -215,6 +234,38 @@ def cmd_send(args: argparse.Namespace) -> int:
     return _run(_send(args))
 
 
+async def _proxy(args: argparse.Namespace) -> int:
+    from intentra.testing.netem import Faults, UdpProxy  # noqa: PLC0415
+
+    faults = Faults(loss=args.loss, dup=args.dup, reorder=args.reorder, delay=args.delay,
+                    jitter=args.jitter, truncate=args.truncate, corrupt=args.corrupt)
+    try:
+        proxy = await UdpProxy.start(args.to, listen=args.listen, forward=faults,
+                                     backward=faults, seed=args.seed)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.listen[0]}:{args.listen[1]}: "
+                         f"{exc.strerror or exc}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    host, port = proxy.address
+    print(f"intentra proxy on {host}:{port} -> {args.to[0]}:{args.to[1]}, "
+          f"faults each way: {faults.describe()}, seed {args.seed}", flush=True)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.report_every)
+        if not stop.is_set():
+            print(proxy.report(), flush=True)
+    await proxy.close()
+    print(proxy.report(), flush=True)
+    return 0
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    return _run(_proxy(args))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from intentra.demo import run_demo  # noqa: PLC0415 - keeps the CLI's start fast
 
@@ -260,6 +311,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to print replies after sending (default 1)")
     p.add_argument("message", nargs="*", help="messages to send (default: lines of stdin)")
     p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("proxy", help="a UDP proxy that injects faults, to try an application "
+                                     "under loss, duplication, reordering, delay and corruption")
+    p.add_argument("--listen", type=_address, default=("127.0.0.1", 0), metavar="HOST:PORT",
+                   help="where clients send (default 127.0.0.1:0, printed at start)")
+    p.add_argument("--to", required=True, type=_address, metavar="HOST:PORT",
+                   help="the server the proxy forwards to")
+    for name, text in (("loss", "drop"), ("dup", "duplicate"), ("reorder", "hold back"),
+                       ("truncate", "truncate"), ("corrupt", "flip one bit of")):
+        p.add_argument(f"--{name}", type=_probability, default=0.0, metavar="P",
+                       help=f"probability to {text} a datagram, each way (0)")
+    p.add_argument("--delay", type=_duration, default=0.0, metavar="T",
+                   help="added delay, e.g. 20ms (0)")
+    p.add_argument("--jitter", type=_duration, default=0.0, metavar="T",
+                   help="extra random delay up to T, e.g. 30ms (0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault decisions (0)")
+    p.add_argument("--report-every", type=_positive(float), default=10.0, metavar="S",
+                   help="print the fault counts every S seconds (10)")
+    p.set_defaults(func=cmd_proxy)
 
     p = sub.add_parser("demo", help="a hub and simulated peers on loopback, with a summary")
     p.add_argument("--peers", type=_positive(int), default=50, help="simulated peers (50)")
