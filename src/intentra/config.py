@@ -64,6 +64,9 @@ class EndpointConfig:
     """Seconds under one key before the sender moves to the next."""
     key_update_min_interval: float = 10.0
     """Minimum seconds between two key updates of one sender."""
+    key_update_catch_up: int = 3
+    """Keys beyond the next a receiver also tries after a silence of key_update_min_interval
+    (0: SPEC exactly; see ReceiveKeys.open)."""
     pn_limit: int = 1 << 62
     """Packet number at which a sender closes with KEY_EXHAUSTED."""
     realtime_deadline: float = 0.1
@@ -76,7 +79,7 @@ class EndpointConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool):
+            if isinstance(value, bool) or f.name == "key_update_catch_up":
                 continue
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(
@@ -90,6 +93,8 @@ class EndpointConfig:
             raise ConfigError("EndpointConfig needs min_rto <= initial_rto <= max_rto")
         if self.max_reliable_in_flight >= 1 << 31:
             raise ConfigError("EndpointConfig.max_reliable_in_flight must be below 2**31")
+        if not 0 <= self.key_update_catch_up <= 8:
+            raise ConfigError("EndpointConfig.key_update_catch_up must be between 0 and 8")
         if not 1 <= self.initial_pn < self.pn_limit:
             raise ConfigError("EndpointConfig.initial_pn must be at least 1 and below pn_limit")
 

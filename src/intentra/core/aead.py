@@ -81,34 +81,61 @@ class ReceiveKeys:
         self.first_pn_current = 0
 
     def open(self, conn_id: int, pn: int, key_phase: int, header: bytes | memoryview,
-             body: bytes | memoryview) -> tuple[bytes, bool] | None:
-        """Authenticate and decrypt without changing any state.
+             body: bytes | memoryview, catch_up: int = 0) -> tuple[bytes, int] | None:
+        """Authenticate and decrypt without changing any state (SPEC section 4).
+
+        Args:
+            catch_up: how many keys beyond the next one may also be tried when
+                the SPEC's choice fails. 0 is SPEC exactly. The endpoint allows
+                it only after a silence of KEY_UPDATE_MIN_INTERVAL, the only
+                way a sender can be two or more updates ahead (departure from
+                SPEC: without it such a session could never decrypt again).
 
         Returns:
-            ``(plaintext, moves_phase)``, or None if it does not authenticate.
-            ``moves_phase`` tells the caller to :meth:`commit_update` once the
-            packet has passed every other check.
+            ``(plaintext, steps)``, or None if it does not authenticate.
+            ``steps`` (0: none) tells the caller to :meth:`commit_update` that
+            many keys forward once the packet has passed every other check.
         """
         n = _NONCE.pack(conn_id, pn)
         if key_phase == self.phase:
-            aead, moves = self._cur, False
+            aead, steps = self._cur, 0
         elif self._prev is not None and pn < self.first_pn_current:
-            aead, moves = self._prev, False
+            aead, steps = self._prev, 0
         else:
-            aead, moves = self._next, True
+            aead, steps = self._next, 1
         try:
-            return aead.decrypt(n, body, header), moves
+            return aead.decrypt(n, body, header), steps
         except InvalidTag:
-            return None
+            if catch_up <= 0 or (steps == 0 and aead is self._prev):
+                return None
+        # Keys further ahead with the packet's phase: +2, +4.. or +3, +5..
+        key = self._next_key
+        for ahead in range(2, 2 + catch_up):
+            key = rekey(key)
+            if (ahead & 1) != (key_phase ^ self.phase):
+                continue
+            try:
+                return AESGCM(key).decrypt(n, body, header), ahead
+            except InvalidTag:
+                continue
+        return None
 
-    def commit_update(self, pn: int, now: float, prev_lifetime: float) -> None:
-        """The peer moved to its next key (proved by an authenticated packet ``pn``)."""
-        self._prev = self._cur
+    def commit_update(self, pn: int, now: float, prev_lifetime: float, steps: int = 1) -> None:
+        """The peer moved ``steps`` keys on (proved by an authenticated packet ``pn``).
+
+        The key just before the new current one becomes the previous key;
+        any skipped keys are dropped.
+        """
+        for _ in range(steps - 1):
+            self._cur_key = self._next_key
+            self._next_key = rekey(self._next_key)
+        self._next = AESGCM(self._next_key) if steps > 1 else self._next
+        self._prev = self._cur if steps == 1 else AESGCM(self._cur_key)
         self.prev_expires_at = now + prev_lifetime
         self._cur_key, self._cur = self._next_key, self._next
         self._next_key = rekey(self._cur_key)
         self._next = AESGCM(self._next_key)
-        self.phase ^= 1
+        self.phase ^= steps & 1
         self.first_pn_current = pn
 
     def expire_previous(self, now: float) -> None:

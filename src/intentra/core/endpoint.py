@@ -168,8 +168,13 @@ class Endpoint:
             stats.replay_rejections += 1
             return
         # 5. AEAD open; on failure nothing in the session changes
+        cfg = self.config
+        # Keys beyond the next are tried only after a silence long enough for
+        # the peer to have updated twice (see ReceiveKeys.open).
+        catch_up = (cfg.key_update_catch_up
+                    if now - session.last_recv_at >= cfg.key_update_min_interval else 0)
         opened = keys.open(conn_id, pn, key_phase, data[:HEADER_LEN],
-                           memoryview(data)[HEADER_LEN:])
+                           memoryview(data)[HEADER_LEN:], catch_up)
         if opened is None:
             stats.packets_dropped_crypto += 1
             return
@@ -177,8 +182,8 @@ class Endpoint:
         # 6. commit: replay window, then the key update this packet proved
         replay.mark(pn)
         if moves_phase:
-            keys.commit_update(pn, now, 3 * session.rtt.rto)
-            stats.key_updates_receive += 1
+            keys.commit_update(pn, now, 3 * session.rtt.rto, moves_phase)
+            stats.key_updates_receive += moves_phase
         # 7. roaming
         if addr != session.addr:
             old = session.addr
