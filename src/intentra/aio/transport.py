@@ -227,7 +227,8 @@ class Transport:
             cookie_master: 32 bytes shared by endpoints on one port (workers).
             reuse_port: set SO_REUSEPORT (several processes on one port).
             receive_queue_size: messages held for :meth:`receive`; beyond it
-                new messages are dropped and counted.
+                REALTIME messages are dropped and counted (RELIABLE ones, already
+                acknowledged, are always kept).
 
         Raises:
             OSError: the address cannot be bound (in use, not local, ...).
@@ -507,7 +508,9 @@ class Transport:
                 peer = self._peers.get(event.conn_id)
                 if peer is None:
                     continue
-                if len(self._queue) >= self._queue_limit:
+                # The core has acknowledged RELIABLE messages: never drop one here.
+                # Only REALTIME is shed when the application falls behind.
+                if len(self._queue) >= self._queue_limit and event.intent is Intent.REALTIME:
                     self.receive_queue_drops += 1
                     continue
                 self._queue.append(Message(peer, event.data, event.intent, event.priority))

@@ -67,8 +67,8 @@ class SendKeys:
 class ReceiveKeys:
     """The receiving direction: current, next and (briefly) previous key."""
 
-    __slots__ = ("_cur", "_cur_key", "_next", "_next_key", "_prev", "first_pn_current",
-                 "phase", "prev_expires_at")
+    __slots__ = ("_ahead", "_cur", "_cur_key", "_next", "_next_key", "_prev",
+                 "first_pn_current", "phase", "prev_expires_at")
 
     def __init__(self, key: bytes) -> None:
         self._cur_key = key
@@ -79,6 +79,9 @@ class ReceiveKeys:
         self.prev_expires_at: float | None = None
         self.phase = 0
         self.first_pn_current = 0
+        # Keys beyond the next, derived once when catch-up first needs them (a
+        # cache of values that follow from the current key; not session state).
+        self._ahead: list[AESGCM] = []
 
     def open(self, conn_id: int, pn: int, key_phase: int, header: bytes | memoryview,
              body: bytes | memoryview, catch_up: int = 0) -> tuple[bytes, int] | None:
@@ -109,13 +112,19 @@ class ReceiveKeys:
             if catch_up <= 0 or (steps == 0 and aead is self._prev):
                 return None
         # Keys further ahead with the packet's phase: +2, +4.. or +3, +5..
-        key = self._next_key
+        ahead_keys = self._ahead
+        if len(ahead_keys) < catch_up:
+            key = self._next_key
+            for _ in range(len(ahead_keys) + 1):
+                key = rekey(key)
+            while len(ahead_keys) < catch_up:
+                ahead_keys.append(AESGCM(key))
+                key = rekey(key)
         for ahead in range(2, 2 + catch_up):
-            key = rekey(key)
             if (ahead & 1) != (key_phase ^ self.phase):
                 continue
             try:
-                return AESGCM(key).decrypt(n, body, header), ahead
+                return ahead_keys[ahead - 2].decrypt(n, body, header), ahead
             except InvalidTag:
                 continue
         return None
@@ -137,6 +146,7 @@ class ReceiveKeys:
         self._next = AESGCM(self._next_key)
         self.phase ^= steps & 1
         self.first_pn_current = pn
+        self._ahead = []
 
     def expire_previous(self, now: float) -> None:
         """Erase the previous key once its time for late packets is over."""

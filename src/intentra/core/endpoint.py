@@ -37,6 +37,7 @@ from intentra.core.noise import InitiatorHandshake, ResponderHandshake
 from intentra.core.session import Session, SessionState
 from intentra.core.stats import Stats
 from intentra.core.wire import (
+    LOW_ORDER_POINTS,
     Header,
     HsBody,
     pack_cookie_reply,
@@ -67,6 +68,8 @@ Rng = Callable[[int], bytes]
 _HS: Final = int(PacketType.HS)
 _REALTIME: Final = int(Intent.REALTIME)
 _ESTABLISHED: Final = SessionState.ESTABLISHED
+MAX_COOKIES_PER_HANDSHAKE: Final = 2
+MAX_FAILED_FINISH: Final = 4
 
 
 class ConnectionLimitError(IntentraError):
@@ -167,7 +170,10 @@ class Endpoint:
         if not replay.is_fresh(pn):
             stats.replay_rejections += 1
             return
-        # 5. AEAD open; on failure nothing in the session changes
+        # 5. AEAD open; on failure nothing in the session changes. A previous
+        # key past its lifetime is erased first, whatever the timers did.
+        if keys.prev_expires_at is not None and now >= keys.prev_expires_at:
+            keys.expire_previous(now)
         cfg = self.config
         # Keys beyond the next are tried only after a silence long enough for
         # the peer to have updated twice (see ReceiveKeys.open).
@@ -180,12 +186,14 @@ class Endpoint:
             return
         plaintext, moves_phase = opened
         # 6. commit: replay window, then the key update this packet proved
+        newest = pn > replay.highest
         replay.mark(pn)
         if moves_phase:
             keys.commit_update(pn, now, 3 * session.rtt.rto, moves_phase)
             stats.key_updates_receive += moves_phase
-        # 7. roaming
-        if addr != session.addr:
+        # 7. roaming, on the newest packet only (as QUIC does): a reordered older
+        # packet, or a captured one raced from elsewhere, does not move the peer back.
+        if addr != session.addr and newest:
             old = session.addr
             session.addr = addr
             stats.roams += 1
@@ -256,6 +264,9 @@ class Endpoint:
                 or self._pending_per_ip.get(ip, 0) >= cfg.max_handshakes_per_ip):
             stats.handshakes_rejected += 1
             return
+        if body.noise in LOW_ORDER_POINTS:
+            stats.packets_dropped_crypto += 1  # could never complete; refused before any DH
+            return
         hs = ResponderHandshake.create(self._static, self._rng(KEY_LEN), body.noise)
         if hs is None:
             stats.packets_dropped_crypto += 1
@@ -280,17 +291,21 @@ class Endpoint:
         # COOKIE is not authenticated (SPEC section 5 gives it no MAC). Accept it
         # only from the address the HELLO went to, for our own random conn_id, and
         # answer a given cookie once: a forger can at most make us resend HELLO.
+        # A handshake answers at most MAX_COOKIES_PER_HANDSHAKE cookies (the first,
+        # and one more should the responder's secret rotate meanwhile), and the
+        # backoff is not reset: forged COOKIEs buy an attacker at most that many
+        # HELLOs, not a stream of them.
         hs = session.initiator_hs
         if (session.state is not SessionState.HELLO_SENT or hs is None or addr != session.addr
+                or session.cookies_taken >= MAX_COOKIES_PER_HANDSHAKE
                 or hmac.compare_digest(body.cookie, session.cookie)):
             self.stats.packets_dropped_unknown += 1
             return
+        session.cookies_taken += 1
         session.cookie = body.cookie
         session.hs_datagram = pack_hello(session.conn_id, body.cookie, hs.msg1)
         self.stats.packets_sent += 1
         self._out.append((session.hs_datagram, addr))
-        session.hs_rto = self.config.initial_rto
-        session.hs_retransmit_at = now + session.hs_rto
         self._touch(session)
 
     def _authorised(self, peer_key: bytes, pinned: bytes | None) -> bool:
@@ -324,6 +339,7 @@ class Endpoint:
                           result.receive_key, now)
         session.hs_rto = self.config.initial_rto
         session.hs_retransmit_at = now + session.hs_rto
+        session.hs_deadline_at = now + self.config.handshake_timeout  # to be confirmed
         stats.handshakes_completed += 1
         stats.packets_sent += 1
         self._out.append((session.finish_datagram, addr))
@@ -335,10 +351,14 @@ class Endpoint:
         stats = self.stats
         if session.state is _ESTABLISHED and not session.initiator:
             # 6. a duplicate of the FINISH that established this session: answer with an ACK
-            if session.finish_body and hmac.compare_digest(data, session.finish_body):
-                if not session.bucket.take(now):
-                    stats.packets_dropped_rate_limit += 1
-                    return
+            # Only while the initiator may still be resending it (its handshake
+            # timeout), only from the session's address, at most once per RTO:
+            # replayed copies cannot drain the bucket or pace our ACKs.
+            if (session.finish_body and addr == session.addr
+                    and now < session.finish_answer_until
+                    and now >= session.finish_answered_at + session.rtt.rto
+                    and hmac.compare_digest(data, session.finish_body)):
+                session.finish_answered_at = now
                 session.send_ack(now)
                 self._settle(session)
             else:
@@ -349,8 +369,14 @@ class Endpoint:
                 or body.sender_id != session.remote_id):
             stats.packets_dropped_unknown += 1
             return
+        # Each failed FINISH costs a rebuild of the Noise state (two DH); only the
+        # initiator (or an on-path observer) knows both ids, and it gets a few tries.
+        if session.failed_finish >= MAX_FAILED_FINISH:
+            stats.packets_dropped_crypto += 1
+            return
         result = hs.consume_finish(body.noise)
         if result is None:
+            session.failed_finish += 1
             stats.packets_dropped_crypto += 1
             return
         # 5. authenticated: check the initiator's static key (section 7)
@@ -361,6 +387,8 @@ class Endpoint:
             return
         session.responder_hs = None
         session.finish_body = bytes(data)
+        session.finish_answered_at = now
+        session.finish_answer_until = now + self.config.handshake_timeout
         session.addr = addr
         session.establish(session.remote_id, result.remote_static, result.send_key,
                           result.receive_key, now)
@@ -467,11 +495,11 @@ class Endpoint:
             return  # the common case, checked in one expression
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidMessageError(f"a message is bytes, got {type(data).__name__}")
+        size = memoryview(data).nbytes  # len() of a memoryview counts items, not bytes
         if intent not in (0, 1):
             raise InvalidMessageError("intent must be Intent.RELIABLE or Intent.REALTIME")
         if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise InvalidMessageError(f"priority must be an integer 0..7, got {priority!r}")
-        size = len(data)
         if size == 0:
             raise InvalidMessageError("a message must be at least 1 byte")
         if size > self._max_message:
@@ -496,7 +524,7 @@ class Endpoint:
         if session is None or session.state is not _ESTABLISHED:
             session = self._established(conn_id)  # raises with the explanation
         if type(data) is not bytes:
-            data = bytes(data)
+            data = memoryview(data).tobytes()
         if not session.enqueue(data, intent, priority, now):
             if intent == _REALTIME:
                 self.stats.messages_dropped_queue_full += 1
@@ -521,7 +549,7 @@ class Endpoint:
         """
         self.check_message(data, intent, priority)
         if type(data) is not bytes:
-            data = bytes(data)
+            data = memoryview(data).tobytes()
         count = 0
         flush = self._flush
         for conn_id, session in self.sessions.items():

@@ -82,6 +82,10 @@ class Session:
         self.hs_datagram = b""        # HELLO (initiator) or RESPONSE (responder) as last sent
         self.finish_datagram = b""    # FINISH, initiator only, resent until confirmed
         self.finish_body = b""        # FINISH that established us, responder only
+        self.finish_answered_at = 0.0
+        self.finish_answer_until = 0.0
+        self.failed_finish = 0
+        self.cookies_taken = 0
         self.hello_key: tuple[Address, bytes] | None = None
         self.pending = False          # responder: counted in the pending-handshake limits
         self.pending_ip: object = None
@@ -276,7 +280,7 @@ class Session:
                     stats.messages_dropped_deadline += 1
                     continue
                 need = LEN_PREFIX + len(data)
-                if rt_size + need > limit:
+                if rt_parts and rt_size + need > limit:
                     if not self._seal(_DATA, _REALTIME, rt_prio, ack, b"".join(rt_parts), now):
                         return sent
                     sent = True

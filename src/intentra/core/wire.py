@@ -173,6 +173,22 @@ def unpack_hs(data: bytes | memoryview, header: Header) -> HsBody | None:
     return HsBody(kind, sender_id, _ZERO_COOKIE, rest)
 
 
+def _low_order_points() -> frozenset[bytes]:
+    p = 2**255 - 19
+    points = (0, 1, p - 1, p, p + 1,
+              0x00B8495F16056286FDB1329CEB8D09DA6AC49FF1FAE35616AEB8413B7C7AEBE0,
+              0x57119FD0DD4E22D8868E1C58C45C44045BEF839C55B1D0B1248C50A3BC959C5F)
+    return frozenset((u | top).to_bytes(32, "little") for u in points for top in (0, 1 << 255))
+
+
+LOW_ORDER_POINTS: Final = _low_order_points()
+"""X25519 public keys whose every shared secret is zero (both encodings of each).
+
+A HELLO carrying one is refused before any Diffie-Hellman work: it could never
+complete, and would cost the responder a key generation and two DH operations.
+"""
+
+
 # --- packet numbers (SPEC section 4) -----------------------------------------------
 
 _PN_WIN: Final = 1 << 32
