@@ -559,3 +559,29 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+def test_rebind_gives_each_client_a_new_source_port() -> None:
+    async def body() -> None:
+        seen: list[tuple[str, int]] = []
+        target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        target.bind(("127.0.0.1", 0))
+        target.settimeout(2.0)
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.bind(("127.0.0.1", 0))
+        try:
+            async with await UdpProxy.start(target.getsockname()) as proxy:
+                for round_ in range(2):
+                    client.sendto(b"x%d" % round_, proxy.address)
+                    data, addr = await asyncio.to_thread(target.recvfrom, 100)
+                    assert data == b"x%d" % round_
+                    seen.append(addr)
+                    if round_ == 0:
+                        assert proxy.rebind() == 1
+                        assert proxy.clients == 0
+        finally:
+            client.close()
+            target.close()
+        assert seen[0] != seen[1]
+
+    asyncio.run(asyncio.wait_for(body(), 10))

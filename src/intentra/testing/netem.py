@@ -318,6 +318,21 @@ class UdpProxy:
             raise ValueError(f"blackhole seconds must be finite and >= 0, got {seconds!r}")
         d.blackhole_until = self._loop.time() + seconds
 
+    def rebind(self) -> int:
+        """Drop every client mapping, as a NAT rebinding does.
+
+        The next datagram from each client leaves for the target from a new
+        source port (the target sees the client roam); replies still on their
+        way to the old port are lost.
+
+        Returns:
+            How many mappings were dropped.
+        """
+        flows = list(self._flows.values())
+        for flow in flows:
+            self._close_flow(flow)
+        return len(flows)
+
     def set_faults(self, direction: str, faults: Faults) -> None:
         """Apply ``faults`` to datagrams arriving in ``direction`` from now on."""
         if not isinstance(faults, Faults):
