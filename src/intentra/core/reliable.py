@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from intentra.constants import RSEQ_MOD
+from intentra.constants import LEN_PREFIX, RSEQ_MOD
 
 _MASK: Final = RSEQ_MOD - 1
 _HALF: Final = RSEQ_MOD >> 1
@@ -57,7 +57,7 @@ class Outstanding:
 class SendWindow:
     """The sender's side: what is in flight and what the peer has acknowledged."""
 
-    __slots__ = ("acked", "limit", "next_rseq", "outstanding", "rto_at")
+    __slots__ = ("acked", "dup_acks", "limit", "next_rseq", "outstanding", "rto_at")
 
     def __init__(self, limit: int, first_rseq: int = 1) -> None:
         self.limit = limit
@@ -65,6 +65,7 @@ class SendWindow:
         self.acked = (first_rseq - 1) & _MASK  # "as if rseq 0 had been received"
         self.outstanding: dict[int, Outstanding] = {}
         self.rto_at: float | None = None
+        self.dup_acks = 0  # ACK packets in a row that did not move ``acked``
 
     @property
     def in_flight(self) -> int:
@@ -119,10 +120,13 @@ class SendWindow:
             if newest is not None and not retransmitted and not newest.sacked:
                 sample = now - newest.first_sent_at
             self.acked = ack
+            self.dup_acks = 0
             # RFC 6298 5.3: restart the timer when new data is acknowledged.
             self.rto_at = now + rto if self.outstanding else None
         elif ack != self.acked:
             return None, fast  # stale (reordered): ignored, bitmap included
+        elif bitmap is not None and self.outstanding:
+            self.dup_acks += 1
         if bitmap:
             self._check_sent((ack + 1 + bitmap.bit_length()) & _MASK)
             outstanding = self.outstanding
@@ -148,6 +152,54 @@ class SendWindow:
                 fast.append((ack + 1) & _MASK)
             fast.sort(key=lambda r: (r - ack) & _MASK)
         return sample, fast
+
+    def head_block(self, budget: int) -> list[int]:
+        """Fast retransmit on duplicate ACKs: the leading messages not SACKed.
+
+        A receiver ACKs at once on every gap (SPEC 6), so ACKs that repeat one
+        ``ack`` say later data arrived, even when the hole is longer than the
+        64-message bitmap can show (packing puts many messages in a datagram).
+        Marks what it returns, so one hole is resent this way once.
+        """
+        due: list[int] = []
+        size = 0
+        for rseq, entry in self.outstanding.items():
+            if entry.sacked:
+                break
+            need = LEN_PREFIX + len(entry.data)
+            if due and size + need > budget:
+                break
+            if not entry.fast_retransmitted:
+                entry.fast_retransmitted = True
+                due.append(rseq)
+                size += need
+        return due
+
+    def on_timeout(self, now: float, rto: float, budget: int) -> list[int]:
+        """What to resend when the retransmission timer fires (RFC 6298 5.4).
+
+        The earliest messages not SACKed whose time has come, as many as fit
+        ``budget`` bytes of one datagram's framing (at least one); if none has
+        expired (a fast retransmission reset its clock), the earliest not SACKed.
+        """
+        due: list[int] = []
+        size = 0
+        first_unsacked = -1
+        for rseq, entry in self.outstanding.items():
+            if entry.sacked:
+                continue
+            if first_unsacked < 0:
+                first_unsacked = rseq
+            if entry.sent_at + rto > now:
+                continue
+            need = LEN_PREFIX + len(entry.data)
+            if due and size + need > budget:
+                break
+            due.append(rseq)
+            size += need
+        if not due and first_unsacked >= 0:
+            due.append(first_unsacked)
+        return due
 
     def expired(self, now: float, rto: float) -> list[int]:
         """Messages whose retransmission time has come, oldest first (timer fired)."""

@@ -49,6 +49,8 @@ _RELIABLE, _REALTIME = int(Intent.RELIABLE), int(Intent.REALTIME)
 _VERSION_BITS: Final = 1 << 4
 _SEQ_MASK: Final = 0xFFFFFFFF
 _LEVELS: Final = range(MAX_PRIORITY, -1, -1)
+DUP_ACK_THRESHOLD: Final = 3
+"""ACK packets repeating one ``ack`` before the head of the window is resent."""
 
 
 class SessionState(enum.Enum):
@@ -355,9 +357,15 @@ class Session:
         window = self.send_window
         if not window.outstanding and ack == window.acked and not bitmap:
             return
+        acked_before = window.acked
         sample, fast = window.on_ack(ack, bitmap, now, self.rtt.rto)
         if sample is not None:
             self.rtt.sample(sample)
+        elif window.acked != acked_before:
+            self.rtt.reset_backoff()
+        if window.dup_acks == DUP_ACK_THRESHOLD:
+            fast.extend(r for r in window.head_block(
+                self.config.max_datagram - HEADER_LEN - TAG_LEN - RSEQ_LEN) if r not in fast)
         if fast:
             self.retransmit.extend(fast)
 
@@ -495,9 +503,11 @@ class Session:
             keys.expire_previous(now)
         window = self.send_window
         if window.rto_at is not None and now >= window.rto_at:
-            due = window.expired(now, self.rtt.rto)
-            if not due and window.outstanding:
-                due = [next(iter(window.outstanding))]
+            # RFC 6298 5.4: resend the earliest unacknowledged messages (one
+            # datagram's worth), not the whole window: SACKs then drive the rest,
+            # and first transmissions keep giving RTT samples (Karn's rule).
+            due = window.on_timeout(now, self.rtt.rto,
+                                    cfg.max_datagram - HEADER_LEN - TAG_LEN - RSEQ_LEN)
             self.rtt.backoff()
             window.rto_at = now + self.rtt.rto if window.outstanding else None
             for rseq in due:
