@@ -68,8 +68,6 @@ Rng = Callable[[int], bytes]
 _HS: Final = int(PacketType.HS)
 _REALTIME: Final = int(Intent.REALTIME)
 _ESTABLISHED: Final = SessionState.ESTABLISHED
-MAX_COOKIES_PER_HANDSHAKE: Final = 2
-MAX_FAILED_FINISH: Final = 4
 
 
 class ConnectionLimitError(IntentraError):
@@ -289,19 +287,18 @@ class Endpoint:
 
     def _on_cookie(self, session: Session, body: HsBody, addr: Address, now: float) -> None:
         # COOKIE is not authenticated (SPEC section 5 gives it no MAC). Accept it
-        # only from the address the HELLO went to, for our own random conn_id, and
-        # answer a given cookie once: a forger can at most make us resend HELLO.
-        # A handshake answers at most MAX_COOKIES_PER_HANDSHAKE cookies (the first,
-        # and one more should the responder's secret rotate meanwhile), and the
-        # backoff is not reset: forged COOKIEs buy an attacker at most that many
-        # HELLOs, not a stream of them.
+        # only from the address the HELLO went to, for our own random conn_id, a
+        # new cookie only, and at most one per handshake RTO, without resetting
+        # the backoff: forged COOKIEs buy an attacker one HELLO per RTO, not a
+        # stream of them. No total cap: a forged cookie is replaced by the
+        # genuine one on the next round, so forgeries delay but cannot kill.
         hs = session.initiator_hs
         if (session.state is not SessionState.HELLO_SENT or hs is None or addr != session.addr
-                or session.cookies_taken >= MAX_COOKIES_PER_HANDSHAKE
+                or now < session.cookie_taken_at + session.hs_rto
                 or hmac.compare_digest(body.cookie, session.cookie)):
             self.stats.packets_dropped_unknown += 1
             return
-        session.cookies_taken += 1
+        session.cookie_taken_at = now
         session.cookie = body.cookie
         session.hs_datagram = pack_hello(session.conn_id, body.cookie, hs.msg1)
         self.stats.packets_sent += 1
@@ -369,14 +366,16 @@ class Endpoint:
                 or body.sender_id != session.remote_id):
             stats.packets_dropped_unknown += 1
             return
-        # Each failed FINISH costs a rebuild of the Noise state (two DH); only the
-        # initiator (or an on-path observer) knows both ids, and it gets a few tries.
-        if session.failed_finish >= MAX_FAILED_FINISH:
+        # Each failed FINISH costs a rebuild of the Noise state (two DH). After a
+        # failure the next try waits half an INITIAL_RTO: an attacker holding the
+        # ids gets a few DH per second per pending handshake, and the genuine
+        # FINISH, resent by the initiator every RTO, still gets through.
+        if now < session.finish_retry_at:
             stats.packets_dropped_crypto += 1
             return
         result = hs.consume_finish(body.noise)
         if result is None:
-            session.failed_finish += 1
+            session.finish_retry_at = now + self.config.initial_rto / 2
             stats.packets_dropped_crypto += 1
             return
         # 5. authenticated: check the initiator's static key (section 7)

@@ -86,8 +86,8 @@ class Session:
         self.finish_body = b""        # FINISH that established us, responder only
         self.finish_answered_at = 0.0
         self.finish_answer_until = 0.0
-        self.failed_finish = 0
-        self.cookies_taken = 0
+        self.finish_retry_at = 0.0      # responder: no FINISH tried before (after a failure)
+        self.cookie_taken_at = -1e18    # initiator: when a COOKIE last changed the HELLO
         self.hello_key: tuple[Address, bytes] | None = None
         self.pending = False          # responder: counted in the pending-handshake limits
         self.pending_ip: object = None
