@@ -172,6 +172,9 @@ def test_finish_with_a_flipped_byte_is_dropped_and_the_genuine_one_completes() -
     assert pending.state is SessionState.RESPONSE_SENT
     assert b.endpoint.handshakes_in_flight == 1
 
+    # After a failure the responder tries the next FINISH half an INITIAL_RTO
+    # later (the initiator resends every RTO); the genuine one then completes.
+    link.now += b.endpoint.config.initial_rto / 2
     link.deliver(genuine, a.addr, b)
     assert len(completed(b)) == 1
     assert pending.established
