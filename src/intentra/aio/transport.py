@@ -109,6 +109,7 @@ class Peer:
         self.initiator = initiator
         self.close_reason: CloseReason | None = None
         self.closed_by_peer = False
+        self._closing = False
         self._room = asyncio.Event()
         self._last_address: Address = transport._endpoint.address(conn_id) or ("", 0)
 
@@ -125,6 +126,10 @@ class Peer:
         return self.close_reason is not None
 
     def _check_open(self) -> None:
+        if self.close_reason is None and (self._closing or self._transport._closing):
+            raise PeerClosedError(
+                f"session with {self.public_key.to_base64()} is closing (this side, NORMAL); "
+                "messages not yet queued are refused", int(CloseReason.NORMAL), False)
         if self.close_reason is not None:
             who = "the peer" if self.closed_by_peer else "this side"
             raise PeerClosedError(
@@ -170,11 +175,26 @@ class Peer:
         transport._schedule_flush()
         return ok
 
-    async def close(self, reason: CloseReason = CloseReason.NORMAL) -> None:
-        """Send CLOSE with ``reason`` and forget the session (idempotent)."""
-        if self.close_reason is not None or self._transport._closed:
-            return
-        self._transport._close_peer(self, reason)
+    async def close(self, reason: CloseReason = CloseReason.NORMAL,
+                    flush_timeout: float = 1.0) -> int:
+        """Send CLOSE with ``reason`` and forget the session (idempotent).
+
+        First waits up to ``flush_timeout`` seconds for this peer's queued and
+        in-flight RELIABLE messages to be acknowledged (0: do not wait).
+
+        Returns:
+            How many RELIABLE messages were still unacknowledged.
+        """
+        transport = self._transport
+        if self.close_reason is not None or transport._closed or self._closing:
+            return 0
+        self._closing = True
+        transport._wake_senders()  # a sender waiting for room now fails: its message never left
+        left = await transport._drain(self, flush_timeout) if flush_timeout > 0 else \
+            transport.unacked_reliable(self)
+        if self.close_reason is None and not transport._closed:
+            transport._close_peer(self, reason)
+        return left
 
     def __repr__(self) -> str:
         return (f"Peer({self.public_key.to_base64()[:12]}…, {self.address!r}, "
@@ -200,6 +220,7 @@ class Transport:
         self._timer_at: float | None = None
         self._flush_scheduled = False
         self._closed = False
+        self._closing = False
         self._metrics_server: Any = None
         self.send_errors = 0
         self.receive_queue_drops = 0
@@ -308,7 +329,7 @@ class Transport:
         }
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._closed or self._closing:
             raise TransportClosedError("the transport is closed; bind a new one")
 
     # --------------------------------------------------------------- the API
@@ -419,28 +440,72 @@ class Transport:
                 continue
         return count
 
-    async def close(self) -> None:
-        """Close every session (CLOSE NORMAL), then the socket. Idempotent.
+    def unacked_reliable(self, peer: Peer | None = None) -> int:
+        """RELIABLE messages queued or in flight, not yet acknowledged (one peer or all)."""
+        sessions = self._endpoint.sessions
+        chosen = [sessions.get(peer.conn_id)] if peer is not None else list(sessions.values())
+        return sum(s.send_window.in_flight + s.queued_reliable for s in chosen if s is not None)
 
-        Reliable messages not yet acknowledged are not waited for: they are
-        reported in each SessionClosed's ``unacked_reliable`` count.
+    def _wake_senders(self) -> None:
+        for peer in self._waiting:
+            peer._room.set()
+        self._waiting.clear()
+
+    async def _drain(self, peer: Peer | None, timeout: float) -> int:
+        """Wait until ``peer`` (or every peer) has no unacknowledged RELIABLE message."""
+        deadline = self._loop.time() + timeout
+        while (left := self.unacked_reliable(peer)) and self._loop.time() < deadline:
+            await asyncio.sleep(0.005)  # shutdown only: a short poll keeps the hot path clean
+        return left
+
+    async def close(self, flush_timeout: float = 1.0) -> int:
+        """Close every session with CLOSE NORMAL, then the socket. Idempotent.
+
+        First waits up to ``flush_timeout`` seconds for queued and in-flight
+        RELIABLE messages to be acknowledged (0: do not wait); new sends are
+        refused meanwhile.
+
+        Returns:
+            How many RELIABLE messages were still unacknowledged when the
+            sessions closed (they may or may not have arrived).
         """
-        if self._closed:
-            return
+        if self._closed or self._closing:
+            return 0
+        self._closing = True
+        self._wake_senders()
+        left = await self._drain(None, flush_timeout) if flush_timeout > 0 else \
+            self.unacked_reliable()
         now = self._loop.time()
         self._endpoint.close_all(now)
         self._process(now)
+        self._shutdown()
+        if self._metrics_server is not None:
+            server = self._metrics_server
+            self._metrics_server = None
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()
+        return left
+
+    def abort(self) -> None:
+        """Close the socket at once: no CLOSE is sent, nothing is flushed.
+
+        The peers see what a crash looks like (silence). Mostly for tests.
+        """
+        if self._closed:
+            return
+        self._shutdown()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+
+    def _shutdown(self) -> None:
         self._closed = True
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self._sock.fileno())
         if self._timer is not None:
             self._timer.cancel()
         self._sock.close()
-        if self._metrics_server is not None:
-            server = self._metrics_server
-            self._metrics_server = None
-            await asyncio.to_thread(server.shutdown)
-            server.server_close()
         err = TransportClosedError("the transport was closed")
         for fut in self._connecting.values():
             if not fut.done():
