@@ -5,7 +5,7 @@ late) and a 0-7 priority, over a Noise XX handshake with stateless cookies.
 See README.md for a tour and docs/protocol.md for the wire protocol.
 """
 
-from intentra.aio.transport import Message, Peer, Transport
+from intentra.aio.transport import Message, Peer, PeerEvent, Transport
 from intentra.config import EndpointConfig
 from intentra.constants import CloseReason, Intent
 from intentra.errors import (
@@ -38,6 +38,7 @@ __all__ = [
     "MessageTooLargeError",
     "Peer",
     "PeerClosedError",
+    "PeerEvent",
     "PrivateKey",
     "PublicKey",
     "SendQueueFullError",

@@ -70,6 +70,9 @@ class SessionClosed:
     reason: CloseReason
     by_peer: bool
     unacked_reliable: int = 0
+    pending: tuple[tuple[bytes, int], ...] = ()
+    """RELIABLE messages not acknowledged, as (data, priority): those in flight in
+    rseq order, then the queued ones in the order they would have left."""
 
 
 @dataclass(frozen=True, slots=True)

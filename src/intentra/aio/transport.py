@@ -20,6 +20,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, Self
 
 from intentra.config import EndpointConfig
@@ -30,6 +31,7 @@ from intentra.errors import (
     HandshakeTimeoutError,
     IntentraError,
     PeerClosedError,
+    SendQueueFullError,
     TransportClosedError,
 )
 from intentra.events import (
@@ -98,8 +100,33 @@ class Message(NamedTuple):
     priority: int
 
 
+@dataclass(frozen=True, slots=True)
+class PeerEvent:
+    """Something the application may want to know about a peer (``Transport.peer_event``).
+
+    ``kind`` is one of:
+      - ``"connected"``: a new session, either role;
+      - ``"disconnected"``: a reconnecting peer lost its session (``reason``);
+        it is reconnecting, with ``pending`` RELIABLE messages to resend;
+      - ``"reconnected"``: it has a new session; ``pending`` were resent;
+      - ``"closed"``: the peer is gone for good (``reason``).
+    """
+
+    kind: str
+    peer: Peer
+    reason: CloseReason | None = None
+    pending: int = 0
+
+
+#: Reasons after which a reconnecting peer does not try again.
+_NO_RECONNECT: Final = frozenset({CloseReason.REPLACED, CloseReason.PROTOCOL_VIOLATION})
+RECONNECT_FIRST_DELAY: Final = 0.5
+RECONNECT_MAX_DELAY: Final = 30.0
+PEER_EVENT_QUEUE: Final = 4096
+
+
 class Peer:
-    """One established session, as the application sees it."""
+    """One peer, as the application sees it: a session, or a line of them (reconnect=True)."""
 
     def __init__(self, transport: Transport, conn_id: int, public_key: PublicKey,
                  initiator: bool) -> None:
@@ -111,6 +138,12 @@ class Peer:
         self.closed_by_peer = False
         self._closing = False
         self._room = asyncio.Event()
+        self.reconnect = False
+        self.reconnects = 0
+        self._target: Address = ("", 0)
+        self._server_key: bytes | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._backlog: list[tuple[bytes, int]] = []  # RELIABLE sent while reconnecting
         self._last_address: Address = transport._endpoint.address(conn_id) or ("", 0)
 
     @property
@@ -124,6 +157,11 @@ class Peer:
     @property
     def closed(self) -> bool:
         return self.close_reason is not None
+
+    @property
+    def connected(self) -> bool:
+        """True while it has an established session (False while reconnecting)."""
+        return self.close_reason is None and self._reconnecting is None
 
     def _check_open(self) -> None:
         if self.close_reason is None and (self._closing or self._transport._closing):
@@ -149,7 +187,8 @@ class Peer:
         if intent == Intent.RELIABLE:
             while True:
                 self._check_open()
-                if self._transport._endpoint.reliable_capacity(self.conn_id) > 0:
+                if self._reconnecting is None and \
+                        self._transport._endpoint.reliable_capacity(self.conn_id) > 0:
                     break
                 self._room.clear()
                 self._transport._waiting.add(self)
@@ -170,6 +209,15 @@ class Peer:
         """
         self._check_open()
         transport = self._transport
+        if self._reconnecting is not None:
+            # Between sessions: RELIABLE waits for the next one, REALTIME is late anyway.
+            transport._endpoint.check_message(data, int(intent), priority)
+            if intent != Intent.RELIABLE:
+                return False
+            if len(self._backlog) >= transport._endpoint.config.max_send_queue:
+                raise SendQueueFullError("the peer is reconnecting and its backlog is full")
+            self._backlog.append((bytes(data), priority))
+            return True
         ok = transport._endpoint.send(self.conn_id, data, int(intent), priority,
                                       transport._loop.time())
         transport._schedule_flush()
@@ -189,6 +237,11 @@ class Peer:
         if self.close_reason is not None or transport._closed or self._closing:
             return 0
         self._closing = True
+        if self._reconnecting is not None:  # between sessions: nothing to flush or CLOSE
+            self._reconnecting.cancel()
+            self._reconnecting = None
+            transport._finish_peer(self, reason, False)
+            return len(self._backlog)
         transport._wake_senders()  # a sender waiting for room now fails: its message never left
         left = await transport._drain(self, flush_timeout) if flush_timeout > 0 else \
             transport.unacked_reliable(self)
@@ -224,6 +277,10 @@ class Transport:
         self._metrics_server: Any = None
         self.send_errors = 0
         self.receive_queue_drops = 0
+        self._peer_events: deque[PeerEvent] = deque(maxlen=PEER_EVENT_QUEUE)
+        self._event_waiters: deque[asyncio.Future[None]] = deque()
+        self._resuming: dict[int, Peer] = {}  # conn_id of a reconnect attempt -> its Peer
+        self._between: set[Peer] = set()      # reconnecting peers (not in _peers meanwhile)
         self.registry = make_registry(endpoint, self._extra_metrics)
         self._loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -335,7 +392,7 @@ class Transport:
     # --------------------------------------------------------------- the API
 
     async def connect(self, address: str | tuple[str, int], server_key: PublicKey | None = None,
-                      ) -> Peer:
+                      reconnect: bool = False) -> Peer:
         """Handshake with the endpoint at ``address``; returns once established.
 
         Args:
@@ -346,6 +403,17 @@ class Transport:
             HandshakeTimeoutError: no handshake within the handshake timeout.
             AuthenticationError: the responder's key is not the pinned one or
                 not on the allow-list.
+
+        With ``reconnect=True`` the Peer outlives its session: when the
+        responder falls silent for the keepalive horizon (2 x keepalive_interval
+        + max_rto) or closes the session (except REPLACED or
+        PROTOCOL_VIOLATION), it reconnects with exponential backoff (0.5 s
+        doubling to 30 s) until it succeeds or is closed, reporting
+        ``disconnected`` and ``reconnected`` :class:`PeerEvent` s. RELIABLE
+        messages not acknowledged by the old session are resent on the new one
+        in order, before newer ones: exactly once within a session, at least
+        once across a reconnect (a restarted responder may have delivered a
+        message whose ACK was lost).
         """
         self._check_open()
         host, port = parse_address(address)
@@ -362,15 +430,59 @@ class Transport:
         except socket.gaierror as exc:
             raise ValueError(f"cannot resolve {host!r}: {exc.strerror}") from None
         target: Address = infos[0][4]
+        key = None if server_key is None else server_key.to_bytes()
+        peer = await self._handshake(target, key, reconnect, None)
+        if reconnect:
+            peer.reconnect = True
+            peer._target = target
+            peer._server_key = key
+        return peer
+
+    def _horizon(self) -> float:
+        cfg = self._endpoint.config
+        return min(cfg.idle_timeout, 2 * cfg.keepalive_interval + cfg.max_rto)
+
+    async def _handshake(self, target: Address, key: bytes | None, reconnect: bool,
+                         resuming: Peer | None) -> Peer:
         fut: asyncio.Future[Peer] = self._loop.create_future()
-        conn_id = self._endpoint.connect(
-            target, self._loop.time(), None if server_key is None else server_key.to_bytes())
+        conn_id = self._endpoint.connect(target, self._loop.time(), key,
+                                         idle_timeout=self._horizon() if reconnect else None)
         self._connecting[conn_id] = fut
+        if resuming is not None:
+            self._resuming[conn_id] = resuming
         self._process(self._loop.time())
         try:
             return await fut
         finally:
             self._connecting.pop(conn_id, None)
+            self._resuming.pop(conn_id, None)
+
+    async def peer_event(self) -> PeerEvent:
+        """The next :class:`PeerEvent` (the oldest are dropped beyond 4096 unread).
+
+        Raises:
+            TransportClosedError: the transport was closed.
+        """
+        while not self._peer_events:
+            self._check_open()
+            fut = self._loop.create_future()
+            self._event_waiters.append(fut)
+            try:
+                await fut
+            finally:
+                if not fut.done():
+                    fut.cancel()
+        return self._peer_events.popleft()
+
+    def peer_event_nowait(self) -> PeerEvent | None:
+        return self._peer_events.popleft() if self._peer_events else None
+
+    def _post(self, event: PeerEvent) -> None:
+        self._peer_events.append(event)
+        while self._event_waiters:
+            waiter = self._event_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def receive(self) -> Message:
         """The next delivered message, from any peer.
@@ -510,10 +622,16 @@ class Transport:
         for fut in self._connecting.values():
             if not fut.done():
                 fut.set_exception(err)
-        for waiter in self._receivers:
+        for waiter in [*self._receivers, *self._event_waiters]:
             if not waiter.done():
                 waiter.set_result(None)
         self._receivers.clear()
+        self._event_waiters.clear()
+        for peer in list(self._between):
+            if peer._reconnecting is not None:
+                peer._reconnecting.cancel()
+                peer._reconnecting = None
+            self._finish_peer(peer, CloseReason.NORMAL, False)
         for peer in self._waiting:
             peer._room.set()
         self._waiting.clear()
@@ -612,7 +730,13 @@ class Transport:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_established(self, event: HandshakeCompleted) -> None:
-        peer = Peer(self, event.conn_id, PublicKey(event.peer_key), event.initiator)
+        peer = self._resuming.get(event.conn_id)
+        if peer is not None and peer.public_key == PublicKey(event.peer_key):
+            peer.conn_id = event.conn_id  # the same Peer, its next session
+        else:
+            peer = Peer(self, event.conn_id, PublicKey(event.peer_key), event.initiator)
+            if not event.initiator:
+                self._post(PeerEvent("connected", peer))
         self._peers[event.conn_id] = peer
         # connect() resolves on HandshakeConfirmed: until the responder answers,
         # it may still refuse our key (allow-list) without a word.
@@ -653,12 +777,52 @@ class Transport:
                 fut.set_exception(HandshakeTimeoutError(
                     f"handshake with {where} not confirmed within {timeout:g} s; the responder "
                     "may not allow this key (allow-list) or may be unreachable"))
-        if peer is None:
+        if peer is None or event.conn_id in self._resuming:
             return
-        peer.close_reason = event.reason
-        peer.closed_by_peer = event.by_peer
-        if peer in self._waiting:
-            self._waiting.discard(peer)
+        if (peer.reconnect and not peer._closing and not self._closing and not self._closed
+                and event.reason not in _NO_RECONNECT):
+            pending = list(event.pending)
+            self._post(PeerEvent("disconnected", peer, event.reason, len(pending)))
+            self._between.add(peer)
+            peer._reconnecting = self._loop.create_task(self._reconnect(peer, pending))
+            return
+        self._finish_peer(peer, event.reason, event.by_peer)
+
+    def _finish_peer(self, peer: Peer, reason: CloseReason, by_peer: bool) -> None:
+        self._between.discard(peer)
+        peer.close_reason = reason
+        peer.closed_by_peer = by_peer
+        self._waiting.discard(peer)
+        peer._room.set()
+        self._post(PeerEvent("closed", peer, reason))
+
+    async def _reconnect(self, peer: Peer, pending: list[tuple[bytes, int]]) -> None:
+        delay = RECONNECT_FIRST_DELAY
+        while True:
+            await asyncio.sleep(delay)
+            if self._closed or self._closing or peer._closing:
+                return
+            try:
+                await self._handshake(peer._target, peer._server_key, True, peer)
+            except AuthenticationError:
+                peer._reconnecting = None
+                self._finish_peer(peer, CloseReason.NORMAL, False)
+                return
+            except IntentraError:
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                continue
+            break
+        self._between.discard(peer)
+        peer._reconnecting = None
+        peer.reconnects += 1
+        resend = pending + peer._backlog
+        peer._backlog = []
+        now = self._loop.time()
+        for data, priority in resend:  # at least once: the old responder may have had them
+            with contextlib.suppress(IntentraError):
+                self._endpoint.send(peer.conn_id, data, int(Intent.RELIABLE), priority, now)
+        self._process(now)
+        self._post(PeerEvent("reconnected", peer, None, len(resend)))
         peer._room.set()
 
     def _close_peer(self, peer: Peer, reason: CloseReason) -> None:
@@ -670,4 +834,4 @@ class Transport:
             self._peers.pop(peer.conn_id, None)
 
 
-__all__ = ["IntentraError", "Message", "Peer", "Transport", "parse_address"]
+__all__ = ["IntentraError", "Message", "Peer", "PeerEvent", "Transport", "parse_address"]

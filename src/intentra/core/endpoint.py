@@ -450,8 +450,12 @@ class Endpoint:
 
     # ---------------------------------------------------------------- API
 
-    def connect(self, addr: Address, now: float, server_key: bytes | None = None) -> int:
+    def connect(self, addr: Address, now: float, server_key: bytes | None = None,
+                idle_timeout: float | None = None) -> int:
         """Start a handshake as initiator; HandshakeCompleted or HandshakeFailed follows.
+
+        ``idle_timeout`` overrides the configured one for this session (a
+        shorter silence to detect a dead peer, e.g. for reconnecting).
 
         Returns:
             The new session's conn_id.
@@ -469,6 +473,10 @@ class Endpoint:
         session = Session(conn_id, addr, True, now, self.config, self.stats, self._out,
                           self._events)
         session.pinned_key = server_key
+        if idle_timeout is not None:
+            if not idle_timeout > 0:
+                raise ValueError("idle_timeout must be positive")
+            session.idle_limit = idle_timeout
         hs = InitiatorHandshake(self._static, self._rng(KEY_LEN))
         session.initiator_hs = hs
         session.hs_datagram = pack_hello(conn_id, session.cookie, hs.msg1)

@@ -78,6 +78,7 @@ class Session:
         self.peer_key: bytes | None = None
         self.pinned_key: bytes | None = None
         self.created_at = now
+        self.idle_limit = config.idle_timeout  # silence after which the session is closed
         # --- handshake
         self.initiator_hs: InitiatorHandshake | None = None
         self.responder_hs: ResponderHandshake | None = None
@@ -450,8 +451,11 @@ class Session:
         self.state = SessionState.CLOSED
         if was_established:
             self.stats.connection_closes += 1
-            self.events.append(SessionClosed(self.conn_id, reason, by_peer,
-                                             self.send_window.in_flight + self.queued_reliable))
+            pending = [(e.data, e.priority) for e in self.send_window.outstanding.values()]
+            for level in _LEVELS:
+                pending.extend((data, level) for data in self.rel_queue[level])
+            self.events.append(SessionClosed(self.conn_id, reason, by_peer, len(pending),
+                                             tuple(pending)))
         self.send_keys = None
         self.recv_keys = None
         self.initiator_hs = None
@@ -470,7 +474,7 @@ class Session:
             return self.hs_deadline_at
         if self.state is not SessionState.ESTABLISHED:
             return None
-        t = min(self.last_recv_at + cfg.idle_timeout,
+        t = min(self.last_recv_at + self.idle_limit,
                 self.last_send_at + cfg.keepalive_interval)
         if self.send_window.rto_at is not None:
             t = min(t, self.send_window.rto_at)
@@ -486,7 +490,7 @@ class Session:
     def on_timer(self, now: float) -> None:
         """Handle every deadline that has passed (the endpoint handles HS states)."""
         cfg = self.config
-        if now >= self.last_recv_at + cfg.idle_timeout:
+        if now >= self.last_recv_at + self.idle_limit:
             self.close(CloseReason.TIMEOUT, now)
             return
         if not self.confirmed and self.hs_retransmit_at is not None:
