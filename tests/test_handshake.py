@@ -123,7 +123,7 @@ def test_lost_finish_is_resent_until_the_responder_answers(lost_count: int) -> N
     rto = a.endpoint.config.initial_rto
     expected = [t_established]
     for i in range(lost_count):
-        expected.append(expected[-1] + rto * 2 ** i)
+        expected.append(expected[-1] + min(rto * 2 ** i, a.endpoint.config.handshake_max_rto))
     assert [d.sent_at for d in finishes] == pytest.approx(expected)
 
     link.advance(2.0)
@@ -218,9 +218,11 @@ def test_handshake_timeout_with_exponential_backoff() -> None:
     rto = cfg.initial_rto
     while expected[-1] + rto < cfg.handshake_timeout:
         expected.append(expected[-1] + rto)
-        rto = min(rto * 2, cfg.max_rto)
+        rto = min(rto * 2, cfg.handshake_max_rto)
     assert times == pytest.approx(expected)
-    assert times == pytest.approx([0.0, 0.25, 0.75, 1.75, 3.75])
+    # 0.25 s doubling, capped at handshake_max_rto (0.5 s)
+    assert times == pytest.approx([0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.25, 3.75, 4.25,
+                                   4.75])
     assert cid_a not in a.endpoint.sessions
     assert a.endpoint.stats.handshakes_failed == 1
     assert a.endpoint.get_timer() is None

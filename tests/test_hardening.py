@@ -83,7 +83,7 @@ def session_of(node: Node, conn_id: int) -> Session:
 
 
 def test_forged_cookies_buy_at_most_two_hellos_and_keep_the_backoff() -> None:
-    _, a, b = pair()
+    _, a, b = pair(config=EndpointConfig(handshake_max_rto=2.0))
     ep = a.endpoint
     cid = ep.connect(b.addr, 0.0)
     [(hello, _)] = drain(ep, 0.0)
@@ -590,7 +590,9 @@ def test_late_completion_gets_a_full_handshake_timeout_to_be_confirmed(
         finishes_lost: int) -> None:
     timeout = 5.0
     # b's pending handshake lives longer, so that only a's deadline is tested.
-    link, a, b = pair(config=EndpointConfig(handshake_timeout=timeout),
+    # A 2 s resend cap (not the default 0.5 s) spreads the lost FINISHes past the
+    # original deadline, which is the case under test.
+    link, a, b = pair(config=EndpointConfig(handshake_timeout=timeout, handshake_max_rto=2.0),
                       config_b=EndpointConfig(handshake_timeout=30.0))
     responses = DropFirst(is_hs(HsKind.RESPONSE), 1000)
     link.path(b, a).drop = responses

@@ -501,3 +501,18 @@ def test_send_and_receive_windows_agree(case: tuple[int, int, list[int]]) -> Non
         assert set(s.outstanding).isdisjoint(
             {(first + j) % M for j in range((r.ack - first + 1) % M)})
     assert s.outstanding == {}
+
+
+def test_a_message_that_only_now_came_into_the_bitmaps_reach_gives_no_rtt_sample() -> None:
+    """It may have arrived long ago: its age measures the hole's wait, not the path."""
+    w = SendWindow(256)
+    for i in range(200):
+        w.assign(b"m%d" % i, 0, 0.0, 1.0)
+    # rseq 1 is lost; the receiver holds 2..200 and reports what its bitmap reaches.
+    sample, _ = w.on_ack(0, (1 << 64) - 1, 0.05, 1.0)
+    assert sample == pytest.approx(0.05)  # rseq 2..65: within reach from the start
+    # rseq 1 arrives (after a retransmission): the ack jumps, the bitmap now
+    # covers 102..165, received long ago: no sample, and none for the ack either.
+    w.outstanding[1].retries = 1
+    sample, _ = w.on_ack(100, (1 << 64) - 1, 5.0, 1.0)
+    assert sample is None

