@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from aiohelp import run, step, wait_until
 from intentra import (
     CloseReason,
     EndpointConfig,
@@ -55,23 +56,6 @@ CLEAN = Faults()
 
 
 # --------------------------------------------------------------------- helpers
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float) -> T:
-    """Run one test body in a fresh event loop, failing it if it takes too long."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def step(aw: Awaitable[T], timeout: float = STEP) -> T:
-    return await asyncio.wait_for(aw, timeout)
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = STEP, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or pred}")
-        await asyncio.sleep(0.005)
 
 
 @dataclass

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 from typing import TypeVar
 
+from aiohelp import step
 from intentra import CloseReason, EndpointConfig, Intent, PeerEvent, PrivateKey, Transport
 
 T = TypeVar("T")
 # Short timers: the keepalive horizon is 2 x 0.2 + 0.5 = 0.9 s.
 FAST = EndpointConfig(keepalive_interval=0.2, max_rto=0.5, idle_timeout=10.0,
                       handshake_timeout=2.0)
-
-
-async def step(aw: Awaitable[T], timeout: float = 10.0) -> T:
-    return await asyncio.wait_for(aw, timeout)
 
 
 async def next_kind(t: Transport, kind: str) -> PeerEvent:

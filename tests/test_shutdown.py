@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 from typing import TypeVar
 
+from aiohelp import step
 from intentra import CloseReason, Intent, PrivateKey, Transport
 from intentra.testing import Faults, UdpProxy
 
 T = TypeVar("T")
 LOCAL = "127.0.0.1:0"
-
-
-async def step(aw: Awaitable[T], timeout: float = 10.0) -> T:
-    return await asyncio.wait_for(aw, timeout)
 
 
 async def receive_n(t: Transport, n: int) -> list[bytes]:

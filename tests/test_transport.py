@@ -16,12 +16,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from aiohelp import run, step, wait_until
 from intentra import (
     AuthenticationError,
     CloseReason,
@@ -71,23 +72,6 @@ SPEC_METRICS = (  # SPEC section 9
 
 
 # --------------------------------------------------------------------- helpers
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = TEST_TIMEOUT) -> T:
-    """Run one test body in a fresh event loop, failing it if it takes too long."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def step(aw: Awaitable[T], timeout: float = STEP) -> T:
-    return await asyncio.wait_for(aw, timeout)
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = STEP, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or pred}")
-        await asyncio.sleep(0.002)
 
 
 @contextlib.asynccontextmanager

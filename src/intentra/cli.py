@@ -134,6 +134,15 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (a long-running command's clean exit)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 # ------------------------------------------------------------------ commands
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -156,11 +165,8 @@ async def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot bind {args.bind[0]}:{args.bind[1]} or the metrics address: "
                          f"{exc.strerror or exc}") from None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     # Handlers before the announcement: a supervisor may signal as soon as it reads it.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     host, port = transport.local_address
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     print(f"intentra serving on {shown}", flush=True)
@@ -245,10 +251,7 @@ async def _proxy(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.listen[0]}:{args.listen[1]}: "
                          f"{exc.strerror or exc}") from None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     host, port = proxy.address
     print(f"intentra proxy on {host}:{port} -> {args.to[0]}:{args.to[1]}, "
           f"faults each way: {faults.describe()}, seed {args.seed}", flush=True)
