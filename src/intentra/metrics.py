@@ -11,7 +11,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -55,9 +60,12 @@ class EndpointCollector(Collector):
     """Reads an Endpoint's counters and gauges at scrape time."""
 
     def __init__(self, endpoint: Endpoint,
-                 extra: Callable[[], dict[str, tuple[str, int]]] | None = None) -> None:
+                 extra: Callable[[], dict[str, tuple[str, int]]] | None = None,
+                 info: Callable[[], dict[str, tuple[str, dict[str, str]]]] | None = None
+                 ) -> None:
         self._endpoint = endpoint
         self._extra = extra
+        self._info = info
 
     def collect(self) -> Iterator[Metric]:
         ep = self._endpoint
@@ -88,13 +96,18 @@ class EndpointCollector(Collector):
         if self._extra is not None:
             for name, (doc, value) in self._extra().items():
                 yield CounterMetricFamily(name, doc, value=value)
+        if self._info is not None:
+            for name, (doc, labels) in self._info().items():
+                yield InfoMetricFamily(name, doc, value=labels)
 
 
 def make_registry(endpoint: Endpoint,
-                  extra: Callable[[], dict[str, tuple[str, int]]] | None = None
+                  extra: Callable[[], dict[str, tuple[str, int]]] | None = None,
+                  info: Callable[[], dict[str, tuple[str, dict[str, str]]]] | None = None
                   ) -> CollectorRegistry:
+    """A registry reading ``endpoint``; ``extra`` adds counters, ``info`` info metrics."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EndpointCollector(endpoint, extra))
+    registry.register(EndpointCollector(endpoint, extra, info))
     return registry
 
 

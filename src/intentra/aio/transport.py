@@ -4,7 +4,8 @@ Owns: the UDP socket, the event-loop timer, the application-facing queues and
 futures. It reads the socket itself (``loop.add_reader``, then drains it until
 it would block) and hands the core a batch per wake-up: asyncio's
 ``DatagramProtocol`` delivers one datagram per loop turn, which caps a
-receiver near 30,000 datagrams/s.
+receiver near 30,000 datagrams/s. The syscalls themselves are in
+:mod:`intentra.aio.datapath` (Linux UDP GSO/GRO batching, or one per datagram).
 
 After every input the adapter drains, in this order: datagrams to send, then
 events, then re-arms its one timer (STYLE: the sans-I/O contract).
@@ -23,8 +24,9 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, Self
 
+from intentra.aio.datapath import Datapath, requested_mode
 from intentra.config import EndpointConfig
-from intentra.constants import MAX_PACKET_SIZE, CloseReason, Intent
+from intentra.constants import CloseReason, Intent
 from intentra.core.endpoint import Endpoint
 from intentra.errors import (
     AuthenticationError,
@@ -258,8 +260,9 @@ class Transport:
     """One UDP socket, one static key, many peers. Create with :meth:`bind`."""
 
     def __init__(self, sock: socket.socket, key: PrivateKey, endpoint: Endpoint,
-                 receive_queue_size: int) -> None:
+                 receive_queue_size: int, datapath: Datapath | None = None) -> None:
         self._sock = sock
+        self._datapath = datapath if datapath is not None else Datapath(sock, "plain")
         self._key = key
         self._endpoint = endpoint
         self._loop = asyncio.get_running_loop()
@@ -281,7 +284,7 @@ class Transport:
         self._event_waiters: deque[asyncio.Future[None]] = deque()
         self._resuming: dict[int, Peer] = {}  # conn_id of a reconnect attempt -> its Peer
         self._between: set[Peer] = set()      # reconnecting peers (not in _peers meanwhile)
-        self.registry = make_registry(endpoint, self._extra_metrics)
+        self.registry = make_registry(endpoint, self._extra_metrics, self._info_metrics)
         self._loop.add_reader(sock.fileno(), self._on_readable)
 
     # ---------------------------------------------------------------- creation
@@ -292,7 +295,7 @@ class Transport:
                    config: EndpointConfig | None = None,
                    metrics_address: str | tuple[str, int] | None = None,
                    cookie_master: bytes | None = None, reuse_port: bool = False,
-                   receive_queue_size: int = 65536) -> Transport:
+                   receive_queue_size: int = 65536, datapath: str | None = None) -> Transport:
         """Bind a UDP socket and start serving.
 
         Args:
@@ -307,14 +310,21 @@ class Transport:
             receive_queue_size: messages held for :meth:`receive`; beyond it
                 REALTIME messages are dropped and counted (RELIABLE ones, already
                 acknowledged, are always kept).
+            datapath: ``"auto"`` (Linux UDP GSO/GRO batching where the socket
+                supports it), ``"plain"`` (one syscall per datagram) or
+                ``"gso"`` (batching, or OSError); None reads the environment
+                variable ``INTENTRA_DATAPATH`` (same values), else ``"auto"``.
+                See :mod:`intentra.aio.datapath` and :attr:`datapath`.
 
         Raises:
-            OSError: the address cannot be bound (in use, not local, ...).
-            ValueError: the address is malformed.
+            OSError: the address cannot be bound (in use, not local, ...), or
+                ``datapath="gso"`` and the socket refuses GSO or GRO.
+            ValueError: the address or the datapath is malformed.
         """
         if not isinstance(key, PrivateKey):
             raise TypeError("key must be an intentra.PrivateKey (PrivateKey.generate() or .load())")
         host, port = parse_address(address)
+        mode = requested_mode(datapath)
         sock = socket.socket(_family(host), socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
@@ -324,6 +334,7 @@ class Transport:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
             sock.bind((host, port))
+            path = Datapath(sock, mode)
         except BaseException:
             sock.close()
             raise
@@ -332,7 +343,7 @@ class Transport:
             key.to_bytes(), os.urandom, config,
             allowed_peers=None if allowed_peers is None else [k.to_bytes() for k in allowed_peers],
             cookie_master=cookie_master, wall_offset=time.time() - loop.time())
-        transport = cls(sock, key, endpoint, receive_queue_size)
+        transport = cls(sock, key, endpoint, receive_queue_size, path)
         if metrics_address is not None:
             mhost, mport = parse_address(metrics_address)
             try:
@@ -354,6 +365,15 @@ class Transport:
     def local_address(self) -> tuple[str, int]:
         name = self._sock.getsockname()
         return name[0], name[1]
+
+    @property
+    def datapath(self) -> str:
+        """The socket path in use: ``"gso+gro"``, ``"gso"``, ``"gro"`` or ``"plain"``.
+
+        GSO turns off by itself if the kernel refuses a batched send (the
+        datagrams are then sent one by one); see :mod:`intentra.aio.datapath`.
+        """
+        return self._datapath.name
 
     @property
     def public_key(self) -> PublicKey:
@@ -383,7 +403,16 @@ class Transport:
                                             self.send_errors),
             "intentra_receive_queue_drops": ("Messages dropped on a full receive queue",
                                              self.receive_queue_drops),
+            "intentra_socket_send_calls": ("Socket send syscalls (one per datagram, or per "
+                                           "GSO batch)", self._datapath.send_calls),
+            "intentra_socket_receive_calls": ("Socket receive syscalls, the empty last one of "
+                                              "each drain included",
+                                              self._datapath.receive_calls),
         }
+
+    def _info_metrics(self) -> dict[str, tuple[str, dict[str, str]]]:
+        return {"intentra_datapath": ("The socket path in use (plain, gso, gro, gso+gro)",
+                                      {"path": self._datapath.name})}
 
     def _check_open(self) -> None:
         if self._closed or self._closing:
@@ -639,17 +668,7 @@ class Transport:
     # ---------------------------------------------------------------- driving
 
     def _on_readable(self) -> None:
-        sock = self._sock
-        recv = sock.recvfrom
-        batch: list[tuple[bytes, Address]] = []
-        append = batch.append
-        for _ in range(RECEIVE_BATCH):
-            try:
-                append(recv(MAX_PACKET_SIZE + 1))
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                continue  # e.g. an ICMP error queued on the socket
+        batch = self._datapath.receive(RECEIVE_BATCH)
         if batch:
             now = self._loop.time()
             self._endpoint.receive_datagrams(batch, now)
@@ -679,12 +698,7 @@ class Transport:
         # 1. datagrams
         out = endpoint.datagrams_to_send(now)
         if out and not self._closed:
-            sendto = self._sock.sendto
-            for data, addr in out:
-                try:
-                    sendto(data, addr)
-                except OSError:
-                    self.send_errors += 1  # full buffer or unreachable: UDP may drop
+            self.send_errors += self._datapath.send(out)  # full buffer, unreachable: UDP drops
         # 2. events
         while (event := endpoint.next_event()) is not None:
             if type(event) is MessageReceived:
