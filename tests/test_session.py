@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from corelink import LATENCY, DropFirst, Link, Node, is_type
+from corelink import LATENCY, Datagram, DropFirst, Link, Node, is_type
 from intentra.config import EndpointConfig
 from intentra.constants import (
     HEADER_LEN,
@@ -525,3 +525,34 @@ def test_authenticated_packet_from_a_new_address_roams() -> None:
     assert a.payloads() == [b"reply"]
     assert link.sent_by(b, DATA)[-1].dst == new
 
+
+
+def is_ack(d: Datagram) -> bool:
+    return d.ptype == PacketType.ACK
+
+
+@pytest.mark.parametrize("ack_every", [8, 32])
+def test_receiver_acknowledges_at_once_after_ack_every_messages(ack_every: int) -> None:
+    """Not in SPEC (which only bounds the delay): a receiver that has ``ack_every``
+    reliable messages unacknowledged sends its ACK in the same turn, so one stream
+    is not capped at MAX_RELIABLE_IN_FLIGHT per ACK_DELAY."""
+    config = EndpointConfig(ack_every=ack_every, max_datagram=200)
+    link, a, b, cid_a, _ = setup(config=config)
+    t0 = link.now
+    for i in range(ack_every - 1):
+        link.send(a, cid_a, b"x%03d" % i)
+    link.advance(LATENCY * 1.5)
+    assert not [d for d in link.sent_by(b, is_ack) if d.sent_at > t0], \
+        "below ack_every the receiver waits for ACK_DELAY"
+    link.advance(0.05)
+    delayed = [d.sent_at - t0 for d in link.sent_by(b, is_ack) if d.sent_at > t0]
+    assert delayed == pytest.approx([LATENCY + config.ack_delay], abs=0.002)
+
+    t1 = link.now
+    for i in range(ack_every):
+        link.send(a, cid_a, b"y%03d" % i)
+    link.advance(0.05)
+    prompt = [d.sent_at - t1 for d in link.sent_by(b, is_ack) if d.sent_at > t1]
+    assert prompt and prompt[0] == pytest.approx(LATENCY, abs=0.001), \
+        "the turn that brings the ack_every-th message sends the ACK"
+    assert len(b.payloads(RELIABLE)) == 2 * ack_every - 1

@@ -85,13 +85,23 @@ class Endpoint:
         cookie_master: the 32-byte cookie master secret; drawn from ``rng`` if
             None. Endpoints sharing a port share it.
         wall_offset: ``unix_time - now``, for cookie epochs (SPEC section 5).
+        conn_id_class: ``(index, count)``: every conn_id this endpoint picks is
+            ``index`` modulo ``count``. Worker ``index`` of ``count`` processes on
+            one port picks its ids so, and the kernel steers each datagram to the
+            worker its conn_id names (see ``intentra.aio.workers``).
     """
 
     def __init__(self, static_key: bytes, rng: Rng, config: EndpointConfig | None = None,
                  allowed_peers: Iterable[bytes] | None = None,
-                 cookie_master: bytes | None = None, wall_offset: float = 0.0) -> None:
+                 cookie_master: bytes | None = None, wall_offset: float = 0.0,
+                 conn_id_class: tuple[int, int] = (0, 1)) -> None:
         if len(static_key) != KEY_LEN:
             raise ValueError("static_key is the 32 raw bytes of an X25519 private key")
+        index, count = conn_id_class
+        if not 0 <= index < count <= 256:
+            raise ValueError(f"conn_id_class must be (index, count) with 0 <= index < count "
+                             f"<= 256, got {conn_id_class!r}")
+        self._id_index, self._id_count = index, count
         self.config = config if config is not None else EndpointConfig()
         self._max_message = self.config.max_message_size
         self.stats = Stats()
@@ -429,8 +439,13 @@ class Endpoint:
         self._pending_count -= 1
 
     def _new_conn_id(self) -> int:
+        count = self._id_count
         while True:
             conn_id = int.from_bytes(self._rng(4), "big")
+            if count > 1:
+                conn_id = conn_id - conn_id % count + self._id_index
+                if conn_id > 0xFFFFFFFF:
+                    continue  # past the top multiple of count: draw again
             if conn_id and conn_id not in self.sessions:
                 return conn_id
 

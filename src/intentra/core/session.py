@@ -118,6 +118,7 @@ class Session:
         self.retransmit: list[int] = []
         self.ack_at: float | None = None
         self.ack_now = False
+        self.unacked = 0  # reliable messages received since the last ACK went out
         self.timer_at: float | None = None
 
     # ----------------------------------------------------------------- state
@@ -194,6 +195,7 @@ class Session:
                       U64.pack(self.recv_window.bitmap()), now):
             self.ack_at = None
             self.ack_now = False
+            self.unacked = 0
 
     def flush(self, now: float) -> None:
         """Pack everything queued into as few datagrams as fit (SPEC section 4)."""
@@ -217,6 +219,7 @@ class Session:
                 self.send_ack(now)  # a gap: the bitmap says what is missing
             else:
                 self.ack_at = None  # the DATA just sent carried the ack
+                self.unacked = 0
 
     def _flush_retransmits(self, now: float, limit: int, ack: int) -> bool:
         window = self.send_window
@@ -420,7 +423,8 @@ class Session:
             rseq = (rseq + 1) & _SEQ_MASK
         if window.buffer:
             gap = True
-        if gap:
+        self.unacked += len(messages)
+        if gap or self.unacked >= self.config.ack_every:
             self.ack_now = True
         elif self.ack_at is None:
             self.ack_at = now + self.config.ack_delay
