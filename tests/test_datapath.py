@@ -127,10 +127,15 @@ def gso_sendmsg(sock: socket.socket, datagrams: list[bytes], addr: Address) -> N
                  0, addr)
 
 
-def numbered(count: int, size: int, last: int | None = None, seed: int = 0) -> list[bytes]:
-    """``count`` datagrams of ``size`` bytes (the last ``last``), each distinct."""
+def numbered(count: int, size: int, last: int | None = None, seed: int = 0,
+             conn_id: int = 7) -> list[bytes]:
+    """``count`` datagrams of ``size`` bytes (the last ``last``), each distinct.
+
+    Bytes 4..8 are ``conn_id``, where an intentra header has it (runs keep to one).
+    """
     rng = random.Random(seed)
-    out = [i.to_bytes(2, "big") + rng.randbytes(size - 2) for i in range(count)]
+    out = [i.to_bytes(4, "big") + conn_id.to_bytes(4, "big") + rng.randbytes(size - 8)
+           for i in range(count)]
     if last is not None:
         out[-1] = out[-1][:last]
     return out
@@ -227,10 +232,12 @@ def test_runs_follow_the_core_order_across_addresses(udp: Any) -> None:
            + [(x, a1) for x in d[72:80]]         # back to the first
            + [(d[80][:50], a1)]                  # a short last closes that run
            + [(x, a1) for x in d[81:90]])        # ... so these start a new one
+    other = numbered(3, 900, seed=2, conn_id=8)  # another session to the same address
+    out += [(other[0], a1), (other[1], a1), (d[90], a1)]
+    assert [len(p) for p, _, _ in plan_sends(out)] == [64, 6, 2, 9, 9, 2, 1]
     assert sender.send(out) == 0
-    assert [len(p) for p, _, _ in plan_sends(out)] == [64, 6, 2, 9, 9]
-    assert sender.send_calls == 5
-    assert drain(r1, 88) == [x for x, a in out if a == a1]
+    assert sender.send_calls == 7
+    assert drain(r1, 91) == [x for x, a in out if a == a1]
     assert drain(r2, 2) == [d[70], d[71]]
 
 
@@ -427,16 +434,17 @@ def test_a_transport_whose_gso_sends_fail_keeps_delivering() -> None:
 datagram_sizes = st.one_of(st.integers(1, 40), st.sampled_from([1, 100, 1200, 1200, 1200, 2048]))
 core_outputs = st.lists(
     st.tuples(datagram_sizes, st.sampled_from([("10.0.0.1", 1), ("10.0.0.2", 1),
-                                               ("::1", 1, 0, 0)])),
+                                               ("::1", 1, 0, 0)]),
+              st.sampled_from([1, 1, 1, 2])),  # conn_id: mostly one session
     max_size=300)
 
 
 @settings(max_examples=300, deadline=None)
 @given(core_outputs, st.integers(1, 70), st.integers(1, MAX_GSO_BYTES + 5000))
 def test_plan_sends_keeps_order_and_obeys_the_size_rule_and_limits(
-        spec: list[tuple[int, Address]], max_segments: int, max_bytes: int) -> None:
-    out = [(bytes([i % 251]) * size, addr)
-           for i, (size, addr) in enumerate(spec)]
+        spec: list[tuple[int, Address, int]], max_segments: int, max_bytes: int) -> None:
+    out = [((bytes(4) + conn.to_bytes(4, "big") + bytes([i % 251]) * size)[:size], addr)
+           for i, (size, addr, conn) in enumerate(spec)]
     runs = plan_sends(out, max_segments, max_bytes)
     # Nothing lost, duplicated or reordered (so each address's order holds too).
     assert [(d, a) for parts, _, a in runs for d in parts] == out
@@ -446,9 +454,11 @@ def test_plan_sends_keeps_order_and_obeys_the_size_rule_and_limits(
         assert len(parts) == 1 or sum(map(len, parts)) <= max_bytes
         assert all(len(d) == segment for d in parts[:-1])  # all but the last equal
         assert len(parts[-1]) <= segment                    # the last not larger
+        assert len({d[4:8] for d in parts}) == 1            # one connection
     # Greedy: a run ends only when the next datagram could not have joined it.
     for (parts, segment, addr), (nxt, _, nxt_addr) in itertools.pairwise(runs):
-        could_join = (nxt_addr == addr and len(parts[-1]) == segment
+        could_join = (nxt_addr == addr and nxt[0][4:8] == parts[0][4:8]
+                      and len(parts[-1]) == segment
                       and len(nxt[0]) <= segment and len(parts) < max_segments
                       and sum(map(len, parts)) + len(nxt[0]) <= max_bytes)
         assert not could_join

@@ -65,6 +65,9 @@ _GRO_SIZE: Final = struct.Struct("=i")      # UDP_GRO's cmsg: a native int
 _GSO_UNSUPPORTED: Final = frozenset(
     {errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EMSGSIZE})
 
+#: Where a datagram's header holds its conn_id (intentra.core.wire.HEADER, "!BBHIII").
+_CONN_ID: Final = slice(4, 8)
+
 Run = tuple[list[bytes], int, Address]
 """Datagrams for one send: (payloads, segment size, address)."""
 
@@ -110,22 +113,27 @@ def plan_sends(out: Sequence[tuple[bytes, Address]], max_segments: int = MAX_SEG
                max_bytes: int = MAX_GSO_BYTES) -> list[Run]:
     """Group the core's output into GSO runs, keeping its order entirely.
 
-    A run is consecutive datagrams to one address, all but the last of one
-    size and the last not larger, at most ``max_segments`` of them and
-    ``max_bytes`` in all (a lone datagram is a run of one). Only consecutive
-    datagrams are grouped: the core flushes a session at a time, so a peer's
-    datagrams come together, and nothing is reordered, even across addresses.
+    A run is consecutive datagrams to one address and of one connection (the
+    header's conn_id), all but the last of one size and the last not larger,
+    at most ``max_segments`` of them and ``max_bytes`` in all (a lone
+    datagram is a run of one). Only consecutive datagrams are grouped: the
+    core flushes a session at a time, so a peer's datagrams come together,
+    and nothing is reordered, even across addresses. One conn_id per run,
+    because the receiver's kernel steers a GSO packet (with GRO on, a whole
+    coalesced buffer) as one: a reuseport program routing by conn_id to
+    workers must see one session per packet.
     """
     runs: list[Run] = []
     parts: list[bytes] = []
     addr: Address = ("", 0)
+    conn = b""
     seg = 0
     total = 0
     room = False  # the current run may take another datagram
     for data, to in out:
         n = len(data)
         if room and n <= seg and len(parts) < max_segments and total + n <= max_bytes and \
-                (to is addr or to == addr):
+                (to is addr or to == addr) and data[_CONN_ID] == conn:
             parts.append(data)
             total += n
             room = n == seg
@@ -134,6 +142,7 @@ def plan_sends(out: Sequence[tuple[bytes, Address]], max_segments: int = MAX_SEG
             runs.append((parts, seg, addr))
         parts = [data]
         addr = to
+        conn = data[_CONN_ID]
         seg = total = n
         room = n > 0
     if parts:
@@ -213,8 +222,7 @@ class Datapath:
         batch: list[tuple[bytes, Address]] = []
         append = batch.append
         calls = 0
-        for _ in range(limit):
-            calls += 1
+        for calls in range(1, limit + 1):  # noqa: B007 - the count is read after the loop
             try:
                 append(recv(RECEIVE_CAP))
             except (BlockingIOError, InterruptedError):
@@ -231,8 +239,7 @@ class Datapath:
         batch: list[tuple[bytes, Address]] = []
         append = batch.append
         calls = 0
-        for _ in range(limit):
-            calls += 1
+        for calls in range(1, limit + 1):  # noqa: B007 - the count is read after the loop
             try:
                 size, ancdata, _flags, addr = recv(buffers, _GRO_CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
