@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
+import socket
+import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Coroutine, Sequence
@@ -157,11 +160,36 @@ def cmd_pubkey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(text: str) -> None:
+    """One line in one write: workers share the supervisor's stdout, so lines must not mix."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _mode(args: argparse.Namespace) -> str:
+    return "sink" if args.sink else "echo" if args.echo else "hub"
+
+
 async def _serve(args: argparse.Namespace) -> int:
     key = _load_key(args.key)
     allowed = _load_allow(args.allow) if args.allow else None
+    worker = args.worker_fd is not None
+    metrics = args.metrics
+    extra: dict[str, Any] = {}
+    if worker:
+        # A worker of serve --workers: its socket, cookie master and conn_id class
+        # come from the supervisor (the master on stdin, never on the command line).
+        from intentra.workers import die_with_parent  # noqa: PLC0415
+
+        die_with_parent()
+        master = bytes.fromhex(sys.stdin.readline().strip())
+        extra = {"sock": socket.socket(fileno=args.worker_fd), "cookie_master": master,
+                 "conn_id_class": (args.worker_index, args.workers)}
+        if metrics is not None:
+            metrics = (metrics[0], metrics[1] + args.worker_index if metrics[1] else 0)
     try:
-        transport = await Transport.bind(args.bind, key, allowed, metrics_address=args.metrics)
+        transport = await Transport.bind(args.bind, key, allowed, metrics_address=metrics,
+                                         sink=args.sink, **extra)
     except OSError as exc:
         raise UsageError(f"cannot bind {args.bind[0]}:{args.bind[1]} or the metrics address: "
                          f"{exc.strerror or exc}") from None
@@ -169,13 +197,21 @@ async def _serve(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
     host, port = transport.local_address
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    print(f"intentra serving on {shown}", flush=True)
-    print(f"public key: {key.public_key.to_base64()}", flush=True)
-    print(f"mode: {'echo' if args.echo else 'hub'}", flush=True)
+    prefix = f"worker {args.worker_index}: " if worker else ""
+    if not worker:
+        print(f"intentra serving on {shown}", flush=True)
+        print(f"public key: {key.public_key.to_base64()}", flush=True)
+        print(f"mode: {_mode(args)}", flush=True)
     if transport._metrics_server is not None:
         mport = transport._metrics_server.server_port
-        print(f"metrics: http://{parse_address(args.metrics)[0]}:{mport}/metrics", flush=True)
+        _say(f"{prefix}metrics: http://{parse_address(args.metrics)[0]}:{mport}/metrics")
     dropped = 0
+    if args.sink:
+        await stop.wait()
+        peers = len(transport.peers)
+        await transport.close()
+        _say(f"{prefix}closed {peers} session(s); messages counted: {transport.sink_messages}")
+        return 0
 
     async def relay() -> None:
         nonlocal dropped
@@ -204,12 +240,79 @@ async def _serve(args: argparse.Namespace) -> int:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    print(f"closed {peers} session(s); relay drops on full queues: {dropped}", flush=True)
+    _say(f"{prefix}closed {peers} session(s); relay drops on full queues: {dropped}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.echo and args.sink:
+        raise UsageError("choose one of --echo and --sink")
+    if args.workers > 1 and args.worker_fd is None:
+        return _supervise(args)
     return _run(_serve(args))
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """serve --workers N: N processes on one port, conn_id steering, one cookie master."""
+    from intentra.workers import reuseport_sockets  # noqa: PLC0415
+
+    if not (args.echo or args.sink):
+        raise UsageError("--workers needs --echo or --sink: a hub relays between its own "
+                         "peers, and with several workers each sees only some of them")
+    key = _load_key(args.key)  # fail here, once, on a bad key file
+    if args.allow:
+        _load_allow(args.allow)
+    host, port = args.bind
+    try:
+        sockets, steered = reuseport_sockets(host, port, args.workers)
+    except OSError as exc:
+        raise UsageError(f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
+    master = os.urandom(32).hex()
+    forwarded = list(sys.argv[1:] if args.argv is None else args.argv)
+    children: list[subprocess.Popen[bytes]] = []
+    stop = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for index, sock in enumerate(sockets):
+            cmd = [sys.executable, "-m", "intentra", *forwarded,
+                   "--worker-fd", str(sock.fileno()), "--worker-index", str(index)]
+            child = subprocess.Popen(cmd, stdin=subprocess.PIPE,  # noqa: S603 - ourselves
+                                     pass_fds=(sock.fileno(),))
+            assert child.stdin is not None
+            child.stdin.write(master.encode() + b"\n")
+            child.stdin.close()
+            children.append(child)
+        bound = sockets[0].getsockname()
+        shown = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
+        print(f"intentra serving on {shown}", flush=True)
+        print(f"public key: {key.public_key.to_base64()}", flush=True)
+        print(f"mode: {_mode(args)}, {args.workers} workers, sessions steered by conn_id: "
+              f"{'yes' if steered else 'no (kernel hash only; roaming may lose a session)'}",
+              flush=True)
+        codes = []
+        for child in children:
+            while True:
+                try:
+                    codes.append(child.wait())
+                    break
+                except InterruptedError:
+                    continue
+            if not stop:  # one worker died on its own: the group's order is gone, stop all
+                on_signal(signal.SIGTERM, None)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sock in sockets:
+            sock.close()
+    return 0 if all(code == 0 for code in codes) else 1
 
 
 async def _send(args: argparse.Namespace) -> int:
@@ -277,6 +380,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
                          plain=args.plain, loop=args.loop))
 
 
+def _scenarios(text: str) -> tuple[str, ...]:
+    from intentra.bench import SCENARIOS  # noqa: PLC0415
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {', '.join(unknown) or text!r}; choose from {', '.join(SCENARIOS)}")
+    return names
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,2, got {text!r}")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from intentra.bench import SCENARIOS, Options, RoleError, run  # noqa: PLC0415
+    from intentra.bench.report import plot, print_table, write_json  # noqa: PLC0415
+
+    chosen = {k: v for k, v in {
+        "peers": args.peers, "size": args.size, "sessions": args.sessions,
+        "step_seconds": args.step, "stream_seconds": args.duration,
+        "handshake_seconds": args.duration, "latency_seconds": args.duration,
+    }.items() if v is not None}
+    chosen["scenarios"] = args.scenarios or SCENARIOS
+    chosen["workers"] = args.workers
+    chosen["baselines"] = () if args.no_baselines else ("raw", "quic")
+    options = Options.quick(**chosen) if args.quick else Options(**chosen)
+    try:
+        report = run(options)
+    except RoleError as exc:
+        raise UsageError(f"bench failed: {exc}") from None
+    print_table(report)
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        if plot(report, args.plot):
+            print(f"wrote {args.plot}")
+        else:
+            print("no plot: matplotlib is not installed (pip install 'intentra[bench]')",
+                  file=sys.stderr)
+    return 0
+
+
 # ------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,6 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", required=True, metavar="FILE", help="private key file")
     p.add_argument("--allow", metavar="FILE", help="file of allowed public keys, one per line")
     p.add_argument("--echo", action="store_true", help="send each message back to its sender")
+    p.add_argument("--sink", action="store_true",
+                   help="count messages without delivering them (load tests; see the metric "
+                        "intentra_sink_messages_total)")
+    p.add_argument("--workers", type=_positive(int), default=1, metavar="N",
+                   help="N processes on one port (SO_REUSEPORT), sessions steered by conn_id; "
+                        "needs --echo or --sink (1)")
+    p.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--metrics", type=_address, metavar="HOST:PORT",
                    help="serve Prometheus /metrics over HTTP here")
     p.set_defaults(func=cmd_serve)
@@ -344,6 +506,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every Nth update is RELIABLE, the rest REALTIME (10)")
     p.add_argument("--plain", action="store_true", help="plain progress lines, no live display")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="load scenarios against baselines, side by side")
+    p.add_argument("scenarios", nargs="?", type=_scenarios, metavar="SCENARIO[,SCENARIO...]",
+                   help="fan-in, stream, handshakes, latency, sessions (default: all)")
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke run")
+    p.add_argument("--peers", type=_positive(int), help="fan-in and latency peers (1000)")
+    p.add_argument("--size", type=_positive(int), help="message bytes (128)")
+    p.add_argument("--step", type=_positive(float), help="seconds per fan-in sweep step (2)")
+    p.add_argument("--duration", type=_positive(float),
+                   help="seconds of each stream, handshake and latency run (3)")
+    p.add_argument("--sessions", type=_positive(int), help="idle sessions to hold (10000)")
+    p.add_argument("--workers", type=_counts, default=(1,), metavar="N[,N...]",
+                   help="fan-in server processes on one port, e.g. 1,2 (1)")
+    p.add_argument("--no-baselines", action="store_true", help="skip raw UDP and aioquic")
+    p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
+    p.add_argument("--plot", metavar="FILE", help="write PNG plots (needs matplotlib)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -351,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     global _LOOP
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = None if argv is None else list(argv)
     _LOOP = args.loop
     try:
         result: int = args.func(args)

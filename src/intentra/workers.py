@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
+import signal
 import socket
 import struct
 
@@ -43,6 +45,21 @@ _RET_K = 0x06      # BPF_RET | BPF_K
 _FALLBACK = 0xFFFFFFFF
 """An index past the group: the kernel falls back to its 4-tuple hash."""
 CONN_ID_OFFSET = 4
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this worker when its supervisor dies (Linux prctl).
+
+    A supervisor killed with SIGKILL cannot forward a signal: without this its
+    workers would keep serving a port that nobody supervises.
+    """
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def steering_program(count: int) -> list[tuple[int, int, int, int]]:

@@ -260,8 +260,11 @@ class Transport:
     """One UDP socket, one static key, many peers. Create with :meth:`bind`."""
 
     def __init__(self, sock: socket.socket, key: PrivateKey, endpoint: Endpoint,
-                 receive_queue_size: int, datapath: Datapath | None = None) -> None:
+                 receive_queue_size: int, datapath: Datapath | None = None,
+                 sink: bool = False) -> None:
         self._sock = sock
+        self._sink = sink
+        self.sink_messages = 0
         self._datapath = datapath if datapath is not None else Datapath(sock, "plain")
         self._key = key
         self._endpoint = endpoint
@@ -295,7 +298,9 @@ class Transport:
                    config: EndpointConfig | None = None,
                    metrics_address: str | tuple[str, int] | None = None,
                    cookie_master: bytes | None = None, reuse_port: bool = False,
-                   receive_queue_size: int = 65536, datapath: str | None = None) -> Transport:
+                   receive_queue_size: int = 65536, datapath: str | None = None,
+                   sink: bool = False, sock: socket.socket | None = None,
+                   conn_id_class: tuple[int, int] = (0, 1)) -> Transport:
         """Bind a UDP socket and start serving.
 
         Args:
@@ -315,6 +320,13 @@ class Transport:
                 ``"gso"`` (batching, or OSError); None reads the environment
                 variable ``INTENTRA_DATAPATH`` (same values), else ``"auto"``.
                 See :mod:`intentra.aio.datapath` and :attr:`datapath`.
+            sink: count received messages (``sink_messages``, the metric
+                ``intentra_sink_messages_total``) instead of delivering them: a
+                load-test server for the receive path. :meth:`receive` never returns.
+            sock: serve on this already bound UDP socket instead of binding
+                ``address`` (``intentra serve --workers`` hands each worker one).
+            conn_id_class: ``(index, count)`` for worker ``index`` of ``count``
+                on one port (see :mod:`intentra.workers`).
 
         Raises:
             OSError: the address cannot be bound (in use, not local, ...), or
@@ -323,17 +335,21 @@ class Transport:
         """
         if not isinstance(key, PrivateKey):
             raise TypeError("key must be an intentra.PrivateKey (PrivateKey.generate() or .load())")
-        host, port = parse_address(address)
         mode = requested_mode(datapath)
-        sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+        if sock is None:
+            host, port = parse_address(address)
+            sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+        else:
+            host, port = "", -1  # given, already bound
         try:
             sock.setblocking(False)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
-            sock.bind((host, port))
+            if port >= 0:
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
+                sock.bind((host, port))
             path = Datapath(sock, mode)
         except BaseException:
             sock.close()
@@ -342,8 +358,9 @@ class Transport:
         endpoint = Endpoint(
             key.to_bytes(), os.urandom, config,
             allowed_peers=None if allowed_peers is None else [k.to_bytes() for k in allowed_peers],
-            cookie_master=cookie_master, wall_offset=time.time() - loop.time())
-        transport = cls(sock, key, endpoint, receive_queue_size, path)
+            cookie_master=cookie_master, wall_offset=time.time() - loop.time(),
+            conn_id_class=conn_id_class)
+        transport = cls(sock, key, endpoint, receive_queue_size, path, sink)
         if metrics_address is not None:
             mhost, mport = parse_address(metrics_address)
             try:
@@ -403,6 +420,8 @@ class Transport:
                                             self.send_errors),
             "intentra_receive_queue_drops": ("Messages dropped on a full receive queue",
                                              self.receive_queue_drops),
+            "intentra_sink_messages": ("Messages counted and discarded (serve --sink)",
+                                       self.sink_messages),
             "intentra_socket_send_calls": ("Socket send syscalls (one per datagram, or per "
                                            "GSO batch)", self._datapath.send_calls),
             "intentra_socket_receive_calls": ("Socket receive syscalls, the empty last one of "
@@ -702,6 +721,9 @@ class Transport:
         # 2. events
         while (event := endpoint.next_event()) is not None:
             if type(event) is MessageReceived:
+                if self._sink:
+                    self.sink_messages += 1
+                    continue
                 peer = self._peers.get(event.conn_id)
                 if peer is None:
                     continue

@@ -1,0 +1,341 @@
+"""``intentra bench``: load scenarios and baselines, side by side, on loopback.
+
+Every scenario runs its server and its load generator in separate processes
+(:mod:`intentra.bench.roles`), with the same message size and process layout
+for intentra and for the baselines: plain unencrypted Python UDP (a blocking
+``sendto`` loop into a receiver that only counts datagrams) and aioquic
+(DATAGRAM frames, one stream, its handshake; optional extra ``bench``).
+
+Scenarios:
+    fan-in      P peers, REALTIME at a swept total rate, into one server process
+    stream      one peer as fast as it can, REALTIME and RELIABLE
+    handshakes  complete handshakes per second one responder serves
+    latency     one-way latency at 10%, 50% and 90% of the fan-in maximum
+    sessions    RSS per established idle session in one endpoint
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from intentra.bench.proto import Json, Role, RoleError
+
+SCENARIOS = ("fan-in", "stream", "handshakes", "latency", "sessions")
+DELIVERY_TARGET = 0.99
+STREAM_CONFIG = {"rate_limit_pps": 1e7, "rate_limit_burst": 1e6}
+"""A single stream far exceeds the per-session token bucket (10,000 packets/s by
+default): the stream server raises it, as an operator with one trusted heavy
+peer would. Fan-in stays at the defaults."""
+
+
+@dataclass
+class Options:
+    scenarios: tuple[str, ...] = SCENARIOS
+    peers: int = 1000
+    size: int = 128
+    step_seconds: float = 2.0
+    stream_seconds: float = 3.0
+    handshake_seconds: float = 3.0
+    latency_seconds: float = 3.0
+    sessions: int = 10_000
+    start_rate: float = 10_000.0
+    growth: float = 1.3
+    max_rate: float = 2_000_000.0
+    workers: tuple[int, ...] = (1,)
+    baselines: tuple[str, ...] = ("raw", "quic")
+    progress: Callable[[str], None] = print
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> Options:
+        """Seconds, not minutes: the smoke run of ``make test``."""
+        values: dict[str, Any] = {
+            "peers": 20, "step_seconds": 0.4, "stream_seconds": 0.5,
+            "handshake_seconds": 0.5, "latency_seconds": 0.4, "sessions": 100,
+            "start_rate": 2000.0, "growth": 4.0, "max_rate": 40_000.0}
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass
+class Report:
+    machine: Json = field(default_factory=dict)
+    options: Json = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def machine() -> Json:
+    info: Json = {"python": platform.python_version(), "platform": platform.platform(),
+                  "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import uvloop  # noqa: PLC0415, F401 - optional extra
+        info["loop"] = "uvloop"
+    except ImportError:
+        info["loop"] = "asyncio"
+    return info
+
+
+def quic_available() -> bool:
+    try:
+        import aioquic  # noqa: PLC0415, F401 - optional extra
+    except ImportError:
+        return False
+    return True
+
+
+class Stack:
+    """Role processes started for one measurement, stopped together."""
+
+    def __init__(self) -> None:
+        self.roles: list[Role] = []
+
+    def start(self, role: str, args: Json, timeout: float = 300.0) -> tuple[Role, Json]:
+        process = Role(role, args)
+        self.roles.append(process)
+        return process, process.read(timeout)
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for role in reversed(self.roles):
+            role.stop()
+
+
+# ---------------------------------------------------------------- servers
+
+def start_servers(stack: Stack, kind: str, workers: int, config: Json | None = None,
+                  sink: bool = False) -> tuple[list[Role], str, str]:
+    """``workers`` server processes of ``kind`` on one port; returns (roles, target, key)."""
+    if kind != "intentra" or workers == 1:
+        args: Json = {"config": config or {}, "sink": sink}
+        role, ready = stack.start(f"{kind}-server", args)
+        return [role], f"127.0.0.1:{ready['port']}", ready["key"]
+    from intentra.keys import PrivateKey  # noqa: PLC0415
+
+    key = PrivateKey.generate()
+    master = os.urandom(32)
+    roles: list[Role] = []
+    port = 0
+    for _ in range(workers):
+        args = {"config": config or {}, "sink": sink, "bind": f"127.0.0.1:{port}",
+                "key": key.to_base64(), "cookie_master": base64.b64encode(master).decode(),
+                "reuse_port": True}
+        role, ready = stack.start("intentra-server", args)
+        port = ready["port"]
+        roles.append(role)
+    return roles, f"127.0.0.1:{port}", key.public_key.to_base64()
+
+
+def server_stats(servers: Iterable[Role]) -> Json:
+    total: Json = {"messages": 0, "in_order": 0, "handshakes": 0, "cpu": 0.0, "rss_kib": 0}
+    latency = None
+    for server in servers:
+        stats = server.ask(cmd="stats")
+        for name in ("messages", "in_order", "handshakes", "cpu", "rss_kib"):
+            total[name] += stats[name]
+        latency = stats.get("latency") or latency
+    total["latency"] = latency
+    return total
+
+
+def reset(servers: Iterable[Role], latency: bool = False) -> None:
+    for server in servers:
+        server.ask(cmd="reset", latency=latency)
+
+
+# ---------------------------------------------------------------- scenarios
+
+def measure_step(servers: list[Role], generator: Role, rate: float, duration: float,
+                 latency: bool = False) -> Json:
+    reset(servers, latency)
+    cpu0 = server_stats(servers)["cpu"]
+    sent = generator.ask(cmd="go", rate=rate, duration=duration, intent="realtime",
+                         timeout=duration + 60)
+    time.sleep(0.25)  # datagrams in flight and queued in the server land
+    stats = server_stats(servers)
+    seconds = sent["seconds"]
+    return {
+        "offered": rate,
+        "sent_rate": sent["sent"] / seconds,
+        "delivered_rate": stats["messages"] / seconds,
+        "ratio": stats["messages"] / sent["sent"] if sent["sent"] else 0.0,
+        "server_cpu": (stats["cpu"] - cpu0) / seconds,
+        "generator_cpu": sent["cpu"] / seconds,
+        "latency": stats["latency"],
+    }
+
+
+def fan_in(options: Options, kind: str, workers: int = 1) -> Json:
+    """Sweep the offered rate up until delivery falls below 99% or the generator saturates."""
+    with Stack() as stack:
+        servers, target, key = start_servers(stack, kind, workers)
+        generator, ready = stack.start(f"{kind}-generator", {
+            "target": target, "server_key": key, "peers": options.peers, "size": options.size})
+        steps: list[Json] = []
+        rate = options.start_rate
+        below = 0
+        while rate <= options.max_rate:
+            step = measure_step(servers, generator, rate, options.step_seconds)
+            steps.append(step)
+            options.progress(f"  fan-in {kind} x{workers}: offered {rate:>10,.0f}/s  "
+                             f"sent {step['sent_rate']:>10,.0f}/s  delivered "
+                             f"{step['delivered_rate']:>10,.0f}/s  ({step['ratio']:.2%})")
+            if step["ratio"] < DELIVERY_TARGET:
+                below += 1
+                if below >= 2:
+                    break
+            if step["sent_rate"] < 0.9 * rate:
+                break  # the generator cannot offer more: the sweep is generator-bound
+            rate *= options.growth
+        good = [s for s in steps if s["ratio"] >= DELIVERY_TARGET]
+        best = max(good, key=lambda s: s["delivered_rate"]) if good else None
+        saturated = bool(steps) and steps[-1]["sent_rate"] < 0.9 * steps[-1]["offered"]
+        return {"kind": kind, "workers": workers, "peers": options.peers,
+                "connect_seconds": ready["connect_seconds"], "steps": steps,
+                "max_rate_99": best["delivered_rate"] if best else 0.0,
+                "generator_bound": saturated and (best is steps[-1] if best else False)}
+
+
+def latency(options: Options, kind: str, maximum: float) -> Json:
+    with Stack() as stack:
+        servers, target, key = start_servers(stack, kind, 1)
+        generator, _ = stack.start(f"{kind}-generator", {
+            "target": target, "server_key": key, "peers": options.peers, "size": options.size})
+        points = []
+        for fraction in (0.1, 0.5, 0.9):
+            step = measure_step(servers, generator, fraction * maximum,
+                                options.latency_seconds, latency=True)
+            step["load"] = fraction
+            points.append(step)
+            lat = step["latency"] or {}
+            options.progress(f"  latency {kind} at {fraction:.0%} ({fraction * maximum:,.0f}/s): "
+                             f"p50 {lat.get('p50_ms', 0):.3f} ms  p99 {lat.get('p99_ms', 0):.3f} "
+                             f"ms  p99.9 {lat.get('p999_ms', 0):.3f} ms")
+        return {"kind": kind, "maximum": maximum, "points": points}
+
+
+def stream(options: Options, kind: str, intent: str) -> Json:
+    with Stack() as stack:
+        if kind == "quic":
+            server, ready = stack.start("quic-server", {"size": options.size})
+            client, _ = stack.start("quic-client", {
+                "target": f"127.0.0.1:{ready['port']}", "size": options.size})
+            servers = [server]
+        else:
+            servers, target, key = start_servers(stack, kind, 1, config=STREAM_CONFIG)
+            client, _ = stack.start(f"{kind}-generator", {
+                "target": target, "server_key": key, "peers": 1, "size": options.size,
+                "config": STREAM_CONFIG})
+        reset(servers)
+        sent = client.ask(cmd="blast", duration=options.stream_seconds, intent=intent,
+                          timeout=options.stream_seconds + 60)
+        time.sleep(0.3)
+        stats = server_stats(servers)
+        seconds = sent["seconds"]
+        result = {"kind": kind, "intent": intent, "sent": sent["sent"],
+                  "delivered": stats["messages"], "in_order": stats["in_order"],
+                  "rate": stats["in_order"] / seconds, "sender_cpu": sent["cpu"] / seconds,
+                  "server_cpu": stats["cpu"] / seconds}
+        options.progress(f"  stream {kind} {intent}: {result['rate']:>10,.0f} msg/s in order "
+                         f"({stats['in_order']:,} of {sent['sent']:,} sent)")
+        return result
+
+
+def handshakes(options: Options, kind: str) -> Json:
+    with Stack() as stack:
+        if kind == "quic":
+            _server, ready = stack.start("quic-server", {})
+            client, _ = stack.start("quic-client", {"target": f"127.0.0.1:{ready['port']}"})
+            done = client.ask(cmd="handshakes", duration=options.handshake_seconds,
+                              concurrency=64, timeout=options.handshake_seconds + 60)
+        else:
+            _servers, target, key = start_servers(stack, "intentra", 1)
+            client, _ = stack.start("intentra-handshaker", {
+                "target": target, "server_key": key, "sockets": 64})
+            done = client.ask(cmd="go", duration=options.handshake_seconds,
+                              timeout=options.handshake_seconds + 60)
+        rate = done["handshakes"] / done["seconds"]
+        options.progress(f"  handshakes {kind}: {rate:,.0f}/s ({done['handshakes']:,} done, "
+                         f"{done['failed']} failed)")
+        return {"kind": kind, "rate": rate, **done}
+
+
+def sessions(options: Options) -> Json:
+    with Stack() as stack:
+        servers, target, key = start_servers(stack, "intentra", 1)
+        before = server_stats(servers)["rss_kib"]
+        _, ready = stack.start("intentra-generator", {
+            "target": target, "server_key": key, "peers": options.sessions,
+            "size": options.size}, timeout=max(300.0, options.sessions / 20))
+        time.sleep(0.5)
+        stats = servers[0].ask(cmd="stats")
+        per = (stats["rss_kib"] - before) / options.sessions
+        options.progress(f"  sessions: {stats['sessions']:,} idle sessions, RSS {before:,} -> "
+                         f"{stats['rss_kib']:,} KiB = {per:.2f} KiB per session "
+                         f"(set up in {ready['connect_seconds']:.1f} s)")
+        return {"sessions": stats["sessions"], "rss_before_kib": before,
+                "rss_after_kib": stats["rss_kib"], "kib_per_session": per,
+                "setup_seconds": ready["connect_seconds"]}
+
+
+# ---------------------------------------------------------------- the whole run
+
+def run(options: Options) -> Report:
+    report = Report(machine=machine(), options={
+        k: v for k, v in vars(options).items() if k != "progress"})
+    results = report.results
+    baselines = [b for b in options.baselines if b != "quic" or quic_available()]
+    if "quic" in options.baselines and "quic" not in baselines:
+        report.notes.append("aioquic is not installed (pip install 'intentra[bench]'): "
+                            "no QUIC baseline")
+    say = options.progress
+    wanted = set(options.scenarios)
+    if wanted & {"fan-in", "latency"}:
+        say("fan-in")
+        results["fan-in"] = [fan_in(options, "intentra", w) for w in options.workers]
+        if "raw" in baselines:
+            results["fan-in"].append(fan_in(options, "raw"))
+    if "latency" in wanted:
+        say("latency")
+        best = max(r["max_rate_99"] for r in results["fan-in"]
+                   if r["kind"] == "intentra" and r["workers"] == 1)
+        if best <= 0:
+            report.notes.append("latency: no fan-in rate reached 99% delivery")
+        else:
+            results["latency"] = [latency(options, "intentra", best)]
+            if "raw" in baselines:
+                results["latency"].append(latency(options, "raw", best))
+    if "stream" in wanted:
+        say("stream")
+        results["stream"] = [stream(options, "intentra", i) for i in ("realtime", "reliable")]
+        if "raw" in baselines:
+            results["stream"].append(stream(options, "raw", "realtime"))
+        if "quic" in baselines:
+            results["stream"] += [stream(options, "quic", i) for i in ("realtime", "reliable")]
+    if "handshakes" in wanted:
+        say("handshakes")
+        results["handshakes"] = [handshakes(options, "intentra")]
+        if "quic" in baselines:
+            results["handshakes"].append(handshakes(options, "quic"))
+    if "sessions" in wanted:
+        say("sessions")
+        results["sessions"] = sessions(options)
+    return report
+
+
+__all__ = ["SCENARIOS", "Options", "Report", "RoleError", "run"]

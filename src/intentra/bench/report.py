@@ -1,0 +1,164 @@
+"""The bench report: a results table with ratios, JSON, and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from intentra.bench import Report
+
+TARGETS = {
+    "fan-in vs raw UDP": 0.6,
+    "fan-in msg/s": 100_000,
+    "stream realtime vs quic": 5.0,
+    "stream reliable vs quic": 5.0,
+    "stream realtime msg/s": 500_000,
+    "handshakes/s": 1_000,
+    "latency p99 at 50% (ms)": 1.0,
+    "KiB per idle session": 10.0,
+}
+
+
+def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    for row in rows:
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return None
+
+
+def summary(report: Report) -> list[tuple[str, str, str, str]]:
+    """Rows of (measure, intentra, baseline, target and verdict)."""
+    r = report.results
+    rows: list[tuple[str, str, str, str]] = []
+
+    def verdict(name: str, value: float, lower_is_better: bool = False) -> str:
+        target = TARGETS[name]
+        met = value <= target if lower_is_better else value >= target
+        sign = "<=" if lower_is_better else ">="
+        return f"{sign} {target:,g}: {'met' if met else 'MISSED'}"
+
+    fan = r.get("fan-in", [])
+    ours = _find(fan, kind="intentra", workers=1)
+    raw = _find(fan, kind="raw")
+    if ours:
+        rows.append(("fan-in max msg/s at >=99%", f"{ours['max_rate_99']:,.0f}",
+                     f"raw UDP {raw['max_rate_99']:,.0f}" if raw else "-",
+                     verdict("fan-in msg/s", ours["max_rate_99"])))
+        if raw and raw["max_rate_99"]:
+            ratio = ours["max_rate_99"] / raw["max_rate_99"]
+            rows.append(("fan-in vs raw UDP", f"{ratio:.2f}x", "1.00x",
+                         verdict("fan-in vs raw UDP", ratio)))
+    for row in fan:
+        if row["kind"] == "intentra" and row["workers"] > 1:
+            rows.append((f"fan-in --workers {row['workers']}", f"{row['max_rate_99']:,.0f}",
+                         f"x1 {ours['max_rate_99']:,.0f}" if ours else "-", "report"))
+    streams = r.get("stream", [])
+    for intent in ("realtime", "reliable"):
+        mine = _find(streams, kind="intentra", intent=intent)
+        quic = _find(streams, kind="quic", intent=intent)
+        if not mine:
+            continue
+        rows.append((f"stream {intent} msg/s", f"{mine['rate']:,.0f}",
+                     f"aioquic {quic['rate']:,.0f}" if quic else "-",
+                     verdict("stream realtime msg/s", mine["rate"])
+                     if intent == "realtime" else ""))
+        if quic and quic["rate"]:
+            ratio = mine["rate"] / quic["rate"]
+            rows.append((f"stream {intent} vs aioquic", f"{ratio:.1f}x", "1.0x",
+                         verdict(f"stream {intent} vs quic", ratio)))
+    raw_stream = _find(streams, kind="raw")
+    if raw_stream:
+        rows.append(("stream raw UDP msg/s (1 msg/datagram)", "-",
+                     f"{raw_stream['rate']:,.0f}", ""))
+    hs = r.get("handshakes", [])
+    mine = _find(hs, kind="intentra")
+    quic = _find(hs, kind="quic")
+    if mine:
+        rows.append(("handshakes/s", f"{mine['rate']:,.0f}",
+                     f"aioquic {quic['rate']:,.0f}" if quic else "-",
+                     verdict("handshakes/s", mine["rate"])))
+    for entry in r.get("latency", []):
+        for point in entry["points"]:
+            lat = point["latency"] or {}
+            label = f"latency {entry['kind']} at {point['load']:.0%} p50/p99/p99.9 ms"
+            text = (f"{lat.get('p50_ms', 0):.3f} / {lat.get('p99_ms', 0):.3f} / "
+                    f"{lat.get('p999_ms', 0):.3f}")
+            if entry["kind"] == "intentra":
+                rows.append((label, text, "",
+                             verdict("latency p99 at 50% (ms)", lat.get("p99_ms", 1e9), True)
+                             if point["load"] == 0.5 else ""))
+            else:
+                rows.append((label, "", text, ""))
+    sessions = r.get("sessions")
+    if sessions:
+        rows.append((f"RSS per idle session ({sessions['sessions']:,} sessions)",
+                     f"{sessions['kib_per_session']:.2f} KiB", "",
+                     verdict("KiB per idle session", sessions["kib_per_session"], True)))
+    return rows
+
+
+def print_table(report: Report, out: Any = None) -> None:
+    rows = summary(report)
+    try:
+        from rich.console import Console  # noqa: PLC0415 - optional extra
+        from rich.table import Table  # noqa: PLC0415
+    except ImportError:
+        width = max((len(r[0]) for r in rows), default=10)
+        for row in rows:
+            print(f"{row[0]:<{width}}  {row[1]:>22}  {row[2]:>24}  {row[3]}", file=out)
+    else:
+        table = Table(title="intentra bench")
+        for name in ("measure", "intentra", "baseline", "target"):
+            table.add_column(name, justify="left" if name == "measure" else "right")
+        for row in rows:
+            table.add_row(*row)
+        Console(file=out).print(table)
+    for note in report.notes:
+        print(f"note: {note}", file=out)
+
+
+def write_json(report: Report, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+
+
+def plot(report: Report, path: str | Path) -> bool:
+    """PNG of the fan-in sweep (and stream/handshake bars); False without matplotlib."""
+    try:
+        import matplotlib  # noqa: PLC0415 - optional extra
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    sweep, ratio, bars = axes
+    for row in report.results.get("fan-in", []):
+        label = row["kind"] if row["workers"] == 1 else f"{row['kind']} x{row['workers']}"
+        offered = [s["sent_rate"] for s in row["steps"]]
+        sweep.plot(offered, [s["delivered_rate"] for s in row["steps"]], "o-", label=label)
+        ratio.plot([s["offered"] for s in row["steps"]], [s["ratio"] for s in row["steps"]],
+                   "o-", label=label)
+    top = max((s["sent_rate"] for row in report.results.get("fan-in", [])
+               for s in row["steps"]), default=1.0)
+    sweep.plot([0, top], [0, top], ":", color="grey", label="offered = delivered")
+    sweep.set(title="fan-in: delivered vs offered", xlabel="offered msg/s",
+              ylabel="delivered msg/s")
+    ratio.axhline(0.99, color="grey", linestyle=":")
+    ratio.set(title="fan-in: delivery ratio", xlabel="offered msg/s", ylabel="delivered / sent",
+              xscale="log")
+    for ax in (sweep, ratio):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    names, values = [], []
+    for row in report.results.get("stream", []):
+        names.append(f"{row['kind']}\n{row['intent']}")
+        values.append(row["rate"])
+    bars.bar(names, values, color=["C0" if n.startswith("intentra") else "C7" for n in names])
+    bars.set(title="stream: messages/s in order (one peer)", ylabel="msg/s")
+    bars.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

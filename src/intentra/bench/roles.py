@@ -1,0 +1,492 @@
+"""The processes of ``intentra bench``: servers, load generators, baselines.
+
+Run as ``python -m intentra.bench.roles ROLE 'JSON-ARGS'``; each role answers
+commands on stdin with one JSON line on stdout (see :mod:`intentra.bench.proto`).
+
+Every message the generators send is ``size`` bytes: an 8-byte CLOCK_MONOTONIC
+timestamp (nanoseconds, shared by all processes of the machine), an 8-byte
+per-peer sequence number, then padding. Receivers count messages, count those
+that arrive in order per peer, and, when asked, record one-way latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import selectors
+import socket
+import struct
+import sys
+import threading
+import time
+from array import array
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from intentra.bench.proto import Json, reply
+
+STAMP = struct.Struct("!qQ")
+"""Timestamp (monotonic ns) and per-peer sequence number at the head of a message."""
+RAW_BUFFER = 65536
+
+
+def rss_kib() -> int:
+    """Resident set size of this process, KiB (Linux /proc)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def source_ip(index: int, target_host: str) -> str:
+    """A loopback source address per peer: 127.0.0.2 ... 127.0.0.201 (IPv4 loopback)."""
+    if target_host.startswith("127."):
+        return f"127.0.0.{2 + index % 200}"
+    return target_host
+
+
+def percentiles(samples: array[float]) -> Json:
+    if not samples:
+        return {"count": 0}
+    ordered = sorted(samples)
+    n = len(ordered)
+
+    def at(q: float) -> float:
+        return ordered[min(n - 1, int(q * n))] * 1e3  # ms
+
+    return {"count": n, "p50_ms": at(0.50), "p99_ms": at(0.99), "p999_ms": at(0.999),
+            "max_ms": ordered[-1] * 1e3}
+
+
+class Counter:
+    """Counts messages, in-order messages per peer, and optionally latencies."""
+
+    __slots__ = ("in_order", "last", "latencies", "messages", "record", "started")
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.in_order = 0
+        self.last: dict[object, int] = {}
+        self.latencies: array[float] = array("d")
+        self.record = False
+        self.started = time.monotonic()
+
+    def reset(self, record: bool) -> None:
+        self.messages = 0
+        self.in_order = 0
+        self.latencies = array("d")
+        self.record = record
+        self.started = time.monotonic()
+
+    def see(self, source: object, data: bytes | memoryview, now_ns: int) -> None:
+        self.messages += 1
+        if len(data) < STAMP.size:
+            return
+        stamp, seq = STAMP.unpack_from(data)
+        if seq > self.last.get(source, -1):
+            self.in_order += 1
+            self.last[source] = seq
+        if self.record:
+            self.latencies.append((now_ns - stamp) / 1e9)
+
+    def stats(self) -> Json:
+        return {"messages": self.messages, "in_order": self.in_order,
+                "seconds": time.monotonic() - self.started,
+                "latency": percentiles(self.latencies) if self.record else None,
+                "rss_kib": rss_kib(), "cpu": cpu_seconds()}
+
+
+def payload(size: int) -> bytearray:
+    return bytearray(max(size, STAMP.size))
+
+
+# ---------------------------------------------------------------- command plumbing
+
+async def commands(handler: Callable[[Json], Awaitable[bool]]) -> None:
+    """Read JSON commands from stdin (a thread), run ``handler`` until it returns False."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Json | None] = asyncio.Queue()
+
+    def read() -> None:
+        for line in sys.stdin:
+            if line.strip():
+                loop.call_soon_threadsafe(queue.put_nowait, json.loads(line))
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    threading.Thread(target=read, daemon=True).start()
+    while (command := await queue.get()) is not None:
+        try:
+            if not await handler(command):
+                return
+        except Exception as exc:
+            reply(error=f"{type(exc).__name__}: {exc}")
+            return
+
+
+def run_async(main: Callable[[], Awaitable[None]]) -> None:
+    try:
+        import uvloop  # noqa: PLC0415 - optional extra
+    except ImportError:
+        asyncio.run(main())  # type: ignore[arg-type]
+    else:
+        uvloop.run(main())  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- intentra server
+
+def intentra_server(args: Json) -> None:
+    from intentra import PrivateKey, Transport  # noqa: PLC0415
+    from intentra.config import EndpointConfig  # noqa: PLC0415
+
+    async def main() -> None:
+        key = PrivateKey.from_base64(args["key"]) if "key" in args else PrivateKey.generate()
+        config = EndpointConfig(**args.get("config", {}))
+        sink = bool(args.get("sink", False))
+        master = args.get("cookie_master")
+        options: dict[str, Any] = {"sink": True} if sink else {}
+        transport = await Transport.bind(
+            args.get("bind", "127.0.0.1:0"), key, config=config, receive_queue_size=1 << 20,
+            cookie_master=None if master is None else base64.b64decode(master),
+            reuse_port=bool(args.get("reuse_port", False)), **options)
+        counter = Counter()
+
+        async def consume() -> None:
+            receive_nowait = transport.receive_nowait
+            see = counter.see
+            clock = time.monotonic_ns
+            while True:
+                msg = await transport.receive()
+                now = clock()
+                see(msg.peer, msg.data, now)
+                while (msg := receive_nowait()) is not None:  # type: ignore[assignment]
+                    see(msg.peer, msg.data, now)
+
+        task = None if sink else asyncio.ensure_future(consume())
+        reply(ready=True, port=transport.local_address[1], key=key.public_key.to_base64(),
+              rss_kib=rss_kib())
+
+        async def handle(command: Json) -> bool:
+            cmd = command["cmd"]
+            if cmd == "quit":
+                return False
+            if cmd == "reset":
+                counter.reset(bool(command.get("latency", False)))
+                if sink:
+                    transport.sink_messages = 0
+                reply(ok=True)
+            elif cmd == "stats":
+                stats = counter.stats()
+                if sink:
+                    stats["messages"] = stats["in_order"] = transport.sink_messages
+                stats["sessions"] = len(transport.peers)
+                stats["handshakes"] = transport.endpoint.stats.handshakes_completed
+                reply(**stats)
+            else:
+                reply(error=f"unknown command {cmd!r}")
+            return True
+
+        await commands(handle)
+        if task is not None:
+            task.cancel()
+        transport.abort()
+
+    run_async(main)
+
+
+# ---------------------------------------------------------------- raw UDP server
+
+def raw_server(args: Json) -> None:
+    """The baseline: a plain, blocking Python loop that counts datagrams."""
+    host, port = args.get("bind", "127.0.0.1:0").rsplit(":", 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+    sock.bind((host, int(port)))
+    sock.setblocking(False)
+    counter = Counter()
+    reply(ready=True, port=sock.getsockname()[1], key="", rss_kib=rss_kib())
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
+    selector.register(sys.stdin, selectors.EVENT_READ)
+    buffer = bytearray(RAW_BUFFER)
+    view = memoryview(buffer)
+    recv = sock.recvfrom_into
+    clock = time.monotonic_ns
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is sock:
+                see = counter.see
+                while True:
+                    try:
+                        n, addr = recv(buffer)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    see(addr, view[:n], clock())
+                continue
+            line = sys.stdin.readline()
+            if not line:
+                return
+            command = json.loads(line)
+            cmd = command["cmd"]
+            if cmd == "quit":
+                return
+            if cmd == "reset":
+                counter.reset(bool(command.get("latency", False)))
+                reply(ok=True)
+            elif cmd == "stats":
+                reply(**counter.stats(), sessions=0, handshakes=0)
+            else:
+                reply(error=f"unknown command {cmd!r}")
+
+
+# ---------------------------------------------------------------- intentra generator
+
+def intentra_generator(args: Json) -> None:
+    """P intentra peers, each its own socket and key, in one process."""
+    from intentra import Intent, PrivateKey, PublicKey, Transport  # noqa: PLC0415
+    from intentra.config import EndpointConfig  # noqa: PLC0415
+
+    async def main() -> None:
+        host, port = args["target"].rsplit(":", 1)
+        target = (host, int(port))
+        server_key = PublicKey.from_base64(args["server_key"])
+        count = int(args.get("peers", 1))
+        size = int(args.get("size", 128))
+        config = EndpointConfig(**args.get("config", {}))
+        gate = asyncio.Semaphore(64)
+        transports: list[Any] = [None] * count
+        started = time.monotonic()
+
+        async def open_peer(index: int) -> Any:
+            async with gate:
+                t = await Transport.bind((source_ip(index, host), 0), PrivateKey.generate(),
+                                         config=config)
+                transports[index] = t
+                return await t.connect(target, server_key=server_key)
+
+        peers = await asyncio.gather(*(open_peer(i) for i in range(count)))
+        reply(ready=True, connect_seconds=time.monotonic() - started, rss_kib=rss_kib())
+        seqs = [0] * count
+        buf = payload(size)
+        pack_into = STAMP.pack_into
+        clock = time.monotonic_ns
+
+        async def paced(rate: float, duration: float, intent: Intent) -> Json:
+            loop = asyncio.get_running_loop()
+            cpu0 = cpu_seconds()
+            start = loop.time()
+            sent = dropped = 0
+            i = 0
+            while True:
+                elapsed = loop.time() - start
+                if elapsed >= duration:
+                    break
+                due = min(int(elapsed * rate) - sent, 512)
+                for _ in range(due):
+                    seq = seqs[i]
+                    seqs[i] = seq + 1
+                    pack_into(buf, 0, clock(), seq)
+                    if not peers[i].send_nowait(bytes(buf), intent):
+                        dropped += 1
+                    i += 1
+                    if i == count:
+                        i = 0
+                sent += max(due, 0)
+                await asyncio.sleep(0 if due > 0 else 0.0005)
+            seconds = loop.time() - start
+            return {"sent": sent, "dropped": dropped, "seconds": seconds,
+                    "cpu": cpu_seconds() - cpu0}
+
+        async def blast(duration: float, intent: Intent) -> Json:
+            """One peer (the first) as fast as it can."""
+            loop = asyncio.get_running_loop()
+            peer = peers[0]
+            cpu0 = cpu_seconds()
+            start = loop.time()
+            sent = dropped = 0
+            seq = seqs[0]
+            if intent == Intent.RELIABLE:
+                while loop.time() - start < duration:
+                    for _ in range(64):
+                        pack_into(buf, 0, clock(), seq)
+                        seq += 1
+                        await peer.send(bytes(buf), Intent.RELIABLE)
+                    sent += 64
+                owner = transports[0]
+                while owner.unacked_reliable(peer) > 0:  # delivered means acknowledged
+                    await asyncio.sleep(0.001)
+            else:
+                while loop.time() - start < duration:
+                    for _ in range(256):
+                        pack_into(buf, 0, clock(), seq)
+                        seq += 1
+                        if not peer.send_nowait(bytes(buf), Intent.REALTIME):
+                            dropped += 1
+                    sent += 256
+                    await asyncio.sleep(0)
+            seqs[0] = seq
+            return {"sent": sent, "dropped": dropped, "seconds": loop.time() - start,
+                    "cpu": cpu_seconds() - cpu0}
+
+        async def handle(command: Json) -> bool:
+            cmd = command["cmd"]
+            if cmd == "quit":
+                return False
+            intent = Intent[command.get("intent", "realtime").upper()]
+            if cmd == "go":
+                reply(**await paced(float(command["rate"]), float(command["duration"]), intent))
+            elif cmd == "blast":
+                reply(**await blast(float(command["duration"]), intent))
+            else:
+                reply(error=f"unknown command {cmd!r}")
+            return True
+
+        await commands(handle)
+        for t in transports:
+            t.abort()
+
+    run_async(main)
+
+
+# ---------------------------------------------------------------- raw UDP generator
+
+def raw_generator(args: Json) -> None:
+    """The baseline sender: P plain sockets and a blocking ``sendto`` loop."""
+    host, port = args["target"].rsplit(":", 1)
+    target = (host, int(port))
+    count = int(args.get("peers", 1))
+    size = int(args.get("size", 128))
+    socks = []
+    for index in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((source_ip(index, host), 0))
+        socks.append(sock)
+    reply(ready=True, connect_seconds=0.0, rss_kib=rss_kib())
+    seqs = [0] * count
+    buf = payload(size)
+    pack_into = STAMP.pack_into
+    clock = time.monotonic_ns
+    sendtos = [s.sendto for s in socks]
+    for line in sys.stdin:
+        command = json.loads(line)
+        cmd = command["cmd"]
+        if cmd == "quit":
+            return
+        duration = float(command["duration"])
+        rate = float(command["rate"]) if cmd == "go" else float("inf")
+        cpu0 = cpu_seconds()
+        start = time.monotonic()
+        sent = errors = 0
+        i = 0
+        while True:
+            elapsed = time.monotonic() - start
+            if elapsed >= duration:
+                break
+            if cmd == "go":
+                due = min(int(elapsed * rate) - sent, 512)
+                if due <= 0:
+                    time.sleep(0.0005)
+                    continue
+            else:
+                due = 256
+            for _ in range(due):
+                seq = seqs[i]
+                seqs[i] = seq + 1
+                pack_into(buf, 0, clock(), seq)
+                try:
+                    sendtos[i](buf, target)
+                except OSError:
+                    errors += 1
+                i += 1
+                if i == count:
+                    i = 0
+            sent += due
+        reply(sent=sent, dropped=errors, seconds=time.monotonic() - start,
+              cpu=cpu_seconds() - cpu0)
+
+
+# ---------------------------------------------------------------- handshakes
+
+def intentra_handshaker(args: Json) -> None:
+    """Complete handshakes against a server as fast as possible, then close each."""
+    from intentra import PrivateKey, PublicKey, Transport  # noqa: PLC0415
+
+    async def main() -> None:
+        host, port = args["target"].rsplit(":", 1)
+        target = (host, int(port))
+        server_key = PublicKey.from_base64(args["server_key"])
+        sockets = int(args.get("sockets", 64))
+        transports = [await Transport.bind((source_ip(i, host), 0), PrivateKey.generate())
+                      for i in range(sockets)]
+        reply(ready=True, connect_seconds=0.0, rss_kib=rss_kib())
+
+        async def run(duration: float) -> Json:
+            loop = asyncio.get_running_loop()
+            cpu0 = cpu_seconds()
+            start = loop.time()
+            done = failed = 0
+
+            async def worker(t: Any) -> None:
+                nonlocal done, failed
+                while loop.time() - start < duration:
+                    try:
+                        peer = await t.connect(target, server_key=server_key)
+                    except Exception:
+                        failed += 1
+                        continue
+                    done += 1
+                    await peer.close(flush_timeout=0)
+
+            await asyncio.gather(*(worker(t) for t in transports))
+            return {"handshakes": done, "failed": failed, "seconds": loop.time() - start,
+                    "cpu": cpu_seconds() - cpu0}
+
+        async def handle(command: Json) -> bool:
+            if command["cmd"] == "quit":
+                return False
+            reply(**await run(float(command["duration"])))
+            return True
+
+        await commands(handle)
+        for t in transports:
+            t.abort()
+
+    run_async(main)
+
+
+ROLES: dict[str, Callable[[Json], None]] = {
+    "intentra-server": intentra_server,
+    "raw-server": raw_server,
+    "intentra-generator": intentra_generator,
+    "raw-generator": raw_generator,
+    "intentra-handshaker": intentra_handshaker,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    role = argv[0]
+    args: Json = json.loads(argv[1]) if len(argv) > 1 else {}
+    if role.startswith("quic-"):
+        from intentra.bench import quic  # noqa: PLC0415 - aioquic is an optional extra
+
+        quic.ROLES[role](args)
+        return
+    try:
+        ROLES[role](args)
+    except Exception as exc:
+        reply(error=f"{type(exc).__name__}: {exc}")
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

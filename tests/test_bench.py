@@ -1,0 +1,87 @@
+"""Smoke runs of ``intentra bench``: every scenario and baseline, seconds each.
+
+These check that the benchmark runs end to end from the CLI in real processes
+and that its figures hang together; they assert no speed (targets are shown by
+full runs, see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def test_quick_bench_runs_every_scenario_with_baselines(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    png = tmp_path / "bench.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "intentra", "bench", "--quick", "--json", str(out),
+         "--plot", str(png)], capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    report = json.loads(out.read_text())
+    r = report["results"]
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    kinds = {(row["kind"], row["workers"]) for row in r["fan-in"]}
+    assert kinds == {("intentra", 1), ("raw", 1)}
+    for row in r["fan-in"]:
+        assert row["steps"], row
+        for step in row["steps"]:
+            assert 0.0 <= step["ratio"] <= 1.0 + 1e-9
+            assert step["delivered_rate"] <= step["sent_rate"] * 1.001
+        assert row["max_rate_99"] > 0, "loopback at a few thousand msg/s delivers >= 99%"
+
+    points = r["latency"][0]["points"]
+    assert [p["load"] for p in points] == [0.1, 0.5, 0.9]
+    for p in points:
+        lat = p["latency"]
+        assert lat["count"] > 0
+        assert 0 < lat["p50_ms"] <= lat["p99_ms"] <= lat["p999_ms"] <= lat["max_ms"]
+
+    streams = {(row["kind"], row["intent"]): row for row in r["stream"]}
+    assert set(streams) == {("intentra", "realtime"), ("intentra", "reliable"),
+                            ("raw", "realtime"), ("quic", "realtime"), ("quic", "reliable")}
+    reliable = streams[("intentra", "reliable")]
+    assert reliable["delivered"] == reliable["sent"] == reliable["in_order"] > 0, \
+        "RELIABLE: every message, once, in order"
+    for row in streams.values():
+        assert 0 < row["in_order"] <= row["delivered"] <= row["sent"]
+
+    hs = {row["kind"]: row for row in r["handshakes"]}
+    assert hs["intentra"]["handshakes"] > 0 and hs["intentra"]["failed"] == 0
+    assert hs["quic"]["handshakes"] > 0
+
+    sessions = r["sessions"]
+    assert sessions["sessions"] == report["options"]["sessions"]
+    assert sessions["rss_after_kib"] >= sessions["rss_before_kib"]
+    assert "intentra bench" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["bench", "nonsense"], "unknown scenario"),
+    (["bench", "--workers", "0"], "positive integers"),
+    (["bench", "--peers", "-3"], "--peers"),
+])
+def test_bad_bench_arguments_are_one_line(args: list[str], message: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "intentra", *args], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and message in result.stderr, result.stderr
+
+
+def test_sink_server_counts_without_delivering(tmp_path: Path) -> None:
+    from intentra.bench import Options, Stack, measure_step, start_servers  # noqa: PLC0415
+
+    with Stack() as stack:
+        servers, target, key = start_servers(stack, "intentra", 1, sink=True)
+        generator, _ = stack.start("intentra-generator", {
+            "target": target, "server_key": key, "peers": 5, "size": 64})
+        step = measure_step(servers, generator, 2000.0, 0.3)
+    assert step["ratio"] == pytest.approx(1.0, abs=0.01)
+    assert Options().peers == 1000
