@@ -103,8 +103,9 @@ class Stack:
     def __init__(self) -> None:
         self.roles: list[Role] = []
 
-    def start(self, role: str, args: Json, timeout: float = 300.0) -> tuple[Role, Json]:
-        process = Role(role, args)
+    def start(self, role: str, args: Json, timeout: float = 300.0,
+              pass_fds: tuple[int, ...] = ()) -> tuple[Role, Json]:
+        process = Role(role, args, pass_fds=pass_fds)
         self.roles.append(process)
         return process, process.read(timeout)
 
@@ -126,18 +127,25 @@ def start_servers(stack: Stack, kind: str, workers: int, config: Json | None = N
         role, ready = stack.start(f"{kind}-server", args)
         return [role], f"127.0.0.1:{ready['port']}", ready["key"]
     from intentra.keys import PrivateKey  # noqa: PLC0415
+    from intentra.workers import reuseport_sockets  # noqa: PLC0415
 
+    # As serve --workers does: the sockets in group order, conn_id steering, one
+    # key and one cookie master; each worker process gets its socket by fd.
     key = PrivateKey.generate()
-    master = os.urandom(32)
+    master = base64.b64encode(os.urandom(32)).decode()
+    sockets, _ = reuseport_sockets("127.0.0.1", 0, workers)
     roles: list[Role] = []
-    port = 0
-    for _ in range(workers):
-        args = {"config": config or {}, "sink": sink, "bind": f"127.0.0.1:{port}",
-                "key": key.to_base64(), "cookie_master": base64.b64encode(master).decode(),
-                "reuse_port": True}
-        role, ready = stack.start("intentra-server", args)
-        port = ready["port"]
-        roles.append(role)
+    try:
+        for index, sock in enumerate(sockets):
+            args = {"config": config or {}, "sink": sink, "fd": sock.fileno(),
+                    "conn_id_class": [index, workers], "key": key.to_base64(),
+                    "cookie_master": master}
+            role, _ = stack.start("intentra-server", args, pass_fds=(sock.fileno(),))
+            roles.append(role)
+        port = sockets[0].getsockname()[1]
+    finally:
+        for sock in sockets:
+            sock.close()  # the workers hold their own copies
     return roles, f"127.0.0.1:{port}", key.public_key.to_base64()
 
 

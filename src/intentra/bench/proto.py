@@ -24,14 +24,15 @@ class RoleError(RuntimeError):
 class Role:
     """A role running in its own process (``python -m intentra.bench.roles ROLE``)."""
 
-    def __init__(self, role: str, args: Json, *, cpu: int | None = None) -> None:
+    def __init__(self, role: str, args: Json, *, cpu: int | None = None,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.name = role
         cmd = [sys.executable, "-m", "intentra.bench.roles", role, json.dumps(args)]
         if cpu is not None and hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
             cmd = ["taskset", "-c", str(cpu), *cmd] if _have_taskset() else cmd
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, bufsize=1)
+            text=True, bufsize=1, pass_fds=pass_fds)
         self._buffer = ""
 
     def send(self, **command: Any) -> None:
