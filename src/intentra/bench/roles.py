@@ -293,7 +293,7 @@ def intentra_generator(args: Json) -> None:
             # (the same seal and send a Transport does) rather than through 1000
             # asyncio flush callbacks: the load generator must not be what limits
             # the measurement. Replies (keepalives) still arrive via the loop.
-            lanes = [(t.endpoint, t._sock.sendto, p.conn_id)  # noqa: SLF001
+            lanes = [(t.endpoint, t._sock.sendto, p.conn_id)
                      for t, p in zip(transports, peers, strict=True)]
             code = int(intent)
             while True:
