@@ -498,8 +498,20 @@ def main(argv: list[str] | None = None) -> None:
 
         quic.ROLES[role](args)
         return
+    profile_dir = os.environ.get("INTENTRA_BENCH_PROFILE")
     try:
-        ROLES[role](args)
+        if profile_dir:
+            # cProfile of this role, written at exit: INTENTRA_BENCH_PROFILE=DIR
+            # intentra bench ... leaves DIR/ROLE-PID.prof for pstats or snakeviz.
+            import cProfile  # noqa: PLC0415
+
+            profiler = cProfile.Profile()
+            try:
+                profiler.runcall(ROLES[role], args)
+            finally:
+                profiler.dump_stats(os.path.join(profile_dir, f"{role}-{os.getpid()}.prof"))
+        else:
+            ROLES[role](args)
     except Exception as exc:
         reply(error=f"{type(exc).__name__}: {exc}")
         raise SystemExit(1) from None
