@@ -502,7 +502,8 @@ class ReceivePathUnderAttack(RuleBasedStateMachine):
         self.got_reliable: list[bytes] = []
         self.got_realtime: list[bytes] = []
         self.serial = 0
-        self.hellos: set[tuple[str, Address, bytes]] = set()
+        # HELLO (node, source, ephemeral) -> the pending handshake it opened
+        self.hellos: dict[tuple[str, Address, bytes], int] = {}
 
     @property
     def w(self) -> World:
@@ -630,11 +631,16 @@ class ReceivePathUnderAttack(RuleBasedStateMachine):
         room = (len(ep.sessions) < cfg.max_connections
                 and ep.handshakes_in_flight < cfg.max_handshakes_in_flight
                 and ep._pending_per_ip.get(src[0], 0) < cfg.max_handshakes_per_ip)
-        repeated = (node, src, ephemeral) in self.hellos
-        self.hellos.add((node, src, ephemeral))
+        # A repeat only while the handshake the first copy opened is still pending:
+        # once it expired (HANDSHAKE_TIMEOUT) the same HELLO may rightly open another.
+        opened_by_first = self.hellos.get((node, src, ephemeral))
+        repeated = opened_by_first is not None and opened_by_first in ep.sessions
         sessions, before = len(ep.sessions), counters(ep)
+        ids_before = set(ep.sessions)
         response = self.attack_one(node, hello, src)
         moved = delta(before, counters(ep))
+        for new_id in set(ep.sessions) - ids_before:
+            self.hellos[(node, src, ephemeral)] = new_id
         if again:  # SPEC 5 step 3: the same RESPONSE again, not a second handshake
             opened = len(ep.sessions)
             assert self.attack_one(node, hello, src) == response
