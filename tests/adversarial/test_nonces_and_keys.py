@@ -262,9 +262,13 @@ def key_lab() -> KeyLab:
 
 
 def fingerprint(lab: KeyLab) -> tuple[object, ...]:
-    """The receiver's key state: phase, generation, key material, replay window."""
+    """The receiver's key state: phase, generation, key material, replay window.
+
+    The next key's AESGCM object is made on first use (an other-phase packet, even a
+    forged one, may make it); its key bytes are what must not move.
+    """
     keys = lab.keys
-    return (keys.phase, keys._cur_key, keys._next_key, id(keys._cur), id(keys._next),
+    return (keys.phase, keys._cur_key, keys._next_key, id(keys._cur),
             keys.first_pn_current, lab.b.endpoint.stats.key_updates_receive,
             lab.session.replay.highest, lab.session.state)
 

@@ -60,12 +60,14 @@ MASTER: Final = bytes(range(0x20, 0x40))
 
 # ----------------------------------------------------------------- state snapshots
 
-SKIP: Final = frozenset({"bucket", "stats", "config", "out", "events", "_ahead"})
+SKIP: Final = frozenset({"bucket", "stats", "config", "out", "events", "_ahead", "_next"})
 """Attributes a snapshot leaves out: the token bucket (the one thing an
 unauthenticated packet may drain, checked separately), the counters (checked as
 exact deltas), the immutable config, the shared output lists (drained), and the
 receiver's catch-up key cache ``_ahead`` (keys that follow from the current one,
-derived at most once per silence: not session state, see aead.ReceiveKeys)."""
+derived at most once per silence: not session state, see aead.ReceiveKeys), and the
+next key's AESGCM object, made on first use from ``_next_key`` (whose raw bytes
+stay in the snapshot)."""
 
 
 def _attrs(obj: object) -> Iterable[tuple[str, object]]:

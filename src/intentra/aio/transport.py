@@ -139,7 +139,7 @@ class Peer:
         self.close_reason: CloseReason | None = None
         self.closed_by_peer = False
         self._closing = False
-        self._room = asyncio.Event()
+        self._room: asyncio.Event | None = None  # made when a send first waits
         self.reconnect = False
         self.reconnects = 0
         self._target: Address = ("", 0)
@@ -147,6 +147,10 @@ class Peer:
         self._reconnecting: asyncio.Task[None] | None = None
         self._backlog: list[tuple[bytes, int]] = []  # RELIABLE sent while reconnecting
         self._last_address: Address = transport._endpoint.address(conn_id) or ("", 0)
+
+    def _wake(self) -> None:
+        if self._room is not None:
+            self._room.set()
 
     @property
     def address(self) -> Address:
@@ -192,9 +196,12 @@ class Peer:
                 if self._reconnecting is None and \
                         self._transport._endpoint.reliable_capacity(self.conn_id) > 0:
                     break
-                self._room.clear()
+                room = self._room
+                if room is None:
+                    room = self._room = asyncio.Event()
+                room.clear()
                 self._transport._waiting.add(self)
-                await self._room.wait()
+                await room.wait()
         self.send_nowait(data, intent, priority)
 
     def send_nowait(self, data: bytes, intent: Intent = Intent.REALTIME,
@@ -608,7 +615,7 @@ class Transport:
 
     def _wake_senders(self) -> None:
         for peer in self._waiting:
-            peer._room.set()
+            peer._wake()
         self._waiting.clear()
 
     async def _drain(self, peer: Peer | None, timeout: float) -> int:
@@ -681,7 +688,7 @@ class Transport:
                 peer._reconnecting = None
             self._finish_peer(peer, CloseReason.NORMAL, False)
         for peer in self._waiting:
-            peer._room.set()
+            peer._wake()
         self._waiting.clear()
 
     # ---------------------------------------------------------------- driving
@@ -752,7 +759,7 @@ class Transport:
                 if peer.closed or endpoint.sessions.get(peer.conn_id) is None or \
                         endpoint.reliable_capacity(peer.conn_id) > 0:
                     self._waiting.discard(peer)
-                    peer._room.set()
+                    peer._wake()
         # 4. one timer
         if self._closed:
             return
@@ -829,7 +836,7 @@ class Transport:
         peer.close_reason = reason
         peer.closed_by_peer = by_peer
         self._waiting.discard(peer)
-        peer._room.set()
+        peer._wake()
         self._post(PeerEvent("closed", peer, reason))
 
     async def _reconnect(self, peer: Peer, pending: list[tuple[bytes, int]]) -> None:
@@ -859,7 +866,7 @@ class Transport:
                 self._endpoint.send(peer.conn_id, data, int(Intent.RELIABLE), priority, now)
         self._process(now)
         self._post(PeerEvent("reconnected", peer, None, len(resend)))
-        peer._room.set()
+        peer._wake()
 
     def _close_peer(self, peer: Peer, reason: CloseReason) -> None:
         now = self._loop.time()

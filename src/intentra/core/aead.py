@@ -74,7 +74,9 @@ class ReceiveKeys:
         self._cur_key = key
         self._cur = AESGCM(key)
         self._next_key = rekey(key)
-        self._next = AESGCM(self._next_key)
+        # The next key is derived at once; its AESGCM (2.6 KiB of key schedule
+        # each) only when a packet of the other phase first needs it.
+        self._next: AESGCM | None = None
         self._prev: AESGCM | None = None
         self.prev_expires_at: float | None = None
         self.phase = 0
@@ -100,12 +102,16 @@ class ReceiveKeys:
             many keys forward once the packet has passed every other check.
         """
         n = _NONCE.pack(conn_id, pn)
+        aead: AESGCM
         if key_phase == self.phase:
             aead, steps = self._cur, 0
         elif self._prev is not None and pn < self.first_pn_current:
             aead, steps = self._prev, 0
         else:
-            aead, steps = self._next, 1
+            nxt = self._next
+            if nxt is None:
+                nxt = self._next = AESGCM(self._next_key)
+            aead, steps = nxt, 1
         try:
             return aead.decrypt(n, body, header), steps
         except InvalidTag:
@@ -138,12 +144,13 @@ class ReceiveKeys:
         for _ in range(steps - 1):
             self._cur_key = self._next_key
             self._next_key = rekey(self._next_key)
-        self._next = AESGCM(self._next_key) if steps > 1 else self._next
+        new_current = self._next if steps == 1 and self._next is not None \
+            else AESGCM(self._next_key)
         self._prev = self._cur if steps == 1 else AESGCM(self._cur_key)
         self.prev_expires_at = now + prev_lifetime
-        self._cur_key, self._cur = self._next_key, self._next
+        self._cur_key, self._cur = self._next_key, new_current
         self._next_key = rekey(self._cur_key)
-        self._next = AESGCM(self._next_key)
+        self._next = None
         self.phase ^= steps & 1
         self.first_pn_current = pn
         self._ahead = []

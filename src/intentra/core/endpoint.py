@@ -342,6 +342,8 @@ class Endpoint:
             return
         session.initiator_hs = None
         session.finish_datagram = pack_finish(body.sender_id, session.conn_id, result.msg3)
+        session.hs_datagram = b""  # the HELLO is never resent once RESPONSE arrived
+        session.cookie = b""
         session.establish(body.sender_id, result.remote_static, result.send_key,
                           result.receive_key, now)
         session.hs_rto = self.config.initial_rto
@@ -395,6 +397,7 @@ class Endpoint:
             self._remove(session)
             return
         session.responder_hs = None
+        session.hs_datagram = b""  # the RESPONSE is resent only while pending
         session.finish_body = bytes(data)
         session.finish_answered_at = now
         session.finish_answer_until = now + self.config.handshake_timeout

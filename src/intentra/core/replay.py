@@ -6,6 +6,13 @@ authenticated it (``is_fresh`` is the pre-check, ``mark`` the commit).
 
 from __future__ import annotations
 
+import functools
+
+
+@functools.lru_cache(maxsize=8)
+def _mask(size: int) -> int:
+    return (1 << size) - 1
+
 
 class ReplayWindow:
     """Bit i of ``_bits`` set means ``highest - i`` has been received."""
@@ -16,7 +23,7 @@ class ReplayWindow:
         self.size = size
         self.highest = 0
         self._bits = 1  # pn 0 is never sent; treat it as seen
-        self._mask = (1 << size) - 1
+        self._mask = _mask(size)  # shared: a 1024-bit int per session is 164 bytes
 
     def is_fresh(self, pn: int) -> bool:
         """True if ``pn`` is within the window and not yet marked."""
