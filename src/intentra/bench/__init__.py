@@ -170,10 +170,16 @@ def reset(servers: Iterable[Role], latency: bool = False) -> None:
 
 def measure_step(servers: list[Role], generator: Role, rate: float, duration: float,
                  latency: bool = False) -> Json:
+    """One offered rate for ``duration`` seconds.
+
+    Throughput steps send packets sealed before the clock starts (see
+    ``roles.intentra_generator``); latency steps seal each message as it goes,
+    its timestamp taken just before.
+    """
     reset(servers, latency)
     cpu0 = server_stats(servers)["cpu"]
     sent = generator.ask(cmd="go", rate=rate, duration=duration, intent="realtime",
-                         timeout=duration + 60)
+                         presealed=not latency, timeout=duration * 20 + 60)
     time.sleep(0.25)  # datagrams in flight and queued in the server land
     stats = server_stats(servers)
     seconds = sent["seconds"]

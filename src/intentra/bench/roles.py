@@ -283,6 +283,55 @@ def intentra_generator(args: Json) -> None:
         pack_into = STAMP.pack_into
         clock = time.monotonic_ns
 
+        async def preseal(total: int, intent: Intent) -> list[tuple[Any, bytes, Any]]:
+            """Seal ``total`` messages round-robin before the clock starts.
+
+            Each is a genuine packet of its session (its keys, the next packet
+            number): the server does all its work on it. Sealing ahead keeps the
+            generator's own cost (about 11 us a message, as much as the server's)
+            out of the measurement, as the raw-UDP generator has none.
+            """
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            code = int(intent)
+            plan: list[tuple[Any, bytes, Any]] = []
+            i = 0
+            for _ in range(total):
+                t = transports[i]
+                seq = seqs[i]
+                seqs[i] = seq + 1
+                pack_into(buf, 0, clock(), seq)
+                endpoint = t.endpoint
+                endpoint.send(peers[i].conn_id, bytes(buf), code, 0, now)
+                sendto = t._sock.sendto
+                plan.extend((sendto, data, addr) for data, addr in endpoint.datagrams_to_send(now))
+                i += 1
+                if i == count:
+                    i = 0
+            return plan
+
+        async def replay_plan(rate: float, duration: float, intent: Intent) -> Json:
+            plan = await preseal(int(rate * duration) + 1, intent)
+            loop = asyncio.get_running_loop()
+            cpu0 = cpu_seconds()
+            start = loop.time()
+            sent = dropped = 0
+            while sent < len(plan):
+                elapsed = loop.time() - start
+                if elapsed >= duration:
+                    break
+                due = min(int(elapsed * rate), len(plan))
+                while sent < due:
+                    sendto, data, addr = plan[sent]
+                    try:
+                        sendto(data, addr)
+                    except OSError:
+                        dropped += 1
+                    sent += 1
+                await asyncio.sleep(0 if sent < due else 0.0005)
+            return {"sent": sent, "dropped": dropped, "seconds": loop.time() - start,
+                    "cpu": cpu_seconds() - cpu0}
+
         async def paced(rate: float, duration: float, intent: Intent) -> Json:
             loop = asyncio.get_running_loop()
             cpu0 = cpu_seconds()
@@ -360,7 +409,8 @@ def intentra_generator(args: Json) -> None:
                 return False
             intent = Intent[command.get("intent", "realtime").upper()]
             if cmd == "go":
-                reply(**await paced(float(command["rate"]), float(command["duration"]), intent))
+                run = replay_plan if command.get("presealed") else paced
+                reply(**await run(float(command["rate"]), float(command["duration"]), intent))
             elif cmd == "blast":
                 reply(**await blast(float(command["duration"]), intent))
             else:

@@ -66,6 +66,7 @@ from intentra.events import (
 
 Rng = Callable[[int], bytes]
 _HS: Final = int(PacketType.HS)
+_DATA: Final = int(PacketType.DATA)
 _REALTIME: Final = int(Intent.REALTIME)
 _ESTABLISHED: Final = SessionState.ESTABLISHED
 
@@ -216,7 +217,13 @@ class Endpoint:
         if session.state is SessionState.CLOSED:
             self._remove(session)
             return
-        self._dirty.add(session)
+        # Re-arm only if a deadline may have moved earlier. A REALTIME DATA that
+        # moved no key and found nothing in flight to acknowledge only pushes the
+        # idle deadline later, which the lazy heap entry handles (see _rearm):
+        # a fan-in of REALTIME messages then costs no timer work per packet.
+        if (ptype != _DATA or intent != _REALTIME or moves_phase or session.timer_at is None
+                or session.ack_at is not None or session.send_window.in_flight):
+            self._dirty.add(session)
         if session.ack_now or session.retransmit or session.queued:
             self._flush.add(session)  # an ACK may have opened the window for queued messages
 
