@@ -89,6 +89,9 @@ def _family(host: str) -> socket.AddressFamily:
         return infos[0][0]
 
 
+_tuple_new = tuple.__new__
+
+
 class Message(NamedTuple):
     """A message delivered to the application (a NamedTuple: one per message, kept cheap).
 
@@ -216,8 +219,10 @@ class Peer:
             SendQueueFullError: a RELIABLE message found the queue full.
             PeerClosedError: the session ended.
         """
-        self._check_open()
         transport = self._transport
+        if (self.close_reason is not None or self._closing or self._reconnecting is not None
+                or transport._closing or transport._closed):
+            self._check_open()  # raises with the explanation, unless reconnecting
         if self._reconnecting is not None:
             # Between sessions: RELIABLE waits for the next one, REALTIME is late anyway.
             transport._endpoint.check_message(data, int(intent), priority)
@@ -227,9 +232,11 @@ class Peer:
                 raise SendQueueFullError("the peer is reconnecting and its backlog is full")
             self._backlog.append((bytes(data), priority))
             return True
-        ok = transport._endpoint.send(self.conn_id, data, int(intent), priority,
+        ok = transport._endpoint.send(self.conn_id, data, intent, priority,
                                       transport._loop.time())
-        transport._schedule_flush()
+        if not transport._flush_scheduled:
+            transport._flush_scheduled = True
+            transport._loop.call_soon(transport._flush_soon)
         return ok
 
     async def close(self, reason: CloseReason = CloseReason.NORMAL,
@@ -725,22 +732,31 @@ class Transport:
         out = endpoint.datagrams_to_send(now)
         if out and not self._closed:
             self.send_errors += self._datapath.send(out)  # full buffer, unreachable: UDP drops
-        # 2. events
-        while (event := endpoint.next_event()) is not None:
+        # 2. events (messages first-class: one per delivered message)
+        events = endpoint._events
+        queue = self._queue
+        peers = self._peers
+        last_id, last_peer = -1, None
+        while events:
+            event = events.popleft()
             if type(event) is MessageReceived:
                 if self._sink:
                     self.sink_messages += 1
                     continue
-                peer = self._peers.get(event.conn_id)
-                if peer is None:
+                conn_id, data, intent, priority = event
+                if conn_id != last_id:
+                    last_id, last_peer = conn_id, peers.get(conn_id)
+                if last_peer is None:
                     continue
                 # The core has acknowledged RELIABLE messages: never drop one here.
                 # Only REALTIME is shed when the application falls behind.
-                if len(self._queue) >= self._queue_limit and event.intent is Intent.REALTIME:
+                if len(queue) >= self._queue_limit and intent is Intent.REALTIME:
                     self.receive_queue_drops += 1
                     continue
-                self._queue.append(Message(peer, event.data, event.intent, event.priority))
-            elif type(event) is HandshakeCompleted:
+                queue.append(_tuple_new(Message, (last_peer, data, intent, priority)))
+                continue
+            last_id = -1  # a session event may change what a conn_id maps to
+            if type(event) is HandshakeCompleted:
                 self._on_established(event)
             elif type(event) is HandshakeConfirmed:
                 self._on_confirmed(event)
