@@ -90,6 +90,8 @@ def _family(host: str) -> socket.AddressFamily:
 
 
 _tuple_new = tuple.__new__
+_ACK_CHUNK = 8
+"""Datagrams of a received batch processed between two sends of what is due."""
 
 
 class Message(NamedTuple):
@@ -704,7 +706,19 @@ class Transport:
         batch = self._datapath.receive(RECEIVE_BATCH)
         if batch:
             now = self._loop.time()
-            self._endpoint.receive_datagrams(batch, now)
+            endpoint = self._endpoint
+            if len(batch) <= _ACK_CHUNK:
+                endpoint.receive_datagrams(batch, now)
+            else:
+                # A large batch (a GRO buffer is up to 64 datagrams) is taken in
+                # chunks, and what is due to go out (acknowledgements above all)
+                # leaves after each: the sender refills its window while this side
+                # still works through the rest.
+                for start in range(0, len(batch), _ACK_CHUNK):
+                    endpoint.receive_datagrams(batch[start:start + _ACK_CHUNK], now)
+                    out = endpoint.datagrams_to_send(now)
+                    if out and not self._closed:
+                        self.send_errors += self._datapath.send(out)
             self._process(now)
 
     def _on_timer(self) -> None:
