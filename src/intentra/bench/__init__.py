@@ -149,11 +149,11 @@ def start_servers(stack: Stack, kind: str, workers: int, config: Json | None = N
     return roles, f"127.0.0.1:{port}", key.public_key.to_base64()
 
 
-def server_stats(servers: Iterable[Role]) -> Json:
+def server_stats(servers: Iterable[Role], base_ns: int = 0) -> Json:
     total: Json = {"messages": 0, "in_order": 0, "handshakes": 0, "cpu": 0.0, "rss_kib": 0}
     latency = None
     for server in servers:
-        stats = server.ask(cmd="stats")
+        stats = server.ask(cmd="stats", base_ns=base_ns)
         for name in ("messages", "in_order", "handshakes", "cpu", "rss_kib"):
             total[name] += stats[name]
         latency = stats.get("latency") or latency
@@ -172,16 +172,17 @@ def measure_step(servers: list[Role], generator: Role, rate: float, duration: fl
                  latency: bool = False) -> Json:
     """One offered rate for ``duration`` seconds.
 
-    Throughput steps send packets sealed before the clock starts (see
-    ``roles.intentra_generator``); latency steps seal each message as it goes,
-    its timestamp taken just before.
+    Throughput steps send packets the intentra generator sealed before the
+    clock started (see ``roles.intentra_generator``). Latency steps seal each
+    message as it goes, stamped just before: one-way latency from the sender's
+    ``send`` to the receiving application, the generator's pacing excluded.
     """
     reset(servers, latency)
     cpu0 = server_stats(servers)["cpu"]
     sent = generator.ask(cmd="go", rate=rate, duration=duration, intent="realtime",
                          presealed=not latency, timeout=duration * 20 + 60)
     time.sleep(0.25)  # datagrams in flight and queued in the server land
-    stats = server_stats(servers)
+    stats = server_stats(servers, 0 if latency else int(sent.get("start_ns", 0)))
     seconds = sent["seconds"]
     return {
         "offered": rate,
