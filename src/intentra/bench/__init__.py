@@ -274,20 +274,25 @@ def stream(options: Options, kind: str, intent: str) -> Json:
 def handshakes(options: Options, kind: str) -> Json:
     with Stack() as stack:
         if kind == "quic":
-            _server, ready = stack.start("quic-server", {})
+            server, ready = stack.start("quic-server", {})
             client, _ = stack.start("quic-client", {"target": f"127.0.0.1:{ready['port']}"})
+            cpu0 = server.ask(cmd="stats")["cpu"]
             done = client.ask(cmd="handshakes", duration=options.handshake_seconds,
                               concurrency=64, timeout=options.handshake_seconds + 60)
         else:
-            _servers, target, key = start_servers(stack, "intentra", 1)
+            servers, target, key = start_servers(stack, "intentra", 1)
+            server = servers[0]
             client, _ = stack.start("intentra-handshaker", {
                 "target": target, "server_key": key, "sockets": 64})
+            cpu0 = server.ask(cmd="stats")["cpu"]
             done = client.ask(cmd="go", duration=options.handshake_seconds,
                               timeout=options.handshake_seconds + 60)
+        server_cpu = (server.ask(cmd="stats")["cpu"] - cpu0) / done["seconds"]
         rate = done["handshakes"] / done["seconds"]
         options.progress(f"  handshakes {kind}: {rate:,.0f}/s ({done['handshakes']:,} done, "
-                         f"{done['failed']} failed)")
-        return {"kind": kind, "rate": rate, **done}
+                         f"{done['failed']} failed; responder CPU {server_cpu:.0%}, "
+                         f"initiators' CPU {done['cpu'] / done['seconds']:.0%})")
+        return {"kind": kind, "rate": rate, "server_cpu": server_cpu, **done}
 
 
 def sessions(options: Options) -> Json:

@@ -148,9 +148,15 @@ def plot(report: Report, path: str | Path) -> bool:
     ratio.axhline(0.99, color="grey", linestyle=":")
     ratio.set(title="fan-in: delivery ratio", xlabel="offered msg/s", ylabel="delivered / sent",
               xscale="log")
+    from matplotlib.ticker import FuncFormatter  # noqa: PLC0415
+
+    thousands = FuncFormatter(lambda v, _pos: f"{v / 1000:,.0f}k" if v else "0")
     for ax in (sweep, ratio):
         ax.legend()
         ax.grid(alpha=0.3)
+    sweep.xaxis.set_major_formatter(thousands)
+    sweep.yaxis.set_major_formatter(thousands)
+    bars.yaxis.set_major_formatter(thousands)
     names, values = [], []
     for row in report.results.get("stream", []):
         names.append(f"{row['kind']}\n{row['intent']}")
