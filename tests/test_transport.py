@@ -966,3 +966,41 @@ def test_bind_with_malformed_address_raises_valueerror(address: str) -> None:
         with pytest.raises(ValueError):
             await Transport.bind(address, PrivateKey.generate())
     run(body())
+
+
+def test_send_many_delivers_everything_in_order_through_a_full_window() -> None:
+    """send_many is send in a loop: 3,000 RELIABLE messages (over 11 windows of 256)
+    arrive once and in order, interleaved correctly with single sends."""
+
+    async def scenario() -> None:
+        async with transports() as made:
+            server, _client, cpeer, _ = await pair(made)
+            await cpeer.send(b"first")
+            await step(cpeer.send_many([b"m%05d" % i for i in range(3000)]))
+            await cpeer.send(b"last")
+            got = await receive_n(server, 3002, timeout=20)
+            assert [m.data for m in got] == [b"first", *[b"m%05d" % i for i in range(3000)],
+                                             b"last"]
+            assert {m.intent for m in got} == {Intent.RELIABLE}
+
+            await cpeer.send_many((b"rt%d" % i for i in range(50)), Intent.REALTIME, 5)
+            rt = await receive_n(server, 50)
+            assert [m.data for m in rt] == [b"rt%d" % i for i in range(50)]
+            assert {(m.intent, m.priority) for m in rt} == {(Intent.REALTIME, 5)}
+
+    run(scenario())
+
+
+def test_send_many_checks_every_message_before_queueing_any() -> None:
+    async def scenario() -> None:
+        async with transports() as made:
+            server, client, cpeer, _ = await pair(made)
+            with pytest.raises(InvalidMessageError):
+                await cpeer.send_many([b"ok", b"fine", b""])
+            with pytest.raises(MessageTooLargeError):
+                await cpeer.send_many([b"ok", bytes(5000)])
+            assert client.unacked_reliable(cpeer) == 0
+            await cpeer.send(b"after")
+            assert [m.data for m in await receive_n(server, 1)] == [b"after"]
+
+    run(scenario())

@@ -209,6 +209,39 @@ class Peer:
                 await room.wait()
         self.send_nowait(data, intent, priority)
 
+    async def send_many(self, messages: Iterable[bytes], intent: Intent = Intent.RELIABLE,
+                        priority: int = 0) -> None:
+        """Queue many messages in order, waiting for window room as :meth:`send` does.
+
+        The same as ``for m in messages: await peer.send(m, intent, priority)``,
+        for a fraction of the cost per message: one wait per window of room
+        rather than one coroutine per message. Every message is checked first;
+        a bad one raises before any is queued. REALTIME messages never wait
+        (a full queue drops them, as :meth:`send_nowait` does).
+
+        Raises:
+            PeerClosedError: the session ended (also while waiting); messages
+                queued before it are in :meth:`Transport.unacked_reliable`.
+            MessageTooLargeError, InvalidMessageError: a bad message.
+        """
+        batch = messages if isinstance(messages, list | tuple) else list(messages)
+        endpoint = self._transport._endpoint
+        for data in batch:
+            endpoint.check_message(data, int(intent), priority)
+        if intent != Intent.RELIABLE:
+            for data in batch:
+                self.send_nowait(data, intent, priority)
+            return
+        done = 0
+        while done < len(batch):
+            await self.send(batch[done], intent, priority)  # waits for room, then queues one
+            done += 1
+            room = 0 if self._reconnecting is not None or self.close_reason is not None else \
+                min(endpoint.reliable_capacity(self.conn_id), len(batch) - done)
+            for data in batch[done:done + room]:
+                self.send_nowait(data, intent, priority)
+            done += max(room, 0)
+
     def send_nowait(self, data: bytes, intent: Intent = Intent.REALTIME,
                     priority: int = 0) -> bool:
         """Queue a message without waiting; it leaves in this loop turn's flush.

@@ -392,11 +392,13 @@ def intentra_generator(args: Json) -> None:
             seq = seqs[0]
             if intent == Intent.RELIABLE:
                 while loop.time() - start < duration:
-                    for _ in range(64):
+                    chunk = []
+                    for _ in range(128):
                         pack_into(buf, 0, clock(), seq)
                         seq += 1
-                        await peer.send(bytes(buf), Intent.RELIABLE)
-                    sent += 64
+                        chunk.append(bytes(buf))
+                    await peer.send_many(chunk, Intent.RELIABLE)  # waits for window room
+                    sent += 128
                 owner = transports[0]
                 while owner.unacked_reliable(peer) > 0:  # delivered means acknowledged
                     await asyncio.sleep(0.001)
