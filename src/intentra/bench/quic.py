@@ -37,7 +37,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from intentra.bench.proto import Json, reply
-from intentra.bench.roles import STAMP, Counter, commands, cpu_seconds, payload, rss_kib, run_async
+from intentra.bench.roles import (
+    STAMP,
+    Counter,
+    commands,
+    counting_server,
+    cpu_seconds,
+    payload,
+    rss_kib,
+    run_async,
+)
 
 ALPN = ["intentra-bench"]
 PENDING_DATAGRAMS = 256
@@ -107,21 +116,13 @@ def quic_server(args: Json) -> None:
             sock = transport.get_extra_info("socket")
             reply(ready=True, port=sock.getsockname()[1], key="", rss_kib=rss_kib())
 
-            async def handle(command: Json) -> bool:
-                cmd = command["cmd"]
-                if cmd == "quit":
-                    return False
-                if cmd == "reset":
-                    counter.reset(bool(command.get("latency", False)))
-                    handshakes[0] = 0
-                    reply(ok=True)
-                elif cmd == "stats":
-                    reply(**counter.stats(), sessions=0, handshakes=handshakes[0])
-                else:
-                    reply(error=f"unknown command {cmd!r}")
-                return True
+            def reset_handshakes() -> None:
+                handshakes[0] = 0
 
-            await commands(handle)
+            def extra(stats: Json) -> None:
+                stats["handshakes"] = handshakes[0]
+
+            await commands(counting_server(counter, reset_handshakes, extra))
             server.close()
 
     run_async(main)

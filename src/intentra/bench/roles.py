@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import json
 import os
 import selectors
@@ -113,7 +114,7 @@ def payload(size: int) -> bytearray:
 
 # ---------------------------------------------------------------- command plumbing
 
-async def commands(handler: Callable[[Json], Awaitable[bool]]) -> None:
+async def commands(handler: Callable[[Json], Awaitable[bool] | bool]) -> None:
     """Read JSON commands from stdin (a thread), run ``handler`` until it returns False."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Json | None] = asyncio.Queue()
@@ -127,11 +128,45 @@ async def commands(handler: Callable[[Json], Awaitable[bool]]) -> None:
     threading.Thread(target=read, daemon=True).start()
     while (command := await queue.get()) is not None:
         try:
-            if not await handler(command):
+            result = handler(command)
+            if inspect.isawaitable(result):
+                result = await result
+            if not result:
                 return
         except Exception as exc:
             reply(error=f"{type(exc).__name__}: {exc}")
             return
+
+
+def counting_server(counter: Counter, on_reset: Callable[[], None] | None = None,
+                    extra: Callable[[Json], None] | None = None
+                    ) -> Callable[[Json], bool]:
+    """The command handler every receiving role shares: reset, stats, quit.
+
+    ``on_reset`` clears the role's own counts; ``extra`` adds its fields to a
+    stats reply (sessions, handshakes, a sink's count).
+    """
+
+    def handle(command: Json) -> bool:
+        cmd = command["cmd"]
+        if cmd == "quit":
+            return False
+        if cmd == "reset":
+            counter.reset(bool(command.get("latency", False)))
+            if on_reset is not None:
+                on_reset()
+            reply(ok=True)
+        elif cmd == "stats":
+            stats = counter.stats(int(command.get("base_ns", 0)))
+            stats.update(sessions=0, handshakes=0)
+            if extra is not None:
+                extra(stats)
+            reply(**stats)
+        else:
+            reply(error=f"unknown command {cmd!r}")
+        return True
+
+    return handle
 
 
 def run_async(main: Callable[[], Awaitable[None]]) -> None:
@@ -179,27 +214,16 @@ def intentra_server(args: Json) -> None:
         reply(ready=True, port=transport.local_address[1], key=key.public_key.to_base64(),
               rss_kib=rss_kib())
 
-        async def handle(command: Json) -> bool:
-            cmd = command["cmd"]
-            if cmd == "quit":
-                return False
-            if cmd == "reset":
-                counter.reset(bool(command.get("latency", False)))
-                if sink:
-                    transport.sink_messages = 0
-                reply(ok=True)
-            elif cmd == "stats":
-                stats = counter.stats(int(command.get("base_ns", 0)))
-                if sink:
-                    stats["messages"] = stats["in_order"] = transport.sink_messages
-                stats["sessions"] = len(transport.peers)
-                stats["handshakes"] = transport.endpoint.stats.handshakes_completed
-                reply(**stats)
-            else:
-                reply(error=f"unknown command {cmd!r}")
-            return True
+        def reset_sink() -> None:
+            transport.sink_messages = 0
 
-        await commands(handle)
+        def extra(stats: Json) -> None:
+            if sink:
+                stats["messages"] = stats["in_order"] = transport.sink_messages
+            stats["sessions"] = len(transport.peers)
+            stats["handshakes"] = transport.endpoint.stats.handshakes_completed
+
+        await commands(counting_server(counter, reset_sink, extra))
         if task is not None:
             task.cancel()
         transport.abort()
@@ -218,6 +242,7 @@ def raw_server(args: Json) -> None:
     sock.bind((host, int(port)))
     sock.setblocking(False)
     counter = Counter()
+    handle = counting_server(counter)
     reply(ready=True, port=sock.getsockname()[1], key="", rss_kib=rss_kib())
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
@@ -240,17 +265,8 @@ def raw_server(args: Json) -> None:
             line = sys.stdin.readline()
             if not line:
                 return
-            command = json.loads(line)
-            cmd = command["cmd"]
-            if cmd == "quit":
+            if not handle(json.loads(line)):
                 return
-            if cmd == "reset":
-                counter.reset(bool(command.get("latency", False)))
-                reply(ok=True)
-            elif cmd == "stats":
-                reply(**counter.stats(int(command.get("base_ns", 0))), sessions=0, handshakes=0)
-            else:
-                reply(error=f"unknown command {cmd!r}")
 
 
 # ---------------------------------------------------------------- intentra generator
