@@ -50,7 +50,7 @@ class Options:
     workers: tuple[int, ...] = (1,)
     baselines: tuple[str, ...] = ("raw", "quic")
     progress: Callable[[str], None] = print
-    quick: bool = False
+    smoke: bool = False  # set by quick(): the verdicts need a full run
 
     @classmethod
     def quick(cls, **overrides: Any) -> Options:
@@ -58,7 +58,7 @@ class Options:
         values: dict[str, Any] = {
             "peers": 20, "step_seconds": 0.4, "stream_seconds": 0.5,
             "handshake_seconds": 0.5, "latency_seconds": 0.4, "sessions": 100,
-            "start_rate": 2000.0, "growth": 4.0, "max_rate": 40_000.0, "quick": True}
+            "start_rate": 2000.0, "growth": 4.0, "max_rate": 40_000.0, "smoke": True}
         values.update(overrides)
         return cls(**values)
 
@@ -325,7 +325,7 @@ def run(options: Options) -> Report:
         report.notes.append("aioquic is not installed (pip install 'intentra[bench]'): "
                             "no QUIC baseline")
     say = options.progress
-    if options.quick:
+    if options.smoke:
         report.notes.append("a --quick smoke run: small loads and sub-second steps; the target "
                             "verdicts need a full run")
     wanted = set(options.scenarios)
