@@ -166,6 +166,10 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
+def _shown(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _mode(args: argparse.Namespace) -> str:
     return "sink" if args.sink else "echo" if args.echo else "hub"
 
@@ -195,8 +199,7 @@ async def _serve(args: argparse.Namespace) -> int:
                          f"{exc.strerror or exc}") from None
     # Handlers before the announcement: a supervisor may signal as soon as it reads it.
     stop = _stop_on_signals()
-    host, port = transport.local_address
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    shown = _shown(*transport.local_address)
     prefix = f"worker {args.worker_index}: " if worker else ""
     if not worker:
         print(f"intentra serving on {shown}", flush=True)
@@ -290,9 +293,7 @@ def _supervise(args: argparse.Namespace) -> int:
             child.stdin.write(master.encode() + b"\n")
             child.stdin.close()
             children.append(child)
-        bound = sockets[0].getsockname()
-        shown = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
-        print(f"intentra serving on {shown}", flush=True)
+        print(f"intentra serving on {_shown(*sockets[0].getsockname()[:2])}", flush=True)
         print(f"public key: {key.public_key.to_base64()}", flush=True)
         print(f"mode: {_mode(args)}, {args.workers} workers, sessions steered by conn_id: "
               f"{'yes' if steered else 'no (kernel hash only; roaming may lose a session)'}",

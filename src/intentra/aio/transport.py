@@ -269,9 +269,7 @@ class Peer:
             return True
         ok = transport._endpoint.send(self.conn_id, data, intent, priority,
                                       transport._loop.time())
-        if not transport._flush_scheduled:
-            transport._flush_scheduled = True
-            transport._loop.call_soon(transport._flush_soon)
+        transport._schedule_flush()
         return ok
 
     async def close(self, reason: CloseReason = CloseReason.NORMAL,
@@ -749,9 +747,7 @@ class Transport:
                 # still works through the rest.
                 for start in range(0, len(batch), _ACK_CHUNK):
                     endpoint.receive_datagrams(batch[start:start + _ACK_CHUNK], now)
-                    out = endpoint.datagrams_to_send(now)
-                    if out and not self._closed:
-                        self.send_errors += self._datapath.send(out)
+                    self._send_due(now)
             self._process(now)
 
     def _on_timer(self) -> None:
@@ -773,12 +769,15 @@ class Transport:
         if not self._closed:
             self._process(self._loop.time())
 
+    def _send_due(self, now: float) -> None:
+        out = self._endpoint.datagrams_to_send(now)
+        if out and not self._closed:
+            self.send_errors += self._datapath.send(out)  # full buffer, unreachable: UDP drops
+
     def _process(self, now: float) -> None:
         endpoint = self._endpoint
         # 1. datagrams
-        out = endpoint.datagrams_to_send(now)
-        if out and not self._closed:
-            self.send_errors += self._datapath.send(out)  # full buffer, unreachable: UDP drops
+        self._send_due(now)
         # 2. events (messages first-class: one per delivered message)
         events = endpoint._events
         queue = self._queue

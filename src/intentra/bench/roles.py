@@ -301,7 +301,7 @@ def intentra_generator(args: Json) -> None:
         pack_into = STAMP.pack_into
         clock = time.monotonic_ns
 
-        async def preseal(total: int, rate: float,
+        def preseal(total: int, rate: float,
                           intent: Intent) -> list[tuple[Any, bytes, Any]]:
             """Seal ``total`` messages round-robin before the clock starts.
 
@@ -333,7 +333,7 @@ def intentra_generator(args: Json) -> None:
             return plan
 
         async def replay_plan(rate: float, duration: float, intent: Intent) -> Json:
-            plan = await preseal(int(rate * duration) + 1, rate, intent)
+            plan = preseal(int(rate * duration) + 1, rate, intent)
             loop = asyncio.get_running_loop()
             cpu0 = cpu_seconds()
             start = loop.time()

@@ -89,7 +89,7 @@ class Endpoint:
         conn_id_class: ``(index, count)``: every conn_id this endpoint picks is
             ``index`` modulo ``count``. Worker ``index`` of ``count`` processes on
             one port picks its ids so, and the kernel steers each datagram to the
-            worker its conn_id names (see ``intentra.aio.workers``).
+            worker its conn_id names (see ``intentra.workers``).
     """
 
     def __init__(self, static_key: bytes, rng: Rng, config: EndpointConfig | None = None,
