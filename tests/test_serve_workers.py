@@ -9,7 +9,11 @@ session on the worker that holds it: every client's messages still echo back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
+import signal
+import time
 import urllib.request
 from pathlib import Path
 
@@ -94,3 +98,36 @@ def test_workers_refuse_hub_mode(tmp_path: Path) -> None:
     result = intentra("serve", "--bind", "127.0.0.1:0", "--key", str(key), "--echo", "--sink",
                       cwd=tmp_path)
     assert "choose one of --echo and --sink" in assert_usage_error(result)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def test_a_worker_dying_stops_the_supervisor_and_the_other_workers(tmp_path: Path) -> None:
+    """Whichever worker dies (here the last one), the supervisor notices at once,
+    stops the others and exits non-zero: the port's steering order is gone."""
+    key = tmp_path / "server.key"
+    keygen(key)
+    server = Server(["--bind", "127.0.0.1:0", "--key", str(key), "--sink", "--workers", "3"],
+                    tmp_path)
+    try:
+        server.expect(r"^mode: sink, 3 workers")
+        deadline = time.monotonic() + 10
+        while len(workers := _children(server.proc.pid)) < 3:
+            assert time.monotonic() < deadline, "three workers never started"
+            time.sleep(0.05)
+        os.kill(max(workers), signal.SIGKILL)
+        assert server.proc.wait(10) == 1
+        time.sleep(0.2)
+        assert not [w for w in workers if Path(f"/proc/{w}").exists()
+                    and "Z" not in (Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1][:3])]
+    finally:
+        server.kill()

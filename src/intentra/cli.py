@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -298,16 +299,19 @@ def _supervise(args: argparse.Namespace) -> int:
         print(f"mode: {_mode(args)}, {args.workers} workers, sessions steered by conn_id: "
               f"{'yes' if steered else 'no (kernel hash only; roaming may lose a session)'}",
               flush=True)
-        codes = []
-        for child in children:
-            while True:
-                try:
-                    codes.append(child.wait())
-                    break
-                except InterruptedError:
-                    continue
-            if not stop:  # one worker died on its own: the group's order is gone, stop all
+        # Watch all of them: whichever worker dies on its own, the port's steering
+        # order is gone, so the others are stopped too.
+        while True:
+            running = [child.poll() is None for child in children]  # poll (reap) every one
+            if all(running):
+                time.sleep(0.1)
+                continue
+            if not any(running):
+                break
+            if not stop:
                 on_signal(signal.SIGTERM, None)
+            time.sleep(0.1)
+        codes = [child.returncode for child in children]
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
