@@ -21,6 +21,7 @@ from intentra.errors import (
     TransportClosedError,
 )
 from intentra.keys import PrivateKey, PublicKey
+from intentra.status import PeerStatus
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,7 @@ __all__ = [
     "Peer",
     "PeerClosedError",
     "PeerEvent",
+    "PeerStatus",
     "PrivateKey",
     "PublicKey",
     "SendQueueFullError",

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from intentra.constants import HEADER_LEN, LEN_PREFIX, MAX_PACKET_SIZE, RSEQ_LEN, TAG_LEN
+from intentra.constants import (
+    ACK_DELAY,
+    HEADER_LEN,
+    LEN_PREFIX,
+    MAX_PACKET_SIZE,
+    RSEQ_LEN,
+    TAG_LEN,
+)
 from intentra.errors import ConfigError
 
 
@@ -59,12 +66,11 @@ class EndpointConfig:
     max_retransmissions: int = 10
     """Attempts for one reliable message before the session is closed (TIMEOUT)."""
     ack_delay: float = 0.01
-    """Longest a receiver waits before acknowledging reliable data, seconds."""
+    """Longest this receiver waits before acknowledging an ack-eliciting packet, seconds
+    (at most ACK_DELAY, 10 ms: the peer's timers rely on it)."""
     ack_every: int = 32
-    """Reliable messages received unacknowledged after which the receiver acknowledges
-    at the end of the batch instead of waiting for ``ack_delay`` (not in SPEC, which only
-    bounds the delay; without it one stream is capped near MAX_RELIABLE_IN_FLIGHT per
-    ``ack_delay``, 25,600 messages/s)."""
+    """A receiver acknowledges at once when it has authenticated a DATA pn this many
+    beyond its previous ACK's ``largest_pn`` (ACK_EVERY)."""
     max_datagram: int = 1200
     """Largest datagram a sender builds, bytes (at most MAX_PACKET_SIZE)."""
     key_update_packets: int = 1 << 24
@@ -80,6 +86,10 @@ class EndpointConfig:
     """Packet number at which a sender closes with KEY_EXHAUSTED."""
     realtime_deadline: float = 0.1
     """Seconds a REALTIME message may wait in the send queue before it is dropped."""
+    realtime_queue_delay: float = 0.02
+    """Seconds of sending, at the congestion controller's pacing rate, that queued
+    REALTIME messages may amount to when the path is full; beyond it the lowest
+    priority, oldest are dropped at the sender (counted as congestion drops)."""
     max_send_queue: int = 4096
     """Messages waiting in one session's send queue; beyond it REALTIME sends are dropped."""
     initial_pn: int = 1
@@ -104,6 +114,9 @@ class EndpointConfig:
             raise ConfigError("EndpointConfig.max_reliable_in_flight must be below 2**31")
         if not 0 <= self.key_update_catch_up <= 8:
             raise ConfigError("EndpointConfig.key_update_catch_up must be between 0 and 8")
+        if self.ack_delay > ACK_DELAY:
+            raise ConfigError(f"EndpointConfig.ack_delay must be at most {ACK_DELAY} s "
+                              f"(ACK_DELAY, a wire constant), got {self.ack_delay}")
         if not 1 <= self.initial_pn < self.pn_limit:
             raise ConfigError("EndpointConfig.initial_pn must be at least 1 and below pn_limit")
 

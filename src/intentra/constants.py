@@ -1,4 +1,4 @@
-"""Wire constants of SPEC section 2 and 3 that are not tunable.
+"""Wire constants of docs/protocol.md sections 2 and 3 that are not tunable.
 
 Tunable defaults (timeouts, limits, windows) live in :mod:`intentra.config`;
 this module holds only what is fixed by the wire format.
@@ -9,11 +9,11 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-VERSION: Final = 1
+VERSION: Final = 2
 HEADER_LEN: Final = 16
 TAG_LEN: Final = 16
 MAX_PACKET_SIZE: Final = 2048
-PROLOGUE: Final = b"intentra/1"
+PROLOGUE: Final = b"intentra/2"
 NOISE_PROTOCOL_NAME: Final = b"Noise_XX_25519_AESGCM_SHA256"
 KEY_LEN: Final = 32
 COOKIE_LEN: Final = 16
@@ -21,7 +21,7 @@ COOKIE_LEN: Final = 16
 #: Bytes of framing around messages in a DATA plaintext.
 LEN_PREFIX: Final = 2
 RSEQ_LEN: Final = 4
-ACK_PAYLOAD_LEN: Final = 8
+ACK_PAYLOAD_LEN: Final = 28
 CLOSE_PAYLOAD_LEN: Final = 1
 RSEQ_MOD: Final = 1 << 32
 
@@ -78,3 +78,18 @@ class CloseReason(enum.IntEnum):
 
 MIN_PRIORITY: Final = 0
 MAX_PRIORITY: Final = 7
+
+#: Bit 1 of header byte 1: the packet asks for an ACK (docs/protocol.md section 3).
+ACK_ELICITING_BIT: Final = 0x02
+#: The longest a receiver waits before acknowledging an ack-eliciting packet, seconds.
+#: A wire constant: the peer's timers (PTO, RTT samples) rely on it.
+ACK_DELAY: Final = 0.010
+#: A receiver acknowledges at once when it authenticated a DATA pn this far beyond
+#: its previous ACK's ``largest_pn``.
+ACK_EVERY: Final = 32
+#: ``ack_delay`` of an ACK counts units of this many seconds (8 microseconds).
+ACK_DELAY_UNIT: Final = 8e-6
+#: Packet numbers one ACK speaks of: ``largest_pn`` and the 64 below it.
+PN_BITMAP_BITS: Final = 64
+#: The largest ``credit`` an ACK carries.
+MAX_CREDIT: Final = 0xFFFF

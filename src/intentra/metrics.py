@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
@@ -53,7 +54,17 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
      "Out-of-order reliable messages dropped on a full reorder buffer",
      "messages_dropped_reorder_full"),
     ("intentra_roams", "Sessions that moved to a new peer address", "roams"),
+    ("intentra_messages_dropped_congestion",
+     "REALTIME messages dropped at the sender: the path could not take them in time",
+     "messages_dropped_congestion"),
+    ("intentra_messages_dropped_receive_queue",
+     "REALTIME messages dropped because the application did not read them",
+     "messages_dropped_receive_queue"),
 )
+
+#: Upper bounds of the smoothed-RTT histogram, seconds.
+RTT_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                  0.25, 0.5, 1.0, 2.5)
 
 
 class EndpointCollector(Collector):
@@ -93,12 +104,40 @@ class EndpointCollector(Collector):
                                 value=ep.connections_active)
         yield GaugeMetricFamily("intentra_reorder_buffer_bytes",
                                 "Out-of-order reliable bytes held", value=ep.reorder_buffer_bytes)
+        yield self._rtt_histogram()
         if self._extra is not None:
             for name, (doc, value) in self._extra().items():
                 yield CounterMetricFamily(name, doc, value=value)
         if self._info is not None:
             for name, (doc, labels) in self._info().items():
                 yield InfoMetricFamily(name, doc, value=labels)
+
+
+    def _rtt_histogram(self) -> Metric:
+        """Smoothed RTT of every established session, one histogram: no per-peer series."""
+        counts = [0] * len(RTT_BUCKETS)
+        total = 0.0
+        n = 0
+        for session in list(self._endpoint.sessions.values()):
+            srtt = session.rtt.srtt
+            if srtt is None or session.recovery is None:
+                continue
+            n += 1
+            total += srtt
+            for i, bound in enumerate(RTT_BUCKETS):
+                if srtt <= bound:
+                    counts[i] += 1
+                    break
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(RTT_BUCKETS, counts, strict=True):
+            running += count
+            buckets.append((repr(bound), running))
+        buckets.append(("+Inf", n))
+        return HistogramMetricFamily(
+            "intentra_session_smoothed_rtt_seconds",
+            "Smoothed RTT of the established sessions (one sample per session per scrape)",
+            buckets=buckets, sum_value=total)
 
 
 def make_registry(endpoint: Endpoint,

@@ -30,6 +30,7 @@ from intentra.constants import CloseReason, Intent
 from intentra.core.endpoint import Endpoint
 from intentra.errors import (
     AuthenticationError,
+    ConfigError,
     HandshakeTimeoutError,
     IntentraError,
     PeerClosedError,
@@ -46,6 +47,7 @@ from intentra.events import (
 )
 from intentra.keys import PrivateKey, PublicKey
 from intentra.metrics import make_registry, render, serve_http
+from intentra.status import PeerStatus
 
 #: Datagrams read per wake-up before the loop gets a turn (fairness with timers and senders).
 RECEIVE_BATCH: Final = 512
@@ -152,6 +154,8 @@ class Peer:
         self._reconnecting: asyncio.Task[None] | None = None
         self._backlog: list[tuple[bytes, int]] = []  # RELIABLE sent while reconnecting
         self._last_address: Address = transport._endpoint.address(conn_id) or ("", 0)
+        self._inbox: deque[Message] = deque()       # delivered, not yet received
+        self._inbox_realtime = 0                    # how many of them are REALTIME
 
     def _wake(self) -> None:
         if self._room is not None:
@@ -272,6 +276,23 @@ class Peer:
         transport._schedule_flush()
         return ok
 
+    def status(self) -> PeerStatus:
+        """A snapshot of the session's path and queues (see :class:`PeerStatus`).
+
+        Read it to adapt: a falling ``send_rate`` or growing ``rtt`` says the path
+        is full, so lower the update rate rather than have REALTIME dropped.
+
+        Raises:
+            PeerClosedError: the session has ended (or is between sessions).
+        """
+        transport = self._transport
+        session = transport._endpoint.sessions.get(self.conn_id)
+        if session is None or self._reconnecting is not None or self.close_reason is not None:
+            self._check_open()
+            raise PeerClosedError("the peer is reconnecting; no session to report on",
+                                  int(CloseReason.NORMAL), False)
+        return PeerStatus.of(session, len(self._inbox))
+
     async def close(self, reason: CloseReason = CloseReason.NORMAL,
                     flush_timeout: float = 1.0) -> int:
         """Send CLOSE with ``reason`` and forget the session (idempotent).
@@ -318,7 +339,9 @@ class Transport:
         self._loop = asyncio.get_running_loop()
         self._peers: dict[int, Peer] = {}
         self._connecting: dict[int, asyncio.Future[Peer]] = {}
-        self._queue: deque[Message] = deque()
+        # Delivered messages wait in their Peer's inbox; ``_ready`` lists the
+        # peers with something waiting, and receive() serves them in turn.
+        self._ready: deque[Peer] = deque()
         self._queue_limit = receive_queue_size
         self._receivers: deque[asyncio.Future[None]] = deque()
         self._waiting: set[Peer] = set()
@@ -329,7 +352,6 @@ class Transport:
         self._closing = False
         self._metrics_server: Any = None
         self.send_errors = 0
-        self.receive_queue_drops = 0
         self._peer_events: deque[PeerEvent] = deque(maxlen=PEER_EVENT_QUEUE)
         self._event_waiters: deque[asyncio.Future[None]] = deque()
         self._resuming: dict[int, Peer] = {}  # conn_id of a reconnect attempt -> its Peer
@@ -359,9 +381,13 @@ class Transport:
             metrics_address: serve Prometheus ``/metrics`` over HTTP there.
             cookie_master: 32 bytes shared by endpoints on one port (workers).
             reuse_port: set SO_REUSEPORT (several processes on one port).
-            receive_queue_size: messages held for :meth:`receive`; beyond it
-                REALTIME messages are dropped and counted (RELIABLE ones, already
-                acknowledged, are always kept).
+            receive_queue_size: REALTIME messages held per peer for
+                :meth:`receive`; beyond it the oldest are dropped and counted
+                (``intentra_messages_dropped_receive_queue_total``). RELIABLE
+                messages are never dropped: what the application has not read
+                counts against the credit the peer is given (the
+                ``max_reorder_buffer`` bytes of :class:`EndpointConfig`), so a
+                slow reader makes the sender wait instead.
             datapath: ``"auto"`` (Linux UDP GSO/GRO batching where the socket
                 supports it), ``"plain"`` (one syscall per datagram) or
                 ``"gso"`` (batching, or OSError); None reads the environment
@@ -406,7 +432,11 @@ class Transport:
             key.to_bytes(), os.urandom, config,
             allowed_peers=None if allowed_peers is None else [k.to_bytes() for k in allowed_peers],
             cookie_master=cookie_master, wall_offset=time.time() - loop.time(),
-            conn_id_class=conn_id_class)
+            conn_id_class=conn_id_class, release_on_take=False)
+        if not isinstance(receive_queue_size, int) or receive_queue_size < 1:
+            sock.close()
+            raise ConfigError(f"receive_queue_size is a number of messages per peer, at least "
+                              f"1, got {receive_queue_size!r}")
         transport = cls(sock, key, endpoint, receive_queue_size, path, sink)
         if metrics_address is not None:
             mhost, mport = parse_address(metrics_address)
@@ -465,8 +495,6 @@ class Transport:
         return {
             "intentra_socket_send_errors": ("Datagrams the socket refused to send",
                                             self.send_errors),
-            "intentra_receive_queue_drops": ("Messages dropped on a full receive queue",
-                                             self.receive_queue_drops),
             "intentra_sink_messages": ("Messages counted and discarded (serve --sink)",
                                        self.sink_messages),
             "intentra_socket_send_calls": ("Socket send syscalls (one per datagram, or per "
@@ -585,7 +613,7 @@ class Transport:
         Raises:
             TransportClosedError: the transport was closed.
         """
-        while not self._queue:
+        while not self._ready:
             self._check_open()
             fut = self._loop.create_future()
             self._receivers.append(fut)
@@ -594,11 +622,28 @@ class Transport:
             finally:
                 if not fut.done():
                     fut.cancel()
-        return self._queue.popleft()
+        return self._take()
 
     def receive_nowait(self) -> Message | None:
         """A delivered message if one is waiting, else None."""
-        return self._queue.popleft() if self._queue else None
+        return self._take() if self._ready else None
+
+    def _take(self) -> Message:
+        """The next message, peers served round-robin (one busy peer delays no other)."""
+        ready = self._ready
+        peer = ready[0]
+        inbox = peer._inbox
+        msg = inbox.popleft()
+        if inbox:
+            ready.rotate(-1)
+        else:
+            ready.popleft()
+        if msg[2] is Intent.RELIABLE:
+            self._endpoint.release(peer.conn_id, len(msg[1]))
+            self._schedule_flush()
+        else:
+            peer._inbox_realtime -= 1
+        return msg
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._iterate()
@@ -780,26 +825,35 @@ class Transport:
         self._send_due(now)
         # 2. events (messages first-class: one per delivered message)
         events = endpoint._events
-        queue = self._queue
         peers = self._peers
+        ready = self._ready
+        limit = self._queue_limit
         last_id, last_peer = -1, None
+        inbox: deque[Message] = deque()
         while events:
             event = events.popleft()
             if type(event) is MessageReceived:
+                conn_id, data, intent, priority = event
                 if self._sink:
                     self.sink_messages += 1
+                    if intent is Intent.RELIABLE:
+                        endpoint.release(conn_id, len(data))
                     continue
-                conn_id, data, intent, priority = event
                 if conn_id != last_id:
                     last_id, last_peer = conn_id, peers.get(conn_id)
+                    if last_peer is not None:
+                        inbox = last_peer._inbox
                 if last_peer is None:
                     continue
-                # The core has acknowledged RELIABLE messages: never drop one here.
-                # Only REALTIME is shed when the application falls behind.
-                if len(queue) >= self._queue_limit and intent is Intent.REALTIME:
-                    self.receive_queue_drops += 1
-                    continue
-                queue.append(_tuple_new(Message, (last_peer, data, intent, priority)))
+                # RELIABLE messages are bounded by the credit and never dropped
+                # here; REALTIME beyond the peer's bound goes, oldest first.
+                if intent is Intent.REALTIME:
+                    if last_peer._inbox_realtime >= limit:
+                        self._drop_oldest_realtime(last_peer)
+                    last_peer._inbox_realtime += 1
+                if not inbox:
+                    ready.append(last_peer)
+                inbox.append(_tuple_new(Message, (last_peer, data, intent, priority)))
                 continue
             last_id = -1  # a session event may change what a conn_id maps to
             if type(event) is HandshakeCompleted:
@@ -810,7 +864,7 @@ class Transport:
                 self._on_closed(event)
             elif type(event) is HandshakeFailed:
                 self._on_failed(event)
-        if self._queue and self._receivers:
+        if ready and self._receivers:
             while self._receivers:
                 waiter = self._receivers.popleft()
                 if not waiter.done():
@@ -833,6 +887,19 @@ class Transport:
                 self._timer.cancel()
             self._timer_at = deadline
             self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _drop_oldest_realtime(self, peer: Peer) -> None:
+        """Drop the oldest REALTIME message waiting for ``peer`` (its inbox is at the bound)."""
+        inbox = peer._inbox
+        for i, msg in enumerate(inbox):
+            if msg[2] is Intent.REALTIME:
+                del inbox[i]
+                break
+        peer._inbox_realtime -= 1
+        self._endpoint.stats.messages_dropped_receive_queue += 1
+        if not inbox:
+            with contextlib.suppress(ValueError):
+                self._ready.remove(peer)
 
     def _on_established(self, event: HandshakeCompleted) -> None:
         peer = self._resuming.get(event.conn_id)
@@ -939,4 +1006,5 @@ class Transport:
             self._peers.pop(peer.conn_id, None)
 
 
-__all__ = ["IntentraError", "Message", "Peer", "PeerEvent", "Transport", "parse_address"]
+__all__ = ["IntentraError", "Message", "Peer", "PeerEvent", "PeerStatus", "Transport",
+           "parse_address"]

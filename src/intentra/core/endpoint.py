@@ -61,6 +61,7 @@ from intentra.events import (
     HandshakeCompleted,
     HandshakeConfirmed,
     HandshakeFailed,
+    MessageReceived,
     PeerRoamed,
 )
 
@@ -90,12 +91,17 @@ class Endpoint:
             ``index`` modulo ``count``. Worker ``index`` of ``count`` processes on
             one port picks its ids so, and the kernel steers each datagram to the
             worker its conn_id names (see ``intentra.workers``).
+        release_on_take: RELIABLE messages give their room back to the credit
+            when taken through :meth:`next_event` or :meth:`events`. An adapter
+            that queues messages for its application passes False and calls
+            :meth:`release` when the application reads them, so a slow reader
+            holds the sender back instead of growing its queue.
     """
 
     def __init__(self, static_key: bytes, rng: Rng, config: EndpointConfig | None = None,
                  allowed_peers: Iterable[bytes] | None = None,
                  cookie_master: bytes | None = None, wall_offset: float = 0.0,
-                 conn_id_class: tuple[int, int] = (0, 1)) -> None:
+                 conn_id_class: tuple[int, int] = (0, 1), release_on_take: bool = True) -> None:
         if len(static_key) != KEY_LEN:
             raise ValueError("static_key is the 32 raw bytes of an X25519 private key")
         index, count = conn_id_class
@@ -124,6 +130,7 @@ class Endpoint:
         self._flush: set[Session] = set()
         self._timers: list[tuple[float, int, int]] = []
         self._timer_tick = 0
+        self._release_on_take = release_on_take
 
     # ---------------------------------------------------------------- gauges
 
@@ -156,7 +163,7 @@ class Endpoint:
         if fields is None:
             stats.packets_dropped_malformed += 1
             return
-        ptype, intent, priority, key_phase, _, conn_id, seq, ack = fields
+        ptype, intent, priority, key_phase, _, conn_id, seq, ack, eliciting = fields
         if ptype == _HS:
             self._on_hs(data, Header._make(fields), addr, now)
             return
@@ -213,16 +220,18 @@ class Endpoint:
             session.finish_datagram = b""
             self._events.append(HandshakeConfirmed(session.conn_id))
         # 8. act
-        session.on_packet(ptype, intent, priority, ack, plaintext, now)
+        had_ack_at = session.ack_at is not None
+        session.on_packet(ptype, intent, priority, ack, plaintext, now, pn, eliciting)
         if session.state is SessionState.CLOSED:
             self._remove(session)
             return
         # Re-arm only if a deadline may have moved earlier. A REALTIME DATA that
-        # moved no key and found nothing in flight to acknowledge only pushes the
-        # idle deadline later, which the lazy heap entry handles (see _rearm):
-        # a fan-in of REALTIME messages then costs no timer work per packet.
+        # moved no key, found the ACK timer already running and nothing of ours
+        # in flight only pushes the idle deadline later, which the lazy heap
+        # entry handles (see _rearm): a fan-in of REALTIME messages then costs
+        # no timer work per packet.
         if (ptype != _DATA or intent != _REALTIME or moves_phase or session.timer_at is None
-                or session.ack_at is not None or session.send_window.in_flight):
+                or not had_ack_at or session.recovery.in_flight):
             self._dirty.add(session)
         if session.ack_now or session.retransmit or session.queued:
             self._flush.add(session)  # an ACK may have opened the window for queued messages
@@ -287,7 +296,8 @@ class Endpoint:
             stats.packets_dropped_crypto += 1
             return
         conn_id = self._new_conn_id()
-        session = Session(conn_id, addr, False, now, cfg, stats, self._out, self._events)
+        session = Session(conn_id, addr, False, now, cfg, stats, self._out, self._events,
+                          self._rng)
         session.remote_id = body.sender_id
         session.responder_hs = hs
         session.hello_key = hello_key
@@ -359,6 +369,8 @@ class Endpoint:
         stats.handshakes_completed += 1
         stats.packets_sent += 1
         self._out.append((session.finish_datagram, addr))
+        # Then an ACK: the initiator's first credit (docs/protocol.md section 5 step 4).
+        session.send_ack(now)
         self._events.append(HandshakeCompleted(session.conn_id, result.remote_static, addr, True))
         self._touch(session)
 
@@ -375,7 +387,7 @@ class Endpoint:
                     and now >= session.finish_answered_at + session.rtt.rto
                     and hmac.compare_digest(data, session.finish_body)):
                 session.finish_answered_at = now
-                session.send_ack(now)
+                session.send_ack(now, eliciting=True)
                 self._settle(session)
             else:
                 stats.packets_dropped_unknown += 1
@@ -422,8 +434,10 @@ class Endpoint:
         self._events.append(HandshakeCompleted(session.conn_id, result.remote_static, addr,
                                                False))
         # Confirm at once so the initiator stops resending FINISH (an ACK is
-        # smaller than the FINISH that caused it).
-        session.send_ack(now)
+        # smaller than the FINISH that caused it). It carries our first credit and
+        # asks for an answer (A = 1): the answer carries the initiator's credit
+        # even if the ACK it sent after FINISH was lost, and gives an RTT sample.
+        session.send_ack(now, eliciting=True)
         self._settle(session)
 
     def _settle(self, session: Session) -> None:
@@ -496,7 +510,7 @@ class Endpoint:
             raise ValueError("server_key is the 32 raw bytes of an X25519 public key")
         conn_id = self._new_conn_id()
         session = Session(conn_id, addr, True, now, self.config, self.stats, self._out,
-                          self._events)
+                          self._events, self._rng)
         session.pinned_key = server_key
         if idle_timeout is not None:
             if not idle_timeout > 0:
@@ -711,10 +725,35 @@ class Endpoint:
 
     def next_event(self) -> Event | None:
         """The oldest event not yet taken, or None."""
-        return self._events.popleft() if self._events else None
+        if not self._events:
+            return None
+        event = self._events.popleft()
+        if self._release_on_take and type(event) is MessageReceived and \
+                event.intent is Intent.RELIABLE:
+            self.release(event.conn_id, len(event.data))
+        return event
 
     def events(self) -> list[Event]:
-        """Every pending event, oldest first."""
+        """Every pending event, oldest first (see :meth:`take_events`)."""
+        return self.take_events()
+
+    def take_events(self) -> list[Event]:
+        """Every pending event, oldest first, in one list (an adapter's bulk hand-over)."""
         evs = list(self._events)
         self._events.clear()
+        if self._release_on_take:
+            for event in evs:
+                if type(event) is MessageReceived and event.intent is Intent.RELIABLE:
+                    self.release(event.conn_id, len(event.data))
         return evs
+
+    def release(self, conn_id: int, nbytes: int) -> None:
+        """The application read ``nbytes`` of RELIABLE messages from ``conn_id``.
+
+        Their room returns to the session's credit; an ACK tells the peer once
+        the edge can move by a quarter of MAX_RELIABLE_IN_FLIGHT. Unknown or
+        closed sessions are ignored.
+        """
+        session = self.sessions.get(conn_id)
+        if session is not None and session.state is _ESTABLISHED and session.release(nbytes):
+            self._flush.add(session)

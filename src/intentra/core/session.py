@@ -1,8 +1,11 @@
-"""One peer's state machine (SPEC sections 4, 5 for one session, 6 and 8).
+"""One peer's state machine (docs/protocol.md sections 4, 5 for one session, 6 and 8).
 
 Owns: the life of a session (``SessionState``), its keys and packet numbers,
-replay window, token bucket, strikes, reliable windows, send queue and
-packing, and its timers.
+replay window, token bucket, strikes, reliable windows and credit, the
+packet-number acknowledgements it sends and receives, loss recovery and
+congestion control (:mod:`intentra.core.recovery`, :mod:`intentra.core.congestion`),
+the send queue, its scheduling under the congestion budget and packing, and
+its timers.
 Never: reads a clock, a socket or global randomness; decides about packets
 that did not authenticate (the endpoint drops those before they get here).
 
@@ -14,26 +17,31 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from intentra.config import EndpointConfig
 from intentra.constants import (
+    ACK_DELAY_UNIT,
     HEADER_LEN,
     LEN_PREFIX,
     MAX_PRIORITY,
     RSEQ_LEN,
     TAG_LEN,
+    VERSION,
     CloseReason,
     Intent,
     PacketType,
 )
 from intentra.core.aead import ReceiveKeys, SendKeys
+from intentra.core.congestion import Controller
 from intentra.core.ratelimit import TokenBucket
+from intentra.core.recovery import Recovery, SentPacket
 from intentra.core.reliable import ReceiveWindow, SendWindow, Violation
 from intentra.core.replay import ReplayWindow
 from intentra.core.rtt import RttEstimator
 from intentra.core.stats import Stats
-from intentra.core.wire import HEADER, U16, U32, U64
+from intentra.core.wire import ACK_BODY, HEADER, U16, U32
 from intentra.events import (
     Address,
     Event,
@@ -46,13 +54,17 @@ if TYPE_CHECKING:
 
 _DATA, _ACK, _CLOSE = int(PacketType.DATA), int(PacketType.ACK), int(PacketType.CLOSE)
 _RELIABLE, _REALTIME = int(Intent.RELIABLE), int(Intent.REALTIME)
-_VERSION_BITS: Final = 1 << 4
+_VERSION_BITS: Final = VERSION << 4
 _SEQ_MASK: Final = 0xFFFFFFFF
 _tuple_new = tuple.__new__
 """Builds a NamedTuple from a tuple without its keyword-handling __new__ (half the time)."""
 _LEVELS: Final = range(MAX_PRIORITY, -1, -1)
-DUP_ACK_THRESHOLD: Final = 3
-"""ACK packets repeating one ``ack`` before the head of the window is resent."""
+_LEVELS_UP: Final = range(MAX_PRIORITY + 1)
+_MASK64: Final = (1 << 64) - 1
+_ELICIT: Final = 0x02
+_MAX_ACK_DELAY_UNITS: Final = 0xFFFF
+SKIP_SPACING: Final = 256
+"""A sender skips one pn (chosen at random) in every SKIP_SPACING to 2 x SKIP_SPACING - 1."""
 
 
 class SessionState(enum.Enum):
@@ -72,14 +84,20 @@ class Session:
     __slots__ = (
         "ack_at",
         "ack_now",
+        "ack_probe",
         "addr",
         "bucket",
+        "cc",
         "config",
         "confirmed",
         "conn_id",
         "cookie",
         "cookie_taken_at",
         "created_at",
+        "credit_probe_at",
+        "dropped_congestion",
+        "dropped_deadline",
+        "dropped_queue_full",
         "events",
         "finish_answer_until",
         "finish_answered_at",
@@ -94,10 +112,12 @@ class Session:
         "idle_limit",
         "initiator",
         "initiator_hs",
+        "last_ack_largest",
         "last_recv_at",
         "last_send_at",
         "last_strike_at",
         "out",
+        "pace_at",
         "peer_key",
         "pending",
         "pending_ip",
@@ -105,6 +125,7 @@ class Session:
         "pn_next",
         "queued",
         "queued_reliable",
+        "recovery",
         "recv_keys",
         "recv_window",
         "rel_queue",
@@ -112,21 +133,27 @@ class Session:
         "replay",
         "responder_hs",
         "retransmit",
+        "retransmitted",
+        "rng",
+        "rt_bytes",
         "rt_queue",
         "rtt",
+        "rx_bits",
+        "rx_largest",
+        "rx_largest_at",
         "send_keys",
         "send_window",
+        "skip_at",
         "state",
         "stats",
         "strikes",
         "timer_at",
-        "unacked",
     )
 
 
     def __init__(self, conn_id: int, addr: Address, initiator: bool, now: float,
                  config: EndpointConfig, stats: Stats, out: list[tuple[bytes, Address]],
-                 events: deque[Event]) -> None:
+                 events: deque[Event], rng: Callable[[int], bytes] | None = None) -> None:
         self.conn_id = conn_id
         self.remote_id = 0
         self.addr = addr
@@ -169,17 +196,34 @@ class Session:
         self.last_recv_at = now
         self.last_send_at = now
         self.rtt = RttEstimator(config.initial_rto, config.min_rto, config.max_rto)
+        self.rng = rng
+        self.skip_at = 0          # the next pn to skip (0: none chosen yet)
+        # --- capacity (docs/protocol.md section 6): created when established
+        self.cc: Controller = None  # type: ignore[assignment]
+        self.recovery: Recovery = None  # type: ignore[assignment]
+        self.pace_at: float | None = None
+        self.credit_probe_at: float | None = None
+        # --- acknowledging what we receive, by pn
+        self.rx_largest = 0       # highest pn authenticated from the peer
+        self.rx_largest_at = now
+        self.rx_bits = 0          # bit i: pn rx_largest - 1 - i authenticated
+        self.last_ack_largest = 0
         # --- delivery
         self.send_window = SendWindow(config.max_reliable_in_flight)
-        self.recv_window = ReceiveWindow(config.max_reliable_in_flight, config.max_reorder_buffer)
+        self.recv_window = ReceiveWindow(config.max_reorder_buffer, config.max_datagram)
         self.rt_queue: list[deque[tuple[bytes, float]] | None] = [None] * (MAX_PRIORITY + 1)
         self.rel_queue: list[deque[bytes] | None] = [None] * (MAX_PRIORITY + 1)
         self.queued = 0
         self.queued_reliable = 0
+        self.rt_bytes = 0         # framing bytes of the queued REALTIME messages
         self.retransmit: list[int] = []
+        self.retransmitted = 0
         self.ack_at: float | None = None
         self.ack_now = False
-        self.unacked = 0  # reliable messages received since the last ACK went out
+        self.ack_probe = False    # the next ACK asks for an answer (A = 1)
+        self.dropped_deadline = 0
+        self.dropped_congestion = 0
+        self.dropped_queue_full = 0
         self.timer_at: float | None = None
 
     # ----------------------------------------------------------------- state
@@ -193,6 +237,8 @@ class Session:
         self.state = SessionState.ESTABLISHED
         self.last_recv_at = now
         self.last_send_at = now
+        self.cc = Controller(self.config.max_datagram, self.config.ack_every, now)
+        self.recovery = Recovery(self.rtt, self.cc, now)
 
     @property
     def established(self) -> bool:
@@ -207,17 +253,23 @@ class Session:
     def has_output(self) -> bool:
         return bool(self.queued or self.retransmit or self.ack_now)
 
+    @property
+    def realtime_queued(self) -> int:
+        return self.queued - self.queued_reliable
+
     # ------------------------------------------------------------- sending
 
     def enqueue(self, data: bytes, intent: int, priority: int, now: float) -> bool:
         """Queue a message; False when the queue is full (the caller counts the drop)."""
         if self.queued >= self.config.max_send_queue:
+            self.dropped_queue_full += intent == _REALTIME
             return False
         if intent == _REALTIME:
             q = self.rt_queue[priority]
             if q is None:
                 q = self.rt_queue[priority] = deque()
             q.append((data, now))
+            self.rt_bytes += LEN_PREFIX + len(data)
         else:
             rq = self.rel_queue[priority]
             if rq is None:
@@ -228,9 +280,19 @@ class Session:
         return True
 
     def _next_pn(self, keys: SendKeys, now: float) -> int | None:
-        """The packet number for the next packet, after a key update if one is due."""
+        """The packet number for the next packet, after a key update if one is due.
+
+        Now and then one pn is skipped, at random (docs/protocol.md section 4): an
+        ACK that names it acknowledges a packet never sent, an optimistic ACK.
+        """
         pn = self.pn_next
         cfg = self.config
+        if pn == self.skip_at:
+            self.recovery.skipped.append(pn)
+            pn += 1
+            self.skip_at = 0
+        if self.skip_at == 0 and self.rng is not None:
+            self.skip_at = pn + SKIP_SPACING + int.from_bytes(self.rng(2), "big") % SKIP_SPACING
         if pn >= cfg.pn_limit - 1:
             return None
         if keys.due(now, cfg.key_update_packets, cfg.key_update_time,
@@ -241,99 +303,160 @@ class Session:
         return pn
 
     def _seal(self, ptype: int, intent: int, priority: int, ack: int, plaintext: bytes,
-              now: float) -> bool:
-        """Seal one packet and put it in ``out``. False if closed or the keys are exhausted."""
+              now: float, eliciting: int = _ELICIT) -> int:
+        """Seal one packet and put it in ``out``; its pn, or 0 if closed or out of pns."""
         keys = self.send_keys
         if keys is None:
-            return False  # not established, or closed: nothing may be sealed
+            return 0  # not established, or closed: nothing may be sealed
         pn = self._next_pn(keys, now)
         if pn is None:
             self.close(CloseReason.KEY_EXHAUSTED, now)
-            return False
-        header = HEADER.pack(_VERSION_BITS | ptype, (intent << 6) | (priority << 3) | keys.phase,
+            return 0
+        header = HEADER.pack(_VERSION_BITS | ptype,
+                             (intent << 6) | (priority << 3) | eliciting | keys.phase,
                              len(plaintext), self.remote_id, pn & _SEQ_MASK, ack)
         self.out.append((header + keys.seal(self.remote_id, pn, header, plaintext), self.addr))
         self.stats.packets_sent += 1
         self.last_send_at = now
+        return pn
+
+    def _seal_data(self, intent: int, priority: int, ack: int, plaintext: bytes, rseq: int,
+                   count: int, now: float) -> bool:
+        """Seal a DATA packet (always ack-eliciting) and record it for recovery."""
+        pn = self._seal(_DATA, intent, priority, ack, plaintext, now)
+        if not pn:
+            return False
+        self.recovery.on_sent(pn, HEADER_LEN + TAG_LEN + len(plaintext), True, rseq, count, now)
         return True
 
-    def send_ack(self, now: float) -> None:
-        if self._seal(_ACK, _RELIABLE, 0, self.recv_window.ack,
-                      U64.pack(self.recv_window.bitmap()), now):
+    def send_ack(self, now: float, eliciting: bool = False) -> None:
+        """Send an ACK: rseq and pn acknowledgements and this side's credit (section 4)."""
+        window = self.recv_window
+        delay = int((now - self.rx_largest_at) / ACK_DELAY_UNIT) if self.rx_largest else 0
+        body = ACK_BODY.pack(window.bitmap(), self.rx_largest, self.rx_bits,
+                             min(max(delay, 0), _MAX_ACK_DELAY_UNITS), window.advertise())
+        pn = self._seal(_ACK, _RELIABLE, 0, window.ack, body, now,
+                        _ELICIT if eliciting else 0)
+        if pn:
             self.ack_at = None
             self.ack_now = False
-            self.unacked = 0
+            self.ack_probe = False
+            self.last_ack_largest = self.rx_largest
+            if eliciting:
+                self.recovery.on_sent(pn, HEADER_LEN + TAG_LEN + len(body), False, 0, 0, now)
 
     def flush(self, now: float) -> None:
-        """Pack everything queued into as few datagrams as fit (SPEC section 4)."""
+        """Send what the congestion budget allows, retransmissions first (section 6)."""
         if self.state is not SessionState.ESTABLISHED:
             return
         cfg = self.config
         limit = cfg.max_datagram - HEADER_LEN - TAG_LEN
         ack = self.recv_window.ack
-        sent_data = False
-        # Retransmissions first: they are the oldest, and the receiver's window waits on them.
         if self.retransmit:
-            sent_data = self._flush_retransmits(now, limit, ack) or sent_data
+            self._flush_retransmits(now, limit, ack)
             if self.state is not SessionState.ESTABLISHED:
                 return
-        if self.queued:
-            sent_data = self._flush_queue(now, limit, ack) or sent_data
-        if self.state is not SessionState.ESTABLISHED:
-            return
-        if self.ack_now or (sent_data and self.ack_at is not None):
-            if self.recv_window.buffer or self.ack_now:
-                self.send_ack(now)  # a gap: the bitmap says what is missing
-            else:
-                self.ack_at = None  # the DATA just sent carried the ack
-                self.unacked = 0
+        if self.queued and not self.retransmit:
+            self._flush_queue(now, limit, ack)
+            if self.state is not SessionState.ESTABLISHED:
+                return
+        if self.queued or self.retransmit:
+            self._blocked(now)
+        else:
+            self.pace_at = None
+            if self.recovery.in_flight < self.cc.cwnd:
+                self.recovery.mark_app_limited()
+        if self.ack_now:
+            self.send_ack(now, self.ack_probe)
 
-    def _flush_retransmits(self, now: float, limit: int, ack: int) -> bool:
+    def _blocked(self, now: float) -> None:
+        """The budget stopped the flush: pace, probe for credit, shed late REALTIME."""
+        cc = self.cc
+        if self.recovery.in_flight < cc.cwnd:
+            self.pace_at = max(cc.next_send_at(now), now + 0.0002)
+        else:
+            self.pace_at = None  # window full: the next ACK opens it
+        if (self.queued_reliable and not self.retransmit and self.send_window.credit == 0
+                and self.credit_probe_at is None):
+            self.credit_probe_at = now + self.rtt.pto
+        if self.rt_bytes:
+            self._shed_realtime(now)
+
+    def _shed_realtime(self, now: float) -> None:
+        """Drop REALTIME that cannot leave in time, lowest priority and oldest first.
+
+        What the path takes within ``realtime_queue_delay`` at the pacing rate
+        stays queued; the rest would only be late (docs/protocol.md section 6).
+        """
+        allowed = max(self.cc.pacing_rate * self.config.realtime_queue_delay,
+                      2.0 * self.config.max_datagram)
+        if self.rt_bytes <= allowed:
+            return
+        stats = self.stats
+        for level in _LEVELS_UP:
+            q = self.rt_queue[level]
+            while q and self.rt_bytes > allowed:
+                data, _ = q.popleft()
+                self.queued -= 1
+                self.rt_bytes -= LEN_PREFIX + len(data)
+                self.dropped_congestion += 1
+                stats.messages_dropped_congestion += 1
+            if self.rt_bytes <= allowed:
+                return
+
+    def _flush_retransmits(self, now: float, limit: int, ack: int) -> None:
         window = self.send_window
-        rto = self.rtt.rto
+        cc = self.cc
+        recovery = self.recovery
         chunks: list[bytes] = []
         first = -1
         prev = -2
         size = RSEQ_LEN
         prio = 0
-        sent = False
-        for rseq in self.retransmit:
+        done = 0
+        todo = self.retransmit
+        for rseq in todo:
             entry = window.outstanding.get(rseq)
             if entry is None:
+                done += 1
                 continue  # acknowledged meanwhile
+            need = LEN_PREFIX + len(entry.data)
+            if chunks and (rseq != ((prev + 1) & _SEQ_MASK) or size + need > limit):
+                if not self._seal_data(_RELIABLE, prio, ack, U32.pack(first) + b"".join(chunks),
+                                       first, len(chunks), now):
+                    return
+                chunks, size, prio = [], RSEQ_LEN, 0
+            if not chunks and not cc.can_send(recovery.in_flight, now):
+                break
             entry.retries += 1
             if entry.retries > self.config.max_retransmissions:
                 self.retransmit.clear()
                 self.close(CloseReason.TIMEOUT, now)
-                return sent
+                return
             entry.sent_at = now
             self.stats.retransmissions += 1
-            need = LEN_PREFIX + len(entry.data)
-            if chunks and (rseq != ((prev + 1) & _SEQ_MASK) or size + need > limit):
-                if not self._seal(_DATA, _RELIABLE, prio, ack,
-                                  U32.pack(first) + b"".join(chunks), now):
-                    return sent
-                sent = True
-                chunks, size, prio = [], RSEQ_LEN, 0
+            self.retransmitted += 1
             if not chunks:
                 first = rseq
             chunks.append(U16.pack(len(entry.data)) + entry.data)
             size += need
             prio = max(prio, entry.priority)
             prev = rseq
-        self.retransmit.clear()
+            done += 1
+        del todo[:done]
         if chunks:
-            sent = self._seal(_DATA, _RELIABLE, prio, ack,
-                              U32.pack(first) + b"".join(chunks), now) or sent
+            self._seal_data(_RELIABLE, prio, ack, U32.pack(first) + b"".join(chunks), first,
+                            len(chunks), now)
         if window.outstanding and window.rto_at is None:
-            window.rto_at = now + rto
-        return sent
+            window.rto_at = now + self.rtt.rto
 
-    def _flush_queue(self, now: float, limit: int, ack: int) -> bool:
+    def _flush_queue(self, now: float, limit: int, ack: int) -> None:
         cfg = self.config
         stats = self.stats
         deadline = cfg.realtime_deadline
         window = self.send_window
+        cc = self.cc
+        recovery = self.recovery
         rto = self.rtt.rto
         pack_len = U16.pack
         rt_parts: list[bytes] = []
@@ -343,38 +466,55 @@ class Session:
         rel_size = RSEQ_LEN
         rel_prio = 0
         rel_first = 0
-        sent = False
+        room = window.room
+        go = cc.can_send(recovery.in_flight, now)
         for level in _LEVELS:
+            if not go:
+                break
             q = self.rt_queue[level]
             while q:
-                data, queued_at = q.popleft()
-                self.queued -= 1
+                data, queued_at = q[0]
+                need = LEN_PREFIX + len(data)
                 if now - queued_at > deadline:
+                    q.popleft()
+                    self.queued -= 1
+                    self.rt_bytes -= need
+                    self.dropped_deadline += 1
                     stats.messages_dropped_deadline += 1
                     continue
-                need = LEN_PREFIX + len(data)
                 if rt_parts and rt_size + need > limit:
-                    if not self._seal(_DATA, _REALTIME, rt_prio, ack, b"".join(rt_parts), now):
-                        return sent
-                    sent = True
+                    if not self._seal_data(_REALTIME, rt_prio, ack, b"".join(rt_parts), 0, 0,
+                                           now):
+                        return
                     rt_parts, rt_size, rt_prio = [], 0, 0
+                    go = cc.can_send(recovery.in_flight, now)
+                    if not go:
+                        break
+                q.popleft()
+                self.queued -= 1
+                self.rt_bytes -= need
                 rt_parts.append(pack_len(len(data)))
                 rt_parts.append(data)
                 rt_size += need
                 rt_prio = max(rt_prio, level)
                 stats.messages_sent_realtime += 1
             rq = self.rel_queue[level]
-            while rq and window.room > 0:
-                data = rq.popleft()
-                self.queued -= 1
-                self.queued_reliable -= 1
+            while rq and room > 0 and go:
+                data = rq[0]
                 need = LEN_PREFIX + len(data)
                 if rel_parts and rel_size + need > limit:
-                    if not self._seal(_DATA, _RELIABLE, rel_prio, ack,
-                                      U32.pack(rel_first) + b"".join(rel_parts), now):
-                        return sent
-                    sent = True
+                    if not self._seal_data(_RELIABLE, rel_prio, ack,
+                                           U32.pack(rel_first) + b"".join(rel_parts), rel_first,
+                                           len(rel_parts) >> 1, now):
+                        return
                     rel_parts, rel_size, rel_prio = [], RSEQ_LEN, 0
+                    go = cc.can_send(recovery.in_flight, now)
+                    if not go:
+                        break
+                rq.popleft()
+                self.queued -= 1
+                self.queued_reliable -= 1
+                room -= 1
                 rseq = window.assign(data, level, now, rto)
                 if not rel_parts:
                     rel_first = rseq
@@ -383,27 +523,43 @@ class Session:
                 rel_size += need
                 rel_prio = max(rel_prio, level)
                 stats.messages_sent_reliable += 1
-        if rt_parts:
-            if not self._seal(_DATA, _REALTIME, rt_prio, ack, b"".join(rt_parts), now):
-                return sent
-            sent = True
+        if rt_parts and not self._seal_data(_REALTIME, rt_prio, ack, b"".join(rt_parts), 0, 0,
+                                            now):
+            return
         if rel_parts:
-            if not self._seal(_DATA, _RELIABLE, rel_prio, ack,
-                              U32.pack(rel_first) + b"".join(rel_parts), now):
-                return sent
-            sent = True
-        return sent
+            self._seal_data(_RELIABLE, rel_prio, ack, U32.pack(rel_first) + b"".join(rel_parts),
+                            rel_first, len(rel_parts) >> 1, now)
+        if self.queued_reliable == 0 or window.credit:
+            self.credit_probe_at = None
 
     # ------------------------------------------------------------ receiving
 
     def on_packet(self, ptype: int, intent: int, priority: int, ack: int,
-                  plaintext: bytes, now: float) -> None:
-        """SPEC section 4 step 8, for a packet that authenticated. Violations strike."""
+                  plaintext: bytes, now: float, pn: int = 0, eliciting: int = 1) -> None:
+        """Step 8 of the receive order, for a packet that authenticated. Violations strike."""
+        # Note the pn for our ACKs (largest_pn, pn_bitmap).
+        largest = self.rx_largest
+        if pn > largest:
+            shift = pn - largest
+            if largest == 0 or shift > 64:
+                self.rx_bits = 0
+            else:
+                self.rx_bits = ((self.rx_bits << shift) | (1 << (shift - 1))) & _MASK64
+            self.rx_largest = pn
+            self.rx_largest_at = now
+        elif pn and largest - 1 - pn < 64:
+            self.rx_bits |= 1 << (largest - 1 - pn)
         try:
             if ptype == _DATA:
+                if pn >= self.last_ack_largest + self.config.ack_every:
+                    self.ack_now = True
+                elif eliciting and self.ack_at is None:
+                    self.ack_at = now + self.config.ack_delay
                 self._on_data(intent, priority, ack, plaintext, now)
             elif ptype == _ACK:
-                self._apply_ack(ack, U64.unpack(plaintext)[0], now)
+                self._on_ack(ack, plaintext, now)
+                if eliciting:
+                    self.ack_now = True  # a probe: answer at once, with A = 0
             else:  # CLOSE
                 try:
                     reason = CloseReason(plaintext[0])
@@ -414,7 +570,7 @@ class Session:
             self.strike(now)
 
     def strike(self, now: float) -> None:
-        """SPEC section 8: count an authenticated violation; close at the threshold."""
+        """Count an authenticated violation; close at the threshold (section 8)."""
         cfg = self.config
         if now - self.last_strike_at > cfg.strike_decay:
             self.strikes = 0
@@ -424,21 +580,50 @@ class Session:
         if self.strikes >= cfg.strike_threshold:
             self.close(CloseReason.PROTOCOL_VIOLATION, now)
 
-    def _apply_ack(self, ack: int, bitmap: int | None, now: float) -> None:
+    def _on_ack(self, ack: int, plaintext: bytes, now: float) -> None:
+        rseq_bits, largest, pn_bits, delay, credit = ACK_BODY.unpack(plaintext)
         window = self.send_window
-        if not window.outstanding and ack == window.acked and not bitmap:
-            return
-        acked_before = window.acked
-        sample, fast = window.on_ack(ack, bitmap, now, self.rtt.rto)
-        if sample is not None:
-            self.rtt.sample(sample)
-        elif window.acked != acked_before:
+        recovery = self.recovery
+        # Check everything before anything moves (a violation changes nothing).
+        window.check_ack(ack, rseq_bits)
+        recovery.check_ack(largest, pn_bits, self.pn_next)
+        if window.apply_credit(ack, credit) and self.queued_reliable:
+            self.credit_probe_at = None
+        moved = window.on_ack(ack, rseq_bits)
+        if largest:
+            acked, lost = recovery.on_ack(largest, pn_bits, delay * ACK_DELAY_UNIT, now)
+            if acked:
+                outstanding = window.outstanding
+                for p in acked:
+                    if p.count:
+                        for i in range(p.count):
+                            if outstanding.pop((p.rseq + i) & _SEQ_MASK, None) is not None:
+                                moved = True
+            if lost:
+                self._on_lost(lost)
+        if moved:
             self.rtt.reset_backoff()
-        if window.dup_acks == DUP_ACK_THRESHOLD:
-            fast.extend(r for r in window.head_block(
-                self.config.max_datagram - HEADER_LEN - TAG_LEN - RSEQ_LEN) if r not in fast)
-        if fast:
-            self.retransmit.extend(fast)
+            window.rto_at = now + self.rtt.rto if window.outstanding else None
+
+    def _apply_ack(self, ack: int, now: float) -> None:
+        """The ``ack`` field of a DATA packet (its rseq acknowledgement)."""
+        window = self.send_window
+        if ack == window.acked:
+            return
+        window.check_ack(ack, 0)
+        if window.on_ack(ack, 0):
+            self.rtt.reset_backoff()
+            window.rto_at = now + self.rtt.rto if window.outstanding else None
+
+    def _on_lost(self, lost: list[SentPacket]) -> None:
+        """Queue the RELIABLE messages of lost packets for retransmission, in rseq order."""
+        outstanding = self.send_window.outstanding
+        todo = self.retransmit
+        for p in lost:
+            for i in range(p.count):
+                rseq = (p.rseq + i) & _SEQ_MASK
+                if rseq in outstanding and rseq not in todo:
+                    todo.append(rseq)
 
     def _on_data(self, intent: int, priority: int, ack: int, plaintext: bytes,
                  now: float) -> None:
@@ -448,7 +633,7 @@ class Session:
         off = RSEQ_LEN if intent == _RELIABLE else 0
         if off == 0 and n > 2 and (plaintext[0] << 8) | plaintext[1] == n - 2:
             # one REALTIME message: the common case of a lightly loaded sender
-            self._apply_ack(ack, None, now)
+            self._apply_ack(ack, now)
             self.events.append(_tuple_new(MessageReceived, (self.conn_id, plaintext[2:],
                                                             Intent.REALTIME, priority)))
             self.stats.messages_delivered_realtime += 1
@@ -468,7 +653,7 @@ class Session:
         conn_id = self.conn_id
         events = self.events
         if intent == _REALTIME:
-            self._apply_ack(ack, None, now)
+            self._apply_ack(ack, now)
             realtime = Intent.REALTIME
             events.extend([_tuple_new(MessageReceived, (conn_id, data, realtime, priority))
                            for data in messages])
@@ -477,29 +662,38 @@ class Session:
         rseq = U32.unpack_from(plaintext)[0]
         window = self.recv_window
         window.check(rseq, len(messages))
-        self._apply_ack(ack, None, now)
+        self._apply_ack(ack, now)
         ready: list[bytes] = []
-        gap = False
+        next_before = window.next_rseq
         for data in messages:
-            status = window.receive(rseq, data, ready)
-            if status == 3:
+            if window.receive(rseq, data, ready) == 3:
                 self.stats.messages_dropped_reorder_full += 1
-                gap = True
-            elif status:
-                gap = True
             rseq = (rseq + 1) & _SEQ_MASK
         if window.buffer:
-            gap = True
-        self.unacked += len(messages)
-        if gap or self.unacked >= self.config.ack_every:
-            self.ack_now = True
-        elif self.ack_at is None:
-            self.ack_at = now + self.config.ack_delay
+            self.ack_now = True  # a gap: the bitmaps say what is missing
+            if window.gap_since is None or window.next_rseq != next_before:
+                window.gap_since = now
+        else:
+            window.gap_since = None
         if ready:
+            window.unread_bytes += sum(map(len, ready))
             reliable = Intent.RELIABLE
             events.extend([_tuple_new(MessageReceived, (conn_id, data, reliable, priority))
                            for data in ready])
             self.stats.messages_delivered_reliable += len(ready)
+
+    def release(self, nbytes: int) -> bool:
+        """The application took ``nbytes`` of RELIABLE messages; True if an ACK is due.
+
+        The room returns to the credit; when the edge can move up by a quarter of
+        MAX_RELIABLE_IN_FLIGHT, an ACK tells the peer (docs/protocol.md section 6).
+        """
+        window = self.recv_window
+        window.unread_bytes = max(window.unread_bytes - nbytes, 0)
+        if window.edge_gain() >= max(self.config.max_reliable_in_flight // 4, 1):
+            self.ack_now = True
+            return True
+        return False
 
     # --------------------------------------------------------------- closing
 
@@ -547,15 +741,18 @@ class Session:
             return None
         t = min(self.last_recv_at + self.idle_limit,
                 self.last_send_at + cfg.keepalive_interval)
-        if self.send_window.rto_at is not None:
-            t = min(t, self.send_window.rto_at)
-        if self.ack_at is not None:
-            t = min(t, self.ack_at)
+        for due in (self.send_window.rto_at, self.ack_at, self.pace_at, self.credit_probe_at,
+                    self.recovery.loss_at, self.recovery.pto_at()):
+            if due is not None and due < t:
+                t = due
         if not self.confirmed and self.hs_retransmit_at is not None:
             t = min(t, self.hs_retransmit_at, self.hs_deadline_at)
         keys = self.recv_keys
         if keys is not None and keys.prev_expires_at is not None:
             t = min(t, keys.prev_expires_at)
+        gap = self.recv_window.gap_since
+        if gap is not None:
+            t = min(t, gap + cfg.max_retransmissions * cfg.max_rto)
         return t
 
     def on_timer(self, now: float) -> None:
@@ -563,6 +760,12 @@ class Session:
         cfg = self.config
         if now >= self.last_recv_at + self.idle_limit:
             self.close(CloseReason.TIMEOUT, now)
+            return
+        gap = self.recv_window.gap_since
+        if gap is not None and now >= gap + cfg.max_retransmissions * cfg.max_rto:
+            # An honest sender closes with TIMEOUT before a hole stays open this
+            # long (docs/protocol.md section 6): the peer parks data in our buffer.
+            self.close(CloseReason.PROTOCOL_VIOLATION, now)
             return
         if not self.confirmed and self.hs_retransmit_at is not None:
             if now >= self.hs_deadline_at:
@@ -576,11 +779,28 @@ class Session:
         keys = self.recv_keys
         if keys is not None:
             keys.expire_previous(now)
+        recovery = self.recovery
+        if recovery.loss_at is not None and now >= recovery.loss_at:
+            lost = recovery.on_loss_timer(now)
+            if lost:
+                self._on_lost(lost)
+        pto_at = recovery.pto_at()
+        if pto_at is not None and now >= pto_at:
+            # Probe timeout: an ack-eliciting ACK, which congestion control does
+            # not hold back; its answer lets loss detection see what is missing.
+            recovery.pto_count += 1
+            self.ack_now = True
+            self.ack_probe = True
+        if self.credit_probe_at is not None and now >= self.credit_probe_at:
+            self.credit_probe_at = now + self.rtt.pto
+            self.ack_now = True
+            self.ack_probe = True
+        if self.pace_at is not None and now >= self.pace_at:
+            self.pace_at = None  # the flush that follows sends what the pacer allows
         window = self.send_window
         if window.rto_at is not None and now >= window.rto_at:
-            # RFC 6298 5.4: resend the earliest unacknowledged messages (one
-            # datagram's worth), not the whole window: SACKs then drive the rest,
-            # and first transmissions keep giving RTT samples (Karn's rule).
+            # RFC 6298 5.4, behind loss detection by pn: resend the earliest
+            # unacknowledged messages (one datagram's worth), not the whole window.
             due = window.on_timeout(now, self.rtt.rto,
                                     cfg.max_datagram - HEADER_LEN - TAG_LEN - RSEQ_LEN)
             self.rtt.backoff()

@@ -1,7 +1,7 @@
-"""Header and HS body codec (SPEC sections 3 and 5).
+"""Header and HS body codec (docs/protocol.md sections 3 and 5).
 
 Owns: the byte layout of the 16-byte header and of the four HS bodies, and
-every rejection rule of SPEC section 3.
+every rejection rule of docs/protocol.md section 3.
 Never: raises on bad input (bad bytes give None), touches keys or state.
 """
 
@@ -27,6 +27,8 @@ from intentra.constants import (
 )
 
 HEADER: Final = struct.Struct("!BBHIII")
+ACK_BODY: Final = struct.Struct("!QQQHH")
+"""ACK plaintext: rseq_bitmap, largest_pn, pn_bitmap, ack_delay, credit."""
 HS_PREFIX: Final = struct.Struct("!BI")
 U16: Final = struct.Struct("!H")
 U32: Final = struct.Struct("!I")
@@ -50,12 +52,20 @@ class Header(NamedTuple):
     conn_id: int
     seq: int
     ack: int
+    ack_eliciting: int = 0
 
 
 def pack_header(ptype: int, intent: int, priority: int, key_phase: int, payload_len: int,
-                conn_id: int, seq: int, ack: int) -> bytes:
-    """The 16 header bytes; arguments are not checked (the sender builds them)."""
-    return HEADER.pack((VERSION << 4) | ptype, (intent << 6) | (priority << 3) | key_phase,
+                conn_id: int, seq: int, ack: int, ack_eliciting: int | None = None) -> bytes:
+    """The 16 header bytes; arguments are not checked (the sender builds them).
+
+    ``ack_eliciting`` (the ``A`` bit) defaults to what the rules of section 3 make
+    usual: 1 for DATA, 0 for the other types.
+    """
+    if ack_eliciting is None:
+        ack_eliciting = 1 if ptype == _DATA else 0
+    return HEADER.pack((VERSION << 4) | ptype,
+                       (intent << 6) | (priority << 3) | (ack_eliciting << 1) | key_phase,
                        payload_len, conn_id, seq, ack)
 
 
@@ -69,7 +79,8 @@ def unpack_header(data: bytes | memoryview) -> Header | None:
     return None if fields is None else Header._make(fields)
 
 
-def parse_header(data: bytes | memoryview) -> tuple[int, int, int, int, int, int, int, int] | None:
+def parse_header(data: bytes | memoryview
+                 ) -> tuple[int, int, int, int, int, int, int, int, int] | None:
     """:func:`unpack_header` as a plain tuple, for the receive path (no object per packet)."""
     n = len(data)
     if n < HEADER_LEN or n > MAX_PACKET_SIZE:
@@ -81,27 +92,28 @@ def parse_header(data: bytes | memoryview) -> tuple[int, int, int, int, int, int
     intent = b1 >> 6
     priority = (b1 >> 3) & 0x07
     key_phase = b1 & 0x01
-    if ptype > _CLOSE or intent > _REALTIME or b1 & 0x06:
+    eliciting = (b1 >> 1) & 0x01
+    if ptype > _CLOSE or intent > _REALTIME or b1 & 0x04:
         return None
     if ptype == _DATA:
         if n != HEADER_LEN + payload_len + TAG_LEN or payload_len < _MIN_DATA_PAYLOAD[intent]:
             return None
-        if conn_id == 0:
+        if conn_id == 0 or (intent == _RELIABLE and not eliciting):
             return None
     else:
         if intent != _RELIABLE or priority != 0:
             return None
         if ptype == _HS:
-            if key_phase or n != HEADER_LEN + payload_len or seq or ack:
+            if key_phase or eliciting or n != HEADER_LEN + payload_len or seq or ack:
                 return None
         elif n != HEADER_LEN + payload_len + TAG_LEN or conn_id == 0:
             return None
         elif ptype == _ACK:
             if payload_len != ACK_PAYLOAD_LEN:
                 return None
-        elif payload_len != CLOSE_PAYLOAD_LEN or ack:  # CLOSE
+        elif payload_len != CLOSE_PAYLOAD_LEN or ack or eliciting:  # CLOSE
             return None
-    return ptype, intent, priority, key_phase, payload_len, conn_id, seq, ack
+    return ptype, intent, priority, key_phase, payload_len, conn_id, seq, ack, eliciting
 
 
 # --- HS bodies (SPEC section 5) -------------------------------------------------
