@@ -120,6 +120,14 @@ class Path:
     reorder: float = 0.0
     hold: float = HOLD_BACK
     drop: Filter | None = None
+    rate: float | None = None
+    """Bottleneck rate in bytes per second (None: no bottleneck), as tbf shapes a link."""
+    queue_limit: int = 375_000
+    """Bytes the bottleneck queues before it drops (tbf's limit; 300 ms at 10 Mbit/s)."""
+    busy_until: float = 0.0
+    """When the bottleneck finishes sending what it has queued (link state)."""
+    dropped_queue: int = 0
+    """Datagrams the bottleneck dropped because its queue was full."""
 
 
 @dataclass
@@ -226,6 +234,15 @@ class Link:
         if path.loss and rng.random() < path.loss:
             return
         copies = 2 if path.dup and rng.random() < path.dup else 1
+        if path.rate is not None:
+            # A shaped link: FIFO at ``rate`` behind a queue of ``queue_limit`` bytes.
+            start = max(self.now, path.busy_until)
+            if (start - self.now) * path.rate + len(data) > path.queue_limit:
+                path.dropped_queue += 1
+                return
+            path.busy_until = start + len(data) / path.rate
+            self._schedule(path.busy_until + self.latency, d)
+            return
         for _ in range(copies):
             delay = self.latency
             if path.reorder and rng.random() < path.reorder:

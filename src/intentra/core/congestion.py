@@ -205,17 +205,22 @@ class Controller:
         if self.round_bw > 0.0:
             self.btl_bw = max(rounds)
         standing = (self.round_min_rtt is not None and self.min_rtt is not None
-                    and self.round_min_rtt > self.min_rtt + QUEUE_TARGET)
+                    and self.round_min_rtt > 1.25 * self.min_rtt + QUEUE_TARGET)
         if now - self.min_rtt_at > MIN_RTT_WINDOW and self.round_min_rtt is not None:
             self.min_rtt = self.round_min_rtt
             self.min_rtt_at = now
             standing = False
-        if standing and self.mode is not Mode.STARTUP and self.round_bw > 0.0:
+        if standing and self.mode is Mode.PROBE_BW and self.round_bw > 0.0:
             # The path delivers less than we pace at: forget the old bandwidth.
             self.bw_rounds = [self.round_bw]
             self.btl_bw = self.round_bw
             self.mode = Mode.DRAIN
-        if self.mode is Mode.STARTUP and not app_limited:
+        if self.mode is Mode.STARTUP and standing:
+            # A queue is building: the pipe is full (a delay signal, as HyStart and
+            # BBR v3 use, ends STARTUP before the buffer fills rather than after).
+            self.mode = Mode.DRAIN
+            self.full_bw = self.btl_bw
+        elif self.mode is Mode.STARTUP and not app_limited:
             if self.btl_bw >= self.full_bw * FULL_BW_GROWTH:
                 self.full_bw = self.btl_bw
                 self.full_bw_count = 0
@@ -239,12 +244,22 @@ class Controller:
                 self.phase = 2  # start cruising; probe after a few round trips
                 self.phase_at = now
         elif self.mode is Mode.PROBE_BW:
-            min_rtt = self.min_rtt if self.min_rtt is not None else INITIAL_RTT
-            if now - self.phase_at >= max(min_rtt, 0.001):
-                gain = PROBE_GAINS[self.phase]
-                if gain < 1.0 or gain > 1.0 or in_flight <= self.bdp * gain:
-                    self.phase = (self.phase + 1) % len(PROBE_GAINS)
-                    self.phase_at = now
+            # Each phase lasts a minimum RTT; probing up (1.25) goes on until the
+            # extra data is in flight (or twice as long), draining (0.75) ends as
+            # soon as the queue it made is gone (BBR's gain cycling).
+            min_rtt = max(self.min_rtt if self.min_rtt is not None else INITIAL_RTT, 0.001)
+            elapsed = now - self.phase_at
+            gain = PROBE_GAINS[self.phase]
+            if gain > 1.0:
+                done = elapsed >= min_rtt and (in_flight >= gain * self.bdp
+                                               or elapsed >= 2 * min_rtt)
+            elif gain < 1.0:
+                done = elapsed >= min_rtt or in_flight <= self.bdp
+            else:
+                done = elapsed >= min_rtt
+            if done:
+                self.phase = (self.phase + 1) % len(PROBE_GAINS)
+                self.phase_at = now
 
     def _update_model(self) -> None:
         if self.mode is Mode.STARTUP:

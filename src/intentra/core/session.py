@@ -388,8 +388,9 @@ class Session:
         What the path takes within ``realtime_queue_delay`` at the pacing rate
         stays queued; the rest would only be late (docs/protocol.md section 6).
         """
-        allowed = max(self.cc.pacing_rate * self.config.realtime_queue_delay,
-                      2.0 * self.config.max_datagram)
+        cc = self.cc
+        rate = cc.btl_bw if cc.btl_bw > 0.0 else cc.pacing_rate  # what the path delivers
+        allowed = max(rate * self.config.realtime_queue_delay, 2.0 * self.config.max_datagram)
         if self.rt_bytes <= allowed:
             return
         stats = self.stats
