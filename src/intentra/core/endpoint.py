@@ -68,6 +68,7 @@ from intentra.events import (
 Rng = Callable[[int], bytes]
 _HS: Final = int(PacketType.HS)
 _DATA: Final = int(PacketType.DATA)
+_ACK: Final = int(PacketType.ACK)
 _REALTIME: Final = int(Intent.REALTIME)
 _ESTABLISHED: Final = SessionState.ESTABLISHED
 
@@ -207,13 +208,15 @@ class Endpoint:
         if moves_phase:
             keys.commit_update(pn, now, 3 * session.rtt.rto, moves_phase)
             stats.key_updates_receive += moves_phase
-        # 7. roaming, on the newest packet only (as QUIC does): a reordered older
-        # packet, or a captured one raced from elsewhere, does not move the peer back.
-        if addr != session.addr and newest:
-            old = session.addr
-            session.addr = addr
-            stats.roams += 1
-            self._events.append(PeerRoamed(session.conn_id, old, addr))
+        # 7. a new address, on the newest packet only (as QUIC does): a reordered
+        # older packet does not move the peer back. The new address is validated
+        # before it gets more than 3x what came from it: a captured packet raced
+        # from a victim's address cannot aim the session's traffic there.
+        if addr != session.addr:
+            if newest:
+                self._new_path(session, addr, len(data), now)
+        elif session.path_budget is not None:
+            session.path_budget += 3 * len(data)
         session.last_recv_at = now
         if not session.confirmed:
             session.confirmed = True
@@ -225,6 +228,14 @@ class Endpoint:
         if session.state is SessionState.CLOSED:
             self._remove(session)
             return
+        if (session.path_budget is not None and ptype == _ACK and addr == session.addr
+                and session.peer_largest_pn >= session.path_probe_pn):
+            # 7, completed: an authenticated ACK from the new address names a pn
+            # sent there since the probe. Congestion control and RTT start afresh.
+            old = session.validated_addr
+            session.validate_path(now)
+            stats.roams += 1
+            self._events.append(PeerRoamed(session.conn_id, old, addr))
         # Re-arm only if a deadline may have moved earlier. A REALTIME DATA that
         # moved no key, found the ACK timer already running and nothing of ours
         # in flight only pushes the idle deadline later, which the lazy heap
@@ -421,6 +432,7 @@ class Endpoint:
         session.finish_answered_at = now
         session.finish_answer_until = now + self.config.handshake_timeout
         session.addr = addr
+        session.validated_addr = addr
         session.establish(session.remote_id, result.remote_static, result.send_key,
                           result.receive_key, now)
         old_id = self._by_peer_key.get(result.remote_static)
@@ -439,6 +451,21 @@ class Endpoint:
         # even if the ACK it sent after FINISH was lost, and gives an RTT sample.
         session.send_ack(now, eliciting=True)
         self._settle(session)
+
+    def _new_path(self, session: Session, addr: Address, size: int, now: float) -> None:
+        """Step 7: an authenticated newest packet from another address."""
+        if addr == session.validated_addr:
+            # Back to the address already validated (a raced packet had moved us).
+            session.addr = addr
+            session.path_budget = None
+            self._flush.add(session)
+            return
+        session.addr = addr
+        session.path_budget = 3 * size
+        session.ack_now = True
+        session.ack_probe = True            # the probe: answered from there, it validates
+        session.path_probe_pn = session.pn_next
+        self._flush.add(session)
 
     def _settle(self, session: Session) -> None:
         """After acting on a session: forget it if it closed, else re-arm and flush."""

@@ -63,6 +63,7 @@ _LEVELS_UP: Final = range(MAX_PRIORITY + 1)
 _MASK64: Final = (1 << 64) - 1
 _ELICIT: Final = 0x02
 _MAX_ACK_DELAY_UNITS: Final = 0xFFFF
+_ACK_DATAGRAM: Final = HEADER_LEN + 28 + TAG_LEN
 SKIP_SPACING: Final = 256
 """A sender skips one pn (chosen at random) in every SKIP_SPACING to 2 x SKIP_SPACING - 1."""
 
@@ -118,7 +119,10 @@ class Session:
         "last_strike_at",
         "out",
         "pace_at",
+        "path_budget",
+        "path_probe_pn",
         "peer_key",
+        "peer_largest_pn",
         "pending",
         "pending_ip",
         "pinned_key",
@@ -148,6 +152,7 @@ class Session:
         "stats",
         "strikes",
         "timer_at",
+        "validated_addr",
     )
 
 
@@ -157,6 +162,10 @@ class Session:
         self.conn_id = conn_id
         self.remote_id = 0
         self.addr = addr
+        self.validated_addr = addr    # the last address proven to reach the peer
+        self.path_budget: int | None = None  # bytes we may still send to an unproven addr
+        self.path_probe_pn = 0        # first pn sent to the address being validated
+        self.peer_largest_pn = 0      # largest_pn of the last ACK applied
         self.initiator = initiator
         self.state = SessionState.HELLO_SENT if initiator else SessionState.RESPONSE_SENT
         self.config = config
@@ -315,7 +324,10 @@ class Session:
         header = HEADER.pack(_VERSION_BITS | ptype,
                              (intent << 6) | (priority << 3) | eliciting | keys.phase,
                              len(plaintext), self.remote_id, pn & _SEQ_MASK, ack)
-        self.out.append((header + keys.seal(self.remote_id, pn, header, plaintext), self.addr))
+        datagram = header + keys.seal(self.remote_id, pn, header, plaintext)
+        self.out.append((datagram, self.addr))
+        if self.path_budget is not None:
+            self.path_budget -= len(datagram)
         self.stats.packets_sent += 1
         self.last_send_at = now
         return pn
@@ -352,6 +364,12 @@ class Session:
         cfg = self.config
         limit = cfg.max_datagram - HEADER_LEN - TAG_LEN
         ack = self.recv_window.ack
+        if self.path_budget is not None and self.path_budget < cfg.max_datagram:
+            # An address being validated gets at most 3x what came from it: DATA
+            # waits; an ACK goes if it fits.
+            if self.ack_now and self.path_budget >= _ACK_DATAGRAM:
+                self.send_ack(now, self.ack_probe)
+            return
         if self.retransmit:
             self._flush_retransmits(now, limit, ack)
             if self.state is not SessionState.ESTABLISHED:
@@ -430,7 +448,8 @@ class Session:
             if not chunks and not cc.can_send(recovery.in_flight, now):
                 break
             entry.retries += 1
-            if entry.retries > self.config.max_retransmissions:
+            if entry.retries >= self.config.max_retransmissions:
+                # MAX_RETRANSMISSIONS transmissions were sent and it is still lost
                 self.retransmit.clear()
                 self.close(CloseReason.TIMEOUT, now)
                 return
@@ -588,6 +607,7 @@ class Session:
         # Check everything before anything moves (a violation changes nothing).
         window.check_ack(ack, rseq_bits)
         recovery.check_ack(largest, pn_bits, self.pn_next)
+        self.peer_largest_pn = largest
         if window.apply_credit(ack, credit) and self.queued_reliable:
             self.credit_probe_at = None
         moved = window.on_ack(ack, rseq_bits)
@@ -682,6 +702,12 @@ class Session:
             events.extend([_tuple_new(MessageReceived, (conn_id, data, reliable, priority))
                            for data in ready])
             self.stats.messages_delivered_reliable += len(ready)
+
+    def validate_path(self, now: float) -> None:
+        """The address being validated answered: it is the session's path from now on."""
+        self.validated_addr = self.addr
+        self.path_budget = None
+        self.recovery.reset_path(now)
 
     def release(self, nbytes: int) -> bool:
         """The application took ``nbytes`` of RELIABLE messages; True if an ACK is due.
