@@ -90,6 +90,10 @@ class EndpointConfig:
     """Seconds of sending, at the congestion controller's pacing rate, that queued
     REALTIME messages may amount to when the path is full; beyond it the lowest
     priority, oldest are dropped at the sender (counted as congestion drops)."""
+    congestion_control: bool = True
+    """Limit and pace DATA by the congestion controller (docs/protocol.md section 8).
+    False sends everything queued at once, as version 1 did: only for load generators
+    and links nobody else shares; on a shared network it fills queues and loses data."""
     max_send_queue: int = 4096
     """Messages waiting in one session's send queue; beyond it REALTIME sends are dropped."""
     initial_pn: int = 1

@@ -254,9 +254,10 @@ def stream(options: Options, kind: str, intent: str) -> Json:
             servers = [server]
         else:
             servers, target, key = start_servers(stack, kind, 1, config=STREAM_CONFIG)
+            # The stream's one peer is a real client: congestion control on.
             client, _ = stack.start(f"{kind}-generator", {
                 "target": target, "server_key": key, "peers": 1, "size": options.size,
-                "config": STREAM_CONFIG})
+                "config": {**STREAM_CONFIG, "congestion_control": True}})
         reset(servers)
         sent = client.ask(cmd="blast", duration=options.stream_seconds, intent=intent,
                           timeout=options.stream_seconds + 60)

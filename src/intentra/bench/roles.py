@@ -282,7 +282,10 @@ def intentra_generator(args: Json) -> None:
         server_key = PublicKey.from_base64(args["server_key"])
         count = int(args.get("peers", 1))
         size = int(args.get("size", 128))
-        config = EndpointConfig(**args.get("config", {}))
+        # The generators seal ahead and replay open-loop (or pace themselves): no
+        # congestion controller can govern that, and it is the server under test.
+        # The stream scenario's one peer is a real client and asks for it back.
+        config = EndpointConfig(**{"congestion_control": False, **args.get("config", {})})
         gate = asyncio.Semaphore(64)
         transports: list[Any] = [None] * count
         started = time.monotonic()

@@ -72,6 +72,8 @@ class Controller:
         ack_every: the receiver's immediate-ACK threshold in packets; the window
             leaves room for that many packets between ACKs.
         now: the session's start.
+        enabled: False keeps the model (for :meth:`intentra.Peer.status`) but
+            never holds a packet back (``EndpointConfig.congestion_control``).
     """
 
     __slots__ = (
@@ -79,6 +81,7 @@ class Controller:
         "btl_bw",
         "bw_rounds",
         "cwnd",
+        "enabled",
         "full_bw",
         "full_bw_count",
         "loss_cap",
@@ -100,7 +103,9 @@ class Controller:
         "tokens_at",
     )
 
-    def __init__(self, max_datagram: int, ack_every: int, now: float) -> None:
+    def __init__(self, max_datagram: int, ack_every: int, now: float,
+                 enabled: bool = True) -> None:
+        self.enabled = enabled  # False: the model runs, but nothing is held back
         self.mss = max_datagram
         self.min_cwnd = MIN_CWND_PACKETS * max_datagram
         self.ack_allowance = ack_every * max_datagram
@@ -132,6 +137,8 @@ class Controller:
 
     def can_send(self, in_flight: int, now: float) -> bool:
         """Whether one more DATA packet may leave now (window and pacing)."""
+        if not self.enabled:
+            return True
         if in_flight >= self.cwnd:
             return False
         tokens = self.tokens
@@ -294,4 +301,5 @@ class Controller:
 
     def reset(self, now: float) -> None:
         """A new path (roaming): forget the model and start again."""
-        self.__init__(self.mss, self.ack_allowance // self.mss, now)  # type: ignore[misc]
+        self.__init__(self.mss, self.ack_allowance // self.mss, now,  # type: ignore[misc]
+                      self.enabled)

@@ -246,7 +246,8 @@ class Session:
         self.state = SessionState.ESTABLISHED
         self.last_recv_at = now
         self.last_send_at = now
-        self.cc = Controller(self.config.max_datagram, self.config.ack_every, now)
+        self.cc = Controller(self.config.max_datagram, self.config.ack_every, now,
+                             self.config.congestion_control)
         self.recovery = Recovery(self.rtt, self.cc, now)
 
     @property
