@@ -15,15 +15,16 @@ controller (Reno, CUBIC) grows until the bottleneck's buffer overflows, so at a
 It estimates the bottleneck bandwidth as the highest delivery rate of the last
 ten round trips and the propagation delay as the lowest RTT of the last ten
 seconds, paces at ``gain x bandwidth`` and caps the bytes in flight at
-``2 x bandwidth x min RTT`` (plus an allowance for the receiver's delayed ACKs).
+``2 x bandwidth x smoothed RTT`` (plus an allowance for the receiver's delayed ACKs).
 
 Departures from BBR v1, each for the traffic this library carries:
-- **A standing queue is drained at once.** When every RTT sample of a whole round
-  trip stays more than ``QUEUE_TARGET`` above the minimum, the path's rate has
-  fallen (a link rate change, a competing flow): the bandwidth estimate is reset to
-  what that round delivered and the controller drains. BBR v1 would keep pacing at
-  the old rate for ten round trips while the queue, and every message's latency,
-  grows.
+- **A standing queue is drained at once.** When every RTT sample of two round trips
+  in a row stays more than ``QUEUE_TARGET`` above the minimum, the controller
+  drains; if they also delivered less than ``SHORTFALL`` of the estimate, the
+  path's rate has fallen (a link rate change, a competing flow) and the bandwidth
+  estimate drops to what the round delivered (at most by half per round trip).
+  BBR v1 would keep pacing at the old rate for ten round trips while the queue,
+  and every message's latency, grows.
 - **Loss backs off** (the protocol requires it): a round trip with losses caps the
   bytes in flight at 0.7 of what was in flight when the loss was seen, and the
   cap grows back by a quarter per round trip without loss (as BBR v2's
@@ -50,10 +51,17 @@ FULL_BW_ROUNDS: Final = 3
 QUEUE_TARGET: Final = 0.005
 """Seconds of standing queue above the minimum RTT that the controller drains."""
 LOSS_BACKOFF: Final = 0.7
+SHORTFALL: Final = 0.5
+"""Two round trips delivering less than this share of the estimate, behind a standing
+queue, mean the path's rate fell. (Smaller falls leave the ten-round window within
+ten round trips; on a busy host a round often delivers 60-85% of the maximum of
+the last ten, so a higher threshold would cut the rate on noise.)"""
 MIN_CWND_PACKETS: Final = 4
 INITIAL_CWND_PACKETS: Final = 32
-PACING_BURST_TIME: Final = 0.002
-"""Seconds of sending the pacer allows in one burst (timers fire about once per ms)."""
+PACING_BURST_TIME: Final = 0.005
+"""Seconds of sending the pacer lets accumulate: an event loop turns (and its timers
+fire) about once a millisecond, and a busy sender less often; a smaller budget
+would make a busy sender send less than its pace, which looks like a slower path."""
 INITIAL_RTT: Final = 0.001
 """RTT assumed for the initial pacing rate, before the first sample (as BBR does)."""
 
@@ -99,6 +107,8 @@ class Controller:
         "round_count",
         "round_min_rtt",
         "round_start_delivered",
+        "short_rounds",
+        "srtt",
         "tokens",
         "tokens_at",
     )
@@ -116,8 +126,10 @@ class Controller:
         self.min_rtt: float | None = None
         self.min_rtt_at = now
         self.round_min_rtt: float | None = None
+        self.srtt: float | None = None          # smoothed RTT of the samples seen
         self.round_count = 0
         self.round_start_delivered = 0
+        self.short_rounds = 0                   # round trips in a row short of the estimate
         self.full_bw = 0.0
         self.full_bw_count = 0
         self.loss_cap: float | None = None
@@ -171,6 +183,13 @@ class Controller:
             return float(INITIAL_CWND_PACKETS * self.mss)
         return self.btl_bw * self.min_rtt
 
+    @property
+    def bdp_srtt(self) -> float:
+        """Bytes in flight at the estimated bandwidth over the smoothed RTT."""
+        if self.srtt is None or self.min_rtt is None or self.btl_bw <= 0.0:
+            return self.bdp
+        return self.btl_bw * max(self.srtt, self.min_rtt)
+
     # ------------------------------------------------------------ feedback
 
     def on_ack(self, delivered: int, prior_delivered: int, rate: float | None,
@@ -189,6 +208,7 @@ class Controller:
             in_flight: bytes still in flight.
         """
         if rtt is not None:
+            self.srtt = rtt if self.srtt is None else 0.875 * self.srtt + 0.125 * rtt
             if self.min_rtt is None or rtt <= self.min_rtt:
                 self.min_rtt = rtt
                 self.min_rtt_at = now
@@ -205,11 +225,14 @@ class Controller:
     def _end_round(self, delivered: int, app_limited: bool, now: float) -> None:
         self.round_count += 1
         self.round_start_delivered = delivered
-        rounds = self.bw_rounds
-        rounds.append(self.round_bw)
-        if len(rounds) > BW_WINDOW_ROUNDS:
-            del rounds[0]
         if self.round_bw > 0.0:
+            # A round with no sample that counts (app-limited and below the
+            # estimate) neither adds to the window nor ages it: an application
+            # that pauses must not forget what the path can carry.
+            rounds = self.bw_rounds
+            rounds.append(self.round_bw)
+            if len(rounds) > BW_WINDOW_ROUNDS:
+                del rounds[0]
             self.btl_bw = max(rounds)
         standing = (self.round_min_rtt is not None and self.min_rtt is not None
                     and self.round_min_rtt > 1.25 * self.min_rtt + QUEUE_TARGET)
@@ -217,11 +240,20 @@ class Controller:
             self.min_rtt = self.round_min_rtt
             self.min_rtt_at = now
             standing = False
-        if standing and self.mode is Mode.PROBE_BW and self.round_bw > 0.0:
-            # The path delivers less than we pace at: forget the old bandwidth.
-            self.bw_rounds = [self.round_bw]
-            self.btl_bw = self.round_bw
+        queue = standing and self.mode is Mode.PROBE_BW and not app_limited
+        if queue and self.short_rounds >= 1:
+            # Two round trips in a row with a standing queue: drain it (flows that
+            # share a link can each sustain one exactly at their estimates). If
+            # they also delivered clearly less than the estimate, the path's rate
+            # fell: forget the old bandwidth, at most half of it per round trip
+            # (one noisy round on a busy host must not cut the rate).
+            if 0.0 < self.round_bw < SHORTFALL * self.btl_bw:
+                bw = max(self.round_bw, 0.5 * self.btl_bw)
+                self.bw_rounds = [bw]
+                self.btl_bw = bw
             self.mode = Mode.DRAIN
+            queue = False
+        self.short_rounds = self.short_rounds + 1 if queue else 0
         if self.mode is Mode.STARTUP and standing:
             # A queue is building: the pipe is full (a delay signal, as HyStart and
             # BBR v3 use, ends STARTUP before the buffer fills rather than after).
@@ -282,7 +314,12 @@ class Controller:
                 rate = max(rate, self.pacing_rate)  # STARTUP never slows down
             self.pacing_rate = max(rate, self.mss / 0.1)  # at least a packet per 100 ms
         cwnd_gain = STARTUP_GAIN if self.mode is Mode.STARTUP else CWND_GAIN
-        cwnd = max(cwnd_gain * self.bdp + self.ack_allowance, float(self.min_cwnd))
+        # The window covers the bandwidth over the smoothed RTT, not only the
+        # minimum: a busy host delays ACKs by milliseconds, and a window of
+        # 2 x bw x min RTT would then hold delivery below the estimate, which
+        # looks like a slower path (BBR v2 adds an ACK-aggregation allowance for
+        # the same reason). Pacing, not the window, keeps the queue short.
+        cwnd = max(cwnd_gain * self.bdp_srtt + self.ack_allowance, float(self.min_cwnd))
         if self.loss_cap is not None:
             cwnd = max(min(cwnd, self.loss_cap), float(self.min_cwnd))
         self.cwnd = cwnd

@@ -128,8 +128,8 @@ class Recovery:
         rtt = self.rtt
         sample: float | None = None
         if newest is not None and newest.eliciting:
-            sample = now - newest.sent_at
-            rtt.sample(sample, min(ack_delay, ACK_DELAY))
+            rtt.sample(now - newest.sent_at, min(ack_delay, ACK_DELAY))
+            sample = rtt.adjusted  # the controller sees the path, not the peer's ACK delay
         self.largest_acked = max(self.largest_acked, largest)
         rate: float | None = None
         app_limited = False

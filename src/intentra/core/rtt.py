@@ -15,8 +15,8 @@ _GRANULARITY = 0.001
 
 
 class RttEstimator:
-    __slots__ = ("base_rto", "initial_rto", "latest", "max_rto", "min_rto", "min_rtt", "rto",
-                 "rttvar", "srtt")
+    __slots__ = ("adjusted", "base_rto", "initial_rto", "latest", "max_rto", "min_rto",
+                 "min_rtt", "rto", "rttvar", "srtt")
 
     def __init__(self, initial_rto: float, min_rto: float, max_rto: float) -> None:
         self.initial_rto = initial_rto
@@ -27,6 +27,7 @@ class RttEstimator:
         self.srtt: float | None = None
         self.rttvar = 0.0
         self.latest = 0.0
+        self.adjusted = 0.0       # the latest sample less the peer's ACK delay
         self.min_rtt: float | None = None
 
     def reset(self) -> None:
@@ -41,6 +42,7 @@ class RttEstimator:
             self.min_rtt = rtt
         if rtt - ack_delay >= self.min_rtt:
             rtt -= ack_delay
+        self.adjusted = rtt
         if self.srtt is None:
             self.srtt = rtt
             self.rttvar = rtt / 2
