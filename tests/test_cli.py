@@ -257,6 +257,38 @@ def test_echo_round_trip_then_sigint(tmp_path: Path, serve: ServeFactory) -> Non
     assert not any("Traceback" in line for line in server.stderr_lines), server.stderr_lines
 
 
+def test_send_sends_each_stdin_line_as_it_comes(tmp_path: Path, serve: ServeFactory) -> None:
+    """A line typed (or piped) now leaves now, not when stdin reaches EOF."""
+    server_key = tmp_path / "server.key"
+    keygen(server_key)
+    server = serve("--bind", "127.0.0.1:0", "--key", str(server_key), "--echo")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "intentra", "send", "--to", server.address, "--server-key",
+         server.public_key, "--wait", "0.5"], cwd=tmp_path, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write("first\n")
+        proc.stdin.flush()
+        lines: queue.Queue[str] = queue.Queue()
+
+        def pump() -> None:
+            for line in proc.stdout or ():
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+        # stdin is still open: the echo of the first line must come back anyway.
+        assert lines.get(timeout=START_TIMEOUT) == "first\n"
+        proc.stdin.write("second\n")
+        proc.stdin.close()
+        assert lines.get(timeout=START_TIMEOUT) == "second\n"
+        assert proc.wait(RUN_TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_hub_fans_out_to_other_peers_only(tmp_path: Path, serve: ServeFactory) -> None:
     hub_key = tmp_path / "hub.key"
     keygen(hub_key)

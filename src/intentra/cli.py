@@ -14,9 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -320,6 +321,59 @@ def _supervise(args: argparse.Namespace) -> int:
     return 0 if all(code == 0 for code in codes) else 1
 
 
+async def _stdin_lines() -> AsyncIterator[bytes]:
+    """Non-blank lines of stdin, each as soon as it is complete (pipes, terminals, files).
+
+    A thread does the blocking ``os.read`` (no buffered-reader lock, so an exit
+    before EOF is clean) and hands each chunk to the loop; the loop's own
+    readers cannot take a regular file and would make a shared terminal
+    non-blocking.
+    """
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def pump() -> None:
+        while True:
+            try:
+                chunk = os.read(0, 65536)
+            except OSError:
+                chunk = b""
+            loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+            if not chunk:
+                return
+
+    threading.Thread(target=pump, name="intentra-stdin", daemon=True).start()
+    pending = b""
+    while True:
+        chunk = await chunks.get()
+        pending += chunk
+        *lines, pending = pending.split(b"\n") if chunk else [*pending.split(b"\n"), b""]
+        for line in lines:
+            if line.strip():
+                yield line
+        if not chunk:
+            return
+
+
+async def _messages(args: argparse.Namespace) -> AsyncIterator[bytes]:
+    if args.message:
+        for text in args.message:
+            yield text.encode()
+    else:
+        async for line in _stdin_lines():
+            yield line
+
+
+async def _print_replies(transport: Transport) -> None:
+    while True:
+        try:
+            msg = await transport.receive()
+        except TransportClosedError:
+            return
+        sys.stdout.write(msg.data.decode("utf-8", "backslashreplace") + "\n")
+        sys.stdout.flush()
+
+
 async def _send(args: argparse.Namespace) -> int:
     key = _load_key(args.key) if args.key else PrivateKey.generate()
     server_key = PublicKey.from_base64(args.server_key) if args.server_key else None
@@ -327,19 +381,15 @@ async def _send(args: argparse.Namespace) -> int:
     bind = "[::]:0" if ":" in host else "0.0.0.0:0"
     async with await Transport.bind(bind, key) as transport:
         peer = await transport.connect(args.to, server_key=server_key)
-        messages = [m.encode() for m in args.message] if args.message else \
-            [line.rstrip("\n").encode() for line in sys.stdin if line.strip()]
-        for data in messages:
-            await peer.send(data, args.intent, args.priority)
-        loop = asyncio.get_running_loop()
-        end = loop.time() + args.wait
-        while (left := end - loop.time()) > 0:
-            try:
-                msg = await asyncio.wait_for(transport.receive(), left)
-            except TimeoutError:
-                break
-            sys.stdout.write(msg.data.decode("utf-8", "backslashreplace") + "\n")
-            sys.stdout.flush()
+        printer = asyncio.create_task(_print_replies(transport))
+        try:
+            async for data in _messages(args):  # each line leaves as soon as it is read
+                await peer.send(data, args.intent, args.priority)
+            await asyncio.sleep(args.wait)
+        finally:
+            printer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await printer
         await peer.close()
     return 0
 
