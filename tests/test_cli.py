@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import queue
 import re
 import signal
@@ -42,12 +43,18 @@ SERVING = re.compile(r"^intentra serving on (\S+):(\d+)$")
 # ------------------------------------------------------------------ helpers
 
 def intentra(*args: str, cwd: Path, stdin: str | None = None, timeout: float = RUN_TIMEOUT,
-             umask: int = -1) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m intentra ARGS`` to completion."""
+             umask: int = -1, env: dict[str, str] | None = None,
+             ) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m intentra ARGS`` to completion.
+
+    ``send`` without ``--server-key`` records keys in a known-hosts file: the test's
+    own (``cwd/known_hosts``), never the user's, unless ``env`` says otherwise.
+    """
+    environ = {**os.environ, "INTENTRA_KNOWN_HOSTS": str(cwd / "known_hosts"), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "intentra", *args], cwd=cwd, input=stdin,
         stdin=None if stdin is not None else subprocess.DEVNULL, capture_output=True,
-        text=True, timeout=timeout, check=False, umask=umask)
+        text=True, timeout=timeout, check=False, umask=umask, env=environ)
 
 
 def keygen(path: Path) -> str:
@@ -246,7 +253,7 @@ def test_echo_round_trip_then_sigint(tmp_path: Path, serve: ServeFactory) -> Non
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["fast"]
 
-    # Without a key file (a fresh key) and without pinning.
+    # Without a key file (a fresh key) and without pinning (trusted on first use).
     result = intentra("send", "--to", server.address, "--wait", "1", "anon", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["anon"]
@@ -287,6 +294,53 @@ def test_send_sends_each_stdin_line_as_it_comes(tmp_path: Path, serve: ServeFact
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_send_pins_the_server_key_given_known_or_trusted_on_first_use(
+        tmp_path: Path, serve: ServeFactory) -> None:
+    server_key = tmp_path / "server.key"
+    keygen(server_key)
+    server = serve("--bind", "127.0.0.1:0", "--key", str(server_key), "--echo")
+    send = ["send", "--to", server.address, "--wait", "0.3"]
+
+    # An empty key pins nothing: refused, and the message says what to pass.
+    line = assert_usage_error(intentra(*send, "--server-key", "", "x", cwd=tmp_path))
+    assert "--server-key is empty" in line and "public key" in line, line
+
+    # No key: trusted on first use, recorded, and said on stderr.
+    known = tmp_path / "known_hosts"
+    first = intentra(*send, "one", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == ["one"]
+    assert "trusting server key " + server.public_key in first.stderr, first.stderr
+    assert str(known) in first.stderr
+    assert known.read_text().splitlines() == [f"{server.address} {server.public_key}"]
+
+    # Next time the recorded key is pinned, silently.
+    again = intentra(*send, "two", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == ["two"]
+    assert "warning" not in again.stderr, again.stderr
+    assert len(known.read_text().splitlines()) == 1
+
+    # A server whose key is not the recorded one is refused, with the way out.
+    other = PrivateKey.generate().public_key.to_base64()
+    changed = tmp_path / "changed_hosts"
+    changed.write_text(f"# comment\n{server.address} {other}\n", encoding="ascii")
+    for how in (["--known-hosts", str(changed)], []):
+        env = {} if how else {"INTENTRA_KNOWN_HOSTS": str(changed)}
+        refused = intentra(*send, *how, "three", cwd=tmp_path, env=env, timeout=20)
+        line = assert_usage_error(refused)
+        assert f"{changed} line 2" in line and "delete that line" in line, line
+        assert "--server-key" in line, line
+
+    # --no-pin: accepted and printed, nothing recorded.
+    elsewhere = tmp_path / "unused_hosts"
+    loose = intentra(*send, "--no-pin", "--known-hosts", str(elsewhere), "four", cwd=tmp_path)
+    assert loose.returncode == 0, loose.stderr
+    assert loose.stdout.splitlines() == ["four"]
+    assert f"accepted server key {server.public_key}" in loose.stderr, loose.stderr
+    assert not elsewhere.exists()
 
 
 def test_hub_fans_out_to_other_peers_only(tmp_path: Path, serve: ServeFactory) -> None:

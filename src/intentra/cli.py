@@ -21,9 +21,15 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from intentra.aio.transport import Message, Transport, parse_address
+from intentra.aio.transport import Message, Peer, Transport, parse_address
 from intentra.constants import Intent
-from intentra.errors import IntentraError, KeyFileError, SendQueueFullError, TransportClosedError
+from intentra.errors import (
+    AuthenticationError,
+    IntentraError,
+    KeyFileError,
+    SendQueueFullError,
+    TransportClosedError,
+)
 from intentra.keys import PrivateKey, PublicKey
 
 EXIT_USAGE = 2
@@ -374,13 +380,90 @@ async def _print_replies(transport: Transport) -> None:
         sys.stdout.flush()
 
 
+KNOWN_HOSTS_ENV = "INTENTRA_KNOWN_HOSTS"
+
+
+def known_hosts_path(flag: str | None) -> Path:
+    """``--known-hosts``, else ``$INTENTRA_KNOWN_HOSTS``, else ~/.config/intentra/known_hosts."""
+    if flag:
+        return Path(flag)
+    if env := os.environ.get(KNOWN_HOSTS_ENV):
+        return Path(env)
+    return Path.home() / ".config" / "intentra" / "known_hosts"
+
+
+def _known_key(path: Path, address: str) -> tuple[PublicKey, int] | None:
+    """The key recorded for ``address`` in a known-hosts file, with its line number."""
+    try:
+        lines = path.read_text(encoding="ascii").splitlines()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"cannot read known-hosts file {str(path)!r}: {exc}") from exc
+    for number, line in enumerate(lines, 1):
+        fields = line.split("#", 1)[0].split()
+        if len(fields) == 2 and fields[0] == address:
+            try:
+                return PublicKey.from_base64(fields[1]), number
+            except IntentraError as exc:
+                raise KeyFileError(f"known-hosts file {str(path)!r} line {number}: {exc}; "
+                                   "fix or delete that line") from exc
+    return None
+
+
+def _remember(path: Path, address: str, key: PublicKey) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="ascii") as f:
+        f.write(f"{address} {key.to_base64()}\n")
+
+
+async def _connect(transport: Transport, args: argparse.Namespace) -> Peer:
+    """Connect with the server key pinned: given, known (trust on first use), or --no-pin."""
+    address = _shown(*args.to)
+    if args.server_key is not None:
+        if not args.server_key.strip():
+            raise UsageError("--server-key is empty; pass the server's public key (serve "
+                             "prints it; intentra pubkey KEYFILE too), or leave it out to "
+                             "trust the key on first use")
+        if args.no_pin:
+            raise UsageError("choose one of --server-key and --no-pin")
+        return await transport.connect(args.to, PublicKey.from_base64(args.server_key))
+    if args.no_pin:
+        peer = await transport.connect(args.to)
+        _warn(f"not pinned (--no-pin): accepted server key {peer.public_key.to_base64()} "
+              f"from {address}")
+        return peer
+    path = known_hosts_path(args.known_hosts)
+    known = _known_key(path, address)
+    if known is not None:
+        key, number = known
+        try:
+            return await transport.connect(args.to, key)
+        except AuthenticationError:
+            raise UsageError(
+                f"the server at {address} does not have the key recorded for it in "
+                f"{path} line {number} (it may be an impostor); if its key changed on "
+                f"purpose, delete that line (sed -i '{number}d' {path}) or pass "
+                "--server-key NEWKEY") from None
+    peer = await transport.connect(args.to)
+    _remember(path, address, peer.public_key)
+    _warn(f"trusting server key {peer.public_key.to_base64()} for {address} on first use; "
+          f"saved to {path} (pin it with --server-key to be sure)")
+    return peer
+
+
+def _warn(text: str) -> None:
+    print(f"intentra: warning: {text}", file=sys.stderr, flush=True)
+
+
 async def _send(args: argparse.Namespace) -> int:
     key = _load_key(args.key) if args.key else PrivateKey.generate()
-    server_key = PublicKey.from_base64(args.server_key) if args.server_key else None
+    if args.server_key is not None and args.server_key.strip():
+        PublicKey.from_base64(args.server_key)  # a malformed key fails before any packet
     host = args.to[0]
     bind = "[::]:0" if ":" in host else "0.0.0.0:0"
     async with await Transport.bind(bind, key) as transport:
-        peer = await transport.connect(args.to, server_key=server_key)
+        peer = await _connect(transport, args)
         printer = asyncio.create_task(_print_replies(transport))
         try:
             async for data in _messages(args):  # each line leaves as soon as it is read
@@ -523,7 +606,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("send", help="connect, send messages, print what comes back")
     p.add_argument("--to", required=True, type=_address, metavar="HOST:PORT")
     p.add_argument("--key", metavar="FILE", help="private key file (default: a new one)")
-    p.add_argument("--server-key", metavar="PUB", help="pin the server's public key (base64)")
+    p.add_argument("--server-key", metavar="PUB",
+                   help="pin the server's public key (base64); without it the key is "
+                        "trusted on first use and recorded in the known-hosts file")
+    p.add_argument("--known-hosts", metavar="FILE",
+                   help=f"known-hosts file (default: ${KNOWN_HOSTS_ENV}, else "
+                        "~/.config/intentra/known_hosts)")
+    p.add_argument("--no-pin", action="store_true",
+                   help="accept any server key (printed on stderr); nothing is recorded")
     p.add_argument("--intent", type=_intent, default=Intent.RELIABLE,
                    help="reliable (default) or realtime")
     p.add_argument("--priority", type=_priority, default=0, help="0..7 (default 0)")
