@@ -29,6 +29,8 @@ from intentra import (
     EndpointConfig,
     HandshakeTimeoutError,
     Intent,
+    IntentraError,
+    InvalidArgumentError,
     InvalidMessageError,
     Message,
     MessageTooLargeError,
@@ -1002,5 +1004,51 @@ def test_send_many_checks_every_message_before_queueing_any() -> None:
             assert client.unacked_reliable(cpeer) == 0
             await cpeer.send(b"after")
             assert [m.data for m in await receive_n(server, 1)] == [b"after"]
+
+    run(scenario())
+
+
+def test_api_misuse_says_what_to_pass_and_changes_nothing() -> None:
+    """peer.close("done") used to raise TypeError and leave the session half closed."""
+    async def scenario() -> None:
+        async with transports() as made:
+            server, client, cpeer, _ = await pair(made)
+            with pytest.raises(InvalidArgumentError, match=r"CloseReason\.NORMAL") as info:
+                await step(cpeer.close("done"))
+            assert "'done'" in str(info.value) and "'normal'" in str(info.value)
+            assert isinstance(info.value, IntentraError)
+            with pytest.raises(InvalidArgumentError, match="flush_timeout"):
+                await step(cpeer.close(flush_timeout="soon"))  # type: ignore[arg-type]
+            # The session is untouched: it still sends.
+            assert not cpeer.closed
+            await step(cpeer.send(b"still open"))
+            assert [m.data for m in await receive_n(server, 1)] == [b"still open"]
+
+            for bad in ("reliabel", 7, None, 1.0):
+                with pytest.raises(InvalidArgumentError, match=r"Intent\.RELIABLE") as err:
+                    await step(cpeer.send(b"x", intent=bad))  # type: ignore[arg-type]
+                assert "'realtime'" in str(err.value)
+                with pytest.raises(InvalidArgumentError):
+                    cpeer.send_nowait(b"x", bad)  # type: ignore[arg-type]
+                with pytest.raises(InvalidArgumentError):
+                    await step(cpeer.send_many([b"x"], bad))  # type: ignore[arg-type]
+                with pytest.raises(InvalidArgumentError):
+                    server.broadcast_nowait(b"x", bad)  # type: ignore[arg-type]
+                with pytest.raises(InvalidArgumentError):
+                    await step(server.broadcast(b"x", bad))  # type: ignore[arg-type]
+
+            # Names in any case, and values, are accepted wherever an intent is taken.
+            await step(cpeer.send(b"a", intent="reliable"))
+            assert cpeer.send_nowait(b"b", "REALTIME")
+            await step(cpeer.send_many([b"c"], "Reliable"))
+            got = await receive_n(server, 3)
+            assert [(m.data, m.intent) for m in got] == [
+                (b"a", Intent.RELIABLE), (b"b", Intent.REALTIME), (b"c", Intent.RELIABLE)]
+            assert await step(server.broadcast(b"d", "reliable")) == 1
+            assert server.broadcast_nowait(b"e", "realtime") == 1
+            assert {m.data for m in await receive_n(client, 2)} == {b"d", b"e"}
+
+            await step(cpeer.close("Normal"))
+            assert cpeer.close_reason is CloseReason.NORMAL
 
     run(scenario())

@@ -15,11 +15,15 @@ class KeyFileError(IntentraError):
     """A key file is missing, unreadable or malformed."""
 
 
+class InvalidArgumentError(IntentraError, ValueError):
+    """An API call got an argument it cannot use; the message says what to pass."""
+
+
 class MessageTooLargeError(IntentraError, ValueError):
     """A message does not fit in one datagram (intentra does not fragment)."""
 
 
-class InvalidMessageError(IntentraError, ValueError):
+class InvalidMessageError(InvalidArgumentError):
     """A message argument is empty, of the wrong type, or has a bad intent or priority."""
 
 

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple, Self
+from typing import Any, Final, NamedTuple, Self, TypeVar
 
 from intentra.aio.datapath import Datapath, requested_mode
 from intentra.config import EndpointConfig
@@ -32,6 +32,7 @@ from intentra.errors import (
     AuthenticationError,
     HandshakeTimeoutError,
     IntentraError,
+    InvalidArgumentError,
     PeerClosedError,
     SendQueueFullError,
     TransportClosedError,
@@ -87,6 +88,41 @@ def _family(host: str) -> socket.AddressFamily:
     except ValueError:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
         return infos[0][0]
+
+
+_E = TypeVar("_E", Intent, CloseReason)
+IntentLike = Intent | int | str
+"""An intent: ``Intent.RELIABLE``, its value, or its name in any case (``"reliable"``)."""
+CloseReasonLike = CloseReason | int | str
+"""A close reason: ``CloseReason.NORMAL``, its value, or its name in any case (``"normal"``)."""
+
+
+def as_intent(value: IntentLike) -> Intent:
+    """``value`` as an :class:`Intent`; raises :class:`InvalidArgumentError` saying what to pass."""
+    if type(value) is Intent:
+        return value
+    return _as_enum(Intent, value, "intent")
+
+
+def as_close_reason(value: CloseReasonLike) -> CloseReason:
+    """``value`` as a :class:`CloseReason` (see :func:`as_intent`)."""
+    if type(value) is CloseReason:
+        return value
+    return _as_enum(CloseReason, value, "close reason")
+
+
+def _as_enum(kind: type[_E], value: object, what: str) -> _E:
+    try:
+        if isinstance(value, str):
+            return kind[value.strip().upper()]
+        if isinstance(value, int) and not isinstance(value, bool):
+            return kind(value)
+    except (KeyError, ValueError):
+        pass
+    names = ", ".join(f"{kind.__name__}.{m.name}" for m in kind)
+    lower = ", ".join(repr(m.name.lower()) for m in kind)
+    raise InvalidArgumentError(f"{what} must be one of {names} (or the names {lower}), "
+                               f"got {value!r}")
 
 
 _tuple_new = tuple.__new__
@@ -187,13 +223,17 @@ class Peer:
                 int(self.close_reason), self.closed_by_peer)
         self._transport._check_open()
 
-    async def send(self, data: bytes, intent: Intent = Intent.RELIABLE, priority: int = 0) -> None:
+    async def send(self, data: bytes, intent: IntentLike = Intent.RELIABLE,
+                   priority: int = 0) -> None:
         """Queue a message; for RELIABLE, wait while the window is full.
+
+        ``intent`` is an :class:`Intent` or its name (``"reliable"``, ``"realtime"``).
 
         Raises:
             PeerClosedError: the session ended (also while waiting).
             MessageTooLargeError, InvalidMessageError: bad arguments.
         """
+        intent = as_intent(intent)
         self._transport._endpoint.check_message(data, int(intent), priority)
         if intent == Intent.RELIABLE:
             while True:
@@ -209,7 +249,7 @@ class Peer:
                 await room.wait()
         self.send_nowait(data, intent, priority)
 
-    async def send_many(self, messages: Iterable[bytes], intent: Intent = Intent.RELIABLE,
+    async def send_many(self, messages: Iterable[bytes], intent: IntentLike = Intent.RELIABLE,
                         priority: int = 0) -> None:
         """Queue many messages in order, waiting for window room as :meth:`send` does.
 
@@ -224,6 +264,7 @@ class Peer:
                 queued before it are in :meth:`Transport.unacked_reliable`.
             MessageTooLargeError, InvalidMessageError: a bad message.
         """
+        intent = as_intent(intent)
         batch = messages if isinstance(messages, list | tuple) else list(messages)
         endpoint = self._transport._endpoint
         for data in batch:
@@ -242,7 +283,7 @@ class Peer:
                 self.send_nowait(data, intent, priority)
             done += max(room, 0)
 
-    def send_nowait(self, data: bytes, intent: Intent = Intent.REALTIME,
+    def send_nowait(self, data: bytes, intent: IntentLike = Intent.REALTIME,
                     priority: int = 0) -> bool:
         """Queue a message without waiting; it leaves in this loop turn's flush.
 
@@ -254,6 +295,8 @@ class Peer:
             SendQueueFullError: a RELIABLE message found the queue full.
             PeerClosedError: the session ended.
         """
+        if type(intent) is not Intent:
+            intent = as_intent(intent)
         transport = self._transport
         if (self.close_reason is not None or self._closing or self._reconnecting is not None
                 or transport._closing or transport._closed):
@@ -272,16 +315,24 @@ class Peer:
         transport._schedule_flush()
         return ok
 
-    async def close(self, reason: CloseReason = CloseReason.NORMAL,
+    async def close(self, reason: CloseReasonLike = CloseReason.NORMAL,
                     flush_timeout: float = 1.0) -> int:
         """Send CLOSE with ``reason`` and forget the session (idempotent).
 
-        First waits up to ``flush_timeout`` seconds for this peer's queued and
+        ``reason`` is a :class:`CloseReason` or its name (``"normal"``). First
+        waits up to ``flush_timeout`` seconds for this peer's queued and
         in-flight RELIABLE messages to be acknowledged (0: do not wait).
 
         Returns:
             How many RELIABLE messages were still unacknowledged.
+
+        Raises:
+            InvalidArgumentError: a bad reason or timeout (nothing is changed).
         """
+        reason = as_close_reason(reason)
+        if not isinstance(flush_timeout, int | float) or isinstance(flush_timeout, bool):
+            raise InvalidArgumentError(f"flush_timeout is a number of seconds (0: do not "
+                                       f"wait), got {flush_timeout!r}")
         transport = self._transport
         if self.close_reason is not None or transport._closed or self._closing:
             return 0
@@ -610,8 +661,8 @@ class Transport:
             except TransportClosedError:
                 return
 
-    def broadcast_nowait(self, data: bytes, intent: Intent = Intent.REALTIME, priority: int = 0,
-                         exclude: Peer | None = None) -> int:
+    def broadcast_nowait(self, data: bytes, intent: IntentLike = Intent.REALTIME,
+                         priority: int = 0, exclude: Peer | None = None) -> int:
         """Queue a message for every established peer except ``exclude``, without waiting.
 
         A peer whose send queue is full is skipped (counted in
@@ -621,19 +672,21 @@ class Transport:
         Returns:
             How many peers it was queued for.
         """
+        intent = as_intent(intent)
         self._check_open()
         count = self._endpoint.broadcast(data, int(intent), priority, self._loop.time(),
                                          None if exclude is None else exclude.conn_id)
         self._schedule_flush()
         return count
 
-    async def broadcast(self, data: bytes, intent: Intent = Intent.REALTIME,
+    async def broadcast(self, data: bytes, intent: IntentLike = Intent.REALTIME,
                         priority: int = 0) -> int:
         """Send to every established peer; returns how many it was queued for.
 
         REALTIME is queued at once for all; RELIABLE waits, peer by peer,
         while a peer's window is full.
         """
+        intent = as_intent(intent)
         self._check_open()
         if intent != Intent.RELIABLE:
             return self.broadcast_nowait(data, intent, priority)
