@@ -27,6 +27,7 @@ from intentra.errors import (
     AuthenticationError,
     IntentraError,
     KeyFileError,
+    KeyFormatError,
     SendQueueFullError,
     TransportClosedError,
 )
@@ -84,7 +85,7 @@ def _load_allow(path: str) -> list[PublicKey]:
             continue
         try:
             keys.append(PublicKey.from_base64(text))
-        except KeyFileError as exc:
+        except KeyFormatError as exc:
             raise KeyFileError(f"allow-list {path!r} line {number}: {exc}") from exc
     return keys
 
@@ -459,7 +460,11 @@ def _warn(text: str) -> None:
 async def _send(args: argparse.Namespace) -> int:
     key = _load_key(args.key) if args.key else PrivateKey.generate()
     if args.server_key is not None and args.server_key.strip():
-        PublicKey.from_base64(args.server_key)  # a malformed key fails before any packet
+        try:  # a malformed key fails before any packet
+            PublicKey.from_base64(args.server_key)
+        except KeyFormatError as exc:
+            raise UsageError(f"--server-key: {exc}; pass the base64 key that serve prints") \
+                from None
     host = args.to[0]
     bind = "[::]:0" if ":" in host else "0.0.0.0:0"
     async with await Transport.bind(bind, key) as transport:

@@ -15,6 +15,10 @@ class KeyFileError(IntentraError):
     """A key file is missing, unreadable or malformed."""
 
 
+class KeyFormatError(IntentraError, ValueError):
+    """A key given as text or bytes (not a file) is not base64 of 32 bytes, or not 32 bytes."""
+
+
 class InvalidArgumentError(IntentraError, ValueError):
     """An API call got an argument it cannot use; the message says what to pass."""
 
