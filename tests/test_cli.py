@@ -540,7 +540,19 @@ def test_port_in_use_is_one_line_and_status_2(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         line = assert_usage_error(intentra("serve", "--bind", f"127.0.0.1:{port}", "--key",
                                            _good_key(tmp_path), cwd=tmp_path, timeout=15))
-    assert str(port) in line, line
+    assert f"cannot bind UDP 127.0.0.1:{port}:" in line, line
+    assert "metrics" not in line, line
+
+
+def test_metrics_port_in_use_names_the_metrics_address(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = assert_usage_error(intentra("serve", "--bind", "127.0.0.1:0", "--key",
+                                           _good_key(tmp_path), "--metrics",
+                                           f"127.0.0.1:{port}", cwd=tmp_path, timeout=15))
+    assert f"cannot bind metrics HTTP 127.0.0.1:{port}:" in line, line
 
 
 def test_world_readable_key_loads_with_one_warning(tmp_path: Path) -> None:

@@ -204,8 +204,9 @@ async def _serve(args: argparse.Namespace) -> int:
         transport = await Transport.bind(args.bind, key, allowed, metrics_address=metrics,
                                          sink=args.sink, **extra)
     except OSError as exc:
-        raise UsageError(f"cannot bind {args.bind[0]}:{args.bind[1]} or the metrics address: "
-                         f"{exc.strerror or exc}") from None
+        where = exc.filename or _shown(*args.bind)
+        raise UsageError(f"cannot bind {where}: {exc.strerror or exc}; choose another "
+                         "address or stop what uses it") from None
     # Handlers before the announcement: a supervisor may signal as soon as it reads it.
     stop = _stop_on_signals()
     shown = _shown(*transport.local_address)

@@ -427,8 +427,9 @@ class Transport:
                 on one port (see :mod:`intentra.workers`).
 
         Raises:
-            OSError: the address cannot be bound (in use, not local, ...), or
-                ``datapath="gso"`` and the socket refuses GSO or GRO.
+            OSError: the address cannot be bound (in use, not local, ...;
+                ``filename`` names which: ``"UDP host:port"`` or ``"metrics HTTP
+                host:port"``), or ``datapath="gso"`` and the socket refuses GSO or GRO.
             ValueError: the address or the datapath is malformed.
         """
         if not isinstance(key, PrivateKey):
@@ -447,7 +448,11 @@ class Transport:
                 for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                     with contextlib.suppress(OSError):
                         sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
-                sock.bind((host, port))
+                try:
+                    sock.bind((host, port))
+                except OSError as exc:  # say which address: there may be two (metrics)
+                    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                    raise OSError(exc.errno, exc.strerror, f"UDP {shown}") from exc
             path = Datapath(sock, mode)
         except BaseException:
             sock.close()
@@ -463,6 +468,10 @@ class Transport:
             mhost, mport = parse_address(metrics_address)
             try:
                 transport._metrics_server = serve_http(transport.registry, mhost, mport)
+            except OSError as exc:
+                await transport.close()
+                shown = f"[{mhost}]:{mport}" if ":" in mhost else f"{mhost}:{mport}"
+                raise OSError(exc.errno, exc.strerror, f"metrics HTTP {shown}") from exc
             except BaseException:
                 await transport.close()
                 raise
