@@ -1052,3 +1052,24 @@ def test_api_misuse_says_what_to_pass_and_changes_nothing() -> None:
             assert cpeer.close_reason is CloseReason.NORMAL
 
     run(scenario())
+
+
+def test_peer_events_iterates_and_ends_cleanly_on_close() -> None:
+    async def scenario() -> None:
+        async with transports() as made:
+            server, client, cpeer, _ = await pair(made)
+            seen: list[tuple[str, PublicKey]] = []
+
+            async def watch() -> None:
+                async for event in server.peer_events():
+                    seen.append((event.kind, event.peer.public_key))
+
+            watcher = asyncio.create_task(watch())
+            await step(cpeer.close())
+            await wait_until(lambda: len(seen) >= 2, what="connected and closed events")
+            assert seen == [("connected", client.public_key), ("closed", client.public_key)]
+            await step(server.close())
+            await step(watcher)  # ends without an exception once the transport is closed
+            assert watcher.result() is None
+
+    run(scenario())

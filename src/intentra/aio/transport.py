@@ -629,6 +629,15 @@ class Transport:
                     fut.cancel()
         return self._peer_events.popleft()
 
+    async def peer_events(self) -> AsyncIterator[PeerEvent]:
+        """``async for event in t.peer_events()``: every :class:`PeerEvent`, ending
+        cleanly when the transport closes (as ``async for msg in t`` does)."""
+        while True:
+            try:
+                yield await self.peer_event()
+            except TransportClosedError:
+                return
+
     def peer_event_nowait(self) -> PeerEvent | None:
         return self._peer_events.popleft() if self._peer_events else None
 
