@@ -343,6 +343,38 @@ def test_send_pins_the_server_key_given_known_or_trusted_on_first_use(
     assert not elsewhere.exists()
 
 
+def test_send_wait_zero_and_a_session_closed_while_waiting(tmp_path: Path,
+                                                          serve: ServeFactory) -> None:
+    server_key = tmp_path / "server.key"
+    keygen(server_key)
+    server = serve("--bind", "127.0.0.1:0", "--key", str(server_key), "--echo")
+    # --wait 0: send and leave at once (no replies awaited).
+    quick = intentra("send", "--to", server.address, "--server-key", server.public_key,
+                     "--wait", "0", "bye", cwd=tmp_path)
+    assert quick.returncode == 0, quick.stderr
+    line = assert_usage_error(intentra("send", "--to", server.address, "--wait", "-1", "x",
+                                       cwd=tmp_path))
+    assert "--wait" in line, line
+
+    # The server goes away (CLOSE NORMAL) while send waits for replies: send says so.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "intentra", "send", "--to", server.address, "--server-key",
+         server.public_key, "--wait", "20", "hello"], cwd=tmp_path,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "hello\n"  # the session is up, send is waiting
+        assert server.interrupt() == 0
+        _out, err = proc.communicate(timeout=10)  # well before --wait 20 runs out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0, err
+    assert "Traceback" not in err, err
+    assert "the server closed the session (NORMAL)" in err, err
+
+
 def test_hub_fans_out_to_other_peers_only(tmp_path: Path, serve: ServeFactory) -> None:
     hub_key = tmp_path / "hub.key"
     keygen(hub_key)

@@ -127,6 +127,16 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
     return parse
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -470,15 +480,31 @@ async def _send(args: argparse.Namespace) -> int:
     bind = "[::]:0" if ":" in host else "0.0.0.0:0"
     async with await Transport.bind(bind, key) as transport:
         peer = await _connect(transport, args)
-        printer = asyncio.create_task(_print_replies(transport))
+        closed = asyncio.Event()
+
+        async def watch() -> None:
+            async for event in transport.peer_events():
+                if event.peer is peer and event.kind == "closed":
+                    closed.set()
+                    return
+
+        tasks = [asyncio.create_task(_print_replies(transport)), asyncio.create_task(watch())]
         try:
             async for data in _messages(args):  # each line leaves as soon as it is read
                 await peer.send(data, args.intent, args.priority)
-            await asyncio.sleep(args.wait)
+            if args.wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closed.wait(), args.wait)
+            await asyncio.sleep(0)  # replies that arrived with the CLOSE are printed first
         finally:
-            printer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await printer
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if peer.closed:
+            who = "the server" if peer.closed_by_peer else "this side"
+            reason = peer.close_reason.name if peer.close_reason is not None else "?"
+            raise IntentraError(f"{who} closed the session ({reason}) while send waited "
+                                "for replies; replies after that were lost")
         await peer.close()
     return 0
 
@@ -623,8 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intent", type=_intent, default=Intent.RELIABLE,
                    help="reliable (default) or realtime")
     p.add_argument("--priority", type=_priority, default=0, help="0..7 (default 0)")
-    p.add_argument("--wait", type=_positive(float), default=1.0,
-                   help="seconds to print replies after sending (default 1)")
+    p.add_argument("--wait", type=_non_negative, default=1.0, metavar="S",
+                   help="seconds to print replies after sending (default 1; 0: do not wait)")
     p.add_argument("message", nargs="*", help="messages to send (default: lines of stdin)")
     p.set_defaults(func=cmd_send)
 
