@@ -597,3 +597,17 @@ def test_world_readable_key_loads_with_one_warning(tmp_path: Path) -> None:
     warning = result.stderr.splitlines()
     assert len(warning) == 1 and warning[0].startswith("intentra: warning:"), result.stderr
     assert "chmod 600" in warning[0]
+
+
+def test_bench_plot_without_matplotlib_is_an_error_up_front(tmp_path: Path) -> None:
+    """A real interpreter where ``import matplotlib`` fails, as on an install without it."""
+    hide = tmp_path / "hide"
+    (hide / "matplotlib").mkdir(parents=True)
+    (hide / "matplotlib" / "__init__.py").write_text(
+        "raise ImportError('No module named matplotlib')\n", encoding="ascii")
+    env = {"PYTHONPATH": os.pathsep.join([str(hide), *sys.path[1:]])}
+    result = intentra("bench", "latency", "--quick", "--no-baselines", "--plot",
+                      str(tmp_path / "x.png"), cwd=tmp_path, env=env, timeout=15)
+    line = assert_usage_error(result)
+    assert "pip install 'intentra[bench]'" in line, line
+    assert not (tmp_path / "x.png").exists()

@@ -583,6 +583,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     chosen["scenarios"] = args.scenarios or SCENARIOS
     chosen["workers"] = args.workers
     chosen["baselines"] = () if args.no_baselines else ("raw", "quic")
+    if args.plot:  # before a run of minutes, not after it
+        try:
+            import matplotlib  # noqa: PLC0415, F401 - optional extra
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'intentra[bench]' "
+                             "(or leave out --plot)") from None
     options = Options.quick(**chosen) if args.quick else Options(**chosen)
     try:
         report = run(options)
@@ -593,11 +599,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write_json(report, args.json)
         print(f"wrote {args.json}")
     if args.plot:
-        if plot(report, args.plot):
-            print(f"wrote {args.plot}")
-        else:
-            print("no plot: matplotlib is not installed (pip install 'intentra[bench]')",
-                  file=sys.stderr)
+        if not plot(report, args.plot):
+            raise UsageError("--plot needs matplotlib: pip install 'intentra[bench]'")
+        print(f"wrote {args.plot}")
     return 0
 
 
