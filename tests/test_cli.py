@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -500,6 +501,16 @@ def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path, serve: ServeFac
     match = re.search(r"^intentra_packets_received_total (\S+)$", body, re.MULTILINE)
     assert match is not None, body
     assert float(match.group(1)) > 0
+    # Only /metrics: any other path is 404, not the metrics again.
+    base = url.removesuffix("/metrics")
+    for path in ("/", "/favicon.ico", "/metrics/x", "/metricsx"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + path, timeout=5)
+        assert info.value.code == 404, path
+        assert b"intentra_" not in info.value.read(), path
+        info.value.close()
+    with urllib.request.urlopen(url + "?name[]=x", timeout=5) as response:
+        assert response.status == 200
     assert server.interrupt() == 0
 
 
