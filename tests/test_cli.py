@@ -473,6 +473,26 @@ def test_proxy_injects_faults_between_send_and_serve(tmp_path: Path,
                           *words, cwd=tmp_path, timeout=60)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == words
+        # The summary: all 30 acknowledged, some retransmitted (the loss was real).
+        summary = re.search(r"^intentra send: 30 reliable messages: 30 sent, 30 acknowledged, "
+                            r"0 not acknowledged at close, ([1-9]\d*) retransmissions$",
+                            result.stderr, re.MULTILINE)
+        assert summary, result.stderr
+
+        # REALTIME from stdin: whatever comes back, send accounts for all 200.
+        lines = "".join(f"{i}\n" for i in range(1, 201))
+        result = intentra("send", "--to", address, "--server-key", server_pub, "--wait", "2",
+                          "--intent", "realtime", cwd=tmp_path, stdin=lines, timeout=60)
+        assert result.returncode == 0, result.stderr
+        # Lines read together share datagrams: all or none of a batch may come back.
+        assert len(result.stdout.splitlines()) <= 200
+        summary = re.search(r"^intentra send: 200 realtime messages: (\d+) sent, (\d+) dropped "
+                            r"\((\d+) past their deadline in the send queue, (\d+) on a full "
+                            r"send queue\); realtime messages are never acknowledged",
+                            result.stderr, re.MULTILINE)
+        assert summary, result.stderr
+        sent, dropped, late, full = (int(g) for g in summary.groups())
+        assert sent + dropped == 200 and late + full == dropped, summary.group(0)
         assert proxy.interrupt() == 0, proxy.stderr_lines
         report = "\n".join(proxy.stdout_lines)
         assert re.search(r"dropped\s+[1-9]", report), report  # the faults really happened

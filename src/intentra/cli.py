@@ -489,9 +489,11 @@ async def _send(args: argparse.Namespace) -> int:
                     return
 
         tasks = [asyncio.create_task(_print_replies(transport)), asyncio.create_task(watch())]
+        queued = 0
         try:
             async for data in _messages(args):  # each line leaves as soon as it is read
                 await peer.send(data, args.intent, args.priority)
+                queued += 1
             if args.wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(closed.wait(), args.wait)
@@ -501,12 +503,34 @@ async def _send(args: argparse.Namespace) -> int:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         if peer.closed:
+            _summary(transport, args.intent, queued, None)
             who = "the server" if peer.closed_by_peer else "this side"
             reason = peer.close_reason.name if peer.close_reason is not None else "?"
             raise IntentraError(f"{who} closed the session ({reason}) while send waited "
                                 "for replies; replies after that were lost")
-        await peer.close()
+        left = await peer.close()
+        _summary(transport, args.intent, queued, left)
     return 0
+
+
+def _summary(transport: Transport, intent: Intent, queued: int, unacked: int | None) -> None:
+    """What happened to the messages, on stderr, from the endpoint's own counters."""
+    stats = transport.endpoint.stats
+    name = intent.name.lower()
+    if intent is Intent.RELIABLE:
+        sent = stats.messages_sent_reliable
+        acked = "acknowledged: unknown (the session closed)" if unacked is None else \
+            f"{queued - unacked} acknowledged, {unacked} not acknowledged at close"
+        text = (f"{queued} {name} messages: {sent} sent, {acked}, "
+                f"{stats.retransmissions} retransmissions")
+    else:
+        sent = stats.messages_sent_realtime
+        late, full = stats.messages_dropped_deadline, stats.messages_dropped_queue_full
+        text = (f"{queued} {name} messages: {sent} sent, {late + full} dropped "
+                f"({late} past their deadline in the send queue, {full} on a full send "
+                "queue); realtime messages are never acknowledged, so losses on the way "
+                "are not counted")
+    print(f"intentra send: {text}", file=sys.stderr, flush=True)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
