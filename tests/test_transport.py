@@ -50,7 +50,7 @@ TEST_TIMEOUT = 25.0
 """Timeout of a whole test body, seconds."""
 LOCAL = "127.0.0.1:0"
 
-SPEC_METRICS = (  # SPEC section 9
+PROTOCOL_METRICS = (  # docs/protocol.md section 11
     "intentra_packets_received_total",
     "intentra_packets_sent_total",
     "intentra_packets_dropped_malformed_total",
@@ -720,7 +720,7 @@ def test_allow_list_at_the_responder_drops_unknown_initiators() -> None:
             stranger = await bind(made, config=EndpointConfig(handshake_timeout=0.5))
             started = time.monotonic()
             # Noise XX: the initiator proves its key only in the last message, so it
-            # may count itself established (SPEC 5 step 4) before the responder drops
+            # may count itself established (protocol.md section 7 step 4) before the responder drops
             # it; then the session must die unconfirmed within the handshake timeout.
             try:
                 peer: Peer | None = await step(
@@ -842,7 +842,7 @@ def test_metrics_text_has_every_spec_name_and_counts_traffic() -> None:
         async with transports() as made:
             server, client, cpeer, _speer = await pair(made)
             names = sample_names(server.metrics_text())
-            missing = [n for n in SPEC_METRICS if n not in names]
+            missing = [n for n in PROTOCOL_METRICS if n not in names]
             assert not missing, f"metrics missing: {missing}"
 
             for i in range(5):
@@ -917,7 +917,7 @@ def test_metrics_http_endpoint() -> None:
             status, text = await step(asyncio.to_thread(_fetch, url))
             assert status == 200
             names = sample_names(text)
-            missing = [n for n in SPEC_METRICS if n not in names]
+            missing = [n for n in PROTOCOL_METRICS if n not in names]
             assert not missing, f"metrics missing over HTTP: {missing}"
             assert metric(metric_samples(text), "intentra_connections_active") == 1
 

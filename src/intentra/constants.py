@@ -1,4 +1,4 @@
-"""Wire constants of SPEC section 2 and 3 that are not tunable.
+"""Wire constants of docs/protocol.md section 2 and 3 that are not tunable.
 
 Tunable defaults (timeouts, limits, windows) live in :mod:`intentra.config`;
 this module holds only what is fixed by the wire format.
@@ -27,7 +27,7 @@ RSEQ_MOD: Final = 1 << 32
 
 
 class PacketType(enum.IntEnum):
-    """The header's type field (SPEC section 3)."""
+    """The header's type field (docs/protocol.md section 3)."""
 
     DATA = 0
     ACK = 1
@@ -36,7 +36,7 @@ class PacketType(enum.IntEnum):
 
 
 class Intent(enum.IntEnum):
-    """Delivery intent of a message (SPEC section 1)."""
+    """Delivery intent of a message (docs/protocol.md section 1)."""
 
     RELIABLE = 0
     """Delivered once, in order, retransmitted until acknowledged."""
@@ -45,7 +45,7 @@ class Intent(enum.IntEnum):
 
 
 class HsKind(enum.IntEnum):
-    """The first byte of an HS body (SPEC section 5)."""
+    """The first byte of an HS body (docs/protocol.md section 7)."""
 
     HELLO = 1
     COOKIE = 2
@@ -53,7 +53,7 @@ class HsKind(enum.IntEnum):
     FINISH = 4
 
 
-#: HS body length for each kind (SPEC section 5 table).
+#: HS body length for each kind (docs/protocol.md section 7 table).
 HS_BODY_LEN: Final = {
     HsKind.HELLO: 112,
     HsKind.COOKIE: 21,
@@ -67,7 +67,7 @@ NOISE_MSG3_LEN: Final = 64
 
 
 class CloseReason(enum.IntEnum):
-    """The reason byte of CLOSE (SPEC section 4)."""
+    """The reason byte of CLOSE (docs/protocol.md section 5)."""
 
     NORMAL = 0
     PROTOCOL_VIOLATION = 1

@@ -1,4 +1,4 @@
-"""X25519 key pairs and their files (SPEC section 7).
+"""X25519 key pairs and their files (docs/protocol.md section 9).
 
 A key file holds the base64 of the 32 raw key bytes and a newline. Private key
 files are created with mode 0600 and never overwritten. Keys compare in constant

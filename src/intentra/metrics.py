@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC section 9), read from the core's plain counters.
+"""Prometheus metrics (docs/protocol.md section 11), read from the core's plain counters.
 
 One registry per Transport; nothing is counted through prometheus_client on
 the hot path: the collector reads :class:`intentra.core.stats.Stats` when

@@ -406,7 +406,7 @@ class Transport:
             key: this endpoint's private key.
             allowed_peers: public keys allowed to establish sessions (both roles);
                 None allows any key.
-            config: protocol tunables (SPEC section 2 defaults).
+            config: protocol tunables (docs/protocol.md section 2 defaults).
             metrics_address: serve Prometheus ``/metrics`` over HTTP there.
             cookie_master: 32 bytes shared by endpoints on one port (workers).
             reuse_port: set SO_REUSEPORT (several processes on one port).
@@ -518,7 +518,7 @@ class Transport:
         return self._closed
 
     def metrics_text(self) -> str:
-        """Every metric of SPEC section 9 in Prometheus text format."""
+        """Every metric of docs/protocol.md section 11 in Prometheus text format."""
         return render(self.registry)
 
     def _extra_metrics(self) -> dict[str, tuple[str, int]]:
