@@ -1073,3 +1073,24 @@ def test_peer_events_iterates_and_ends_cleanly_on_close() -> None:
             assert watcher.result() is None
 
     run(scenario())
+
+
+def test_intents_and_close_reasons_print_as_names_and_stay_ints() -> None:
+    assert str(Intent.RELIABLE) == "RELIABLE" and f"{Intent.REALTIME}" == "REALTIME"
+    assert f"{CloseReason.TIMEOUT:>9}" == "  TIMEOUT"
+    assert str(CloseReason.NORMAL) == "NORMAL"
+    assert f"{Intent.REALTIME:d}" == "1" and f"{CloseReason.REPLACED:02x}" == "04"
+    assert int(Intent.REALTIME) == 1 and Intent.REALTIME in {0, 1} and int(CloseReason.TIMEOUT) == 2
+    assert Intent(0) is Intent.RELIABLE and Intent.RELIABLE + 1 == 1
+    assert repr(Intent.RELIABLE) == "<Intent.RELIABLE: 0>"
+
+    async def scenario() -> None:
+        async with transports() as made:
+            server, _client, cpeer, _ = await pair(made)
+            await step(cpeer.send(b"pose", intent=Intent.RELIABLE, priority=3))
+            msg = (await receive_n(server, 1))[0]
+            # What the README's quick start prints: names, not "0".
+            assert f"{msg.data!r} {msg.intent} {msg.priority}" == "b'pose' RELIABLE 3"
+            assert "intent=<Intent.RELIABLE: 0>" in repr(msg)
+
+    run(scenario())

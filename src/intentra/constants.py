@@ -26,6 +26,25 @@ CLOSE_PAYLOAD_LEN: Final = 1
 RSEQ_MOD: Final = 1 << 32
 
 
+_NUMERIC_FORMATS: Final = frozenset("bcdoxXneEfFgG%")
+
+
+class _NamedIntEnum(enum.IntEnum):
+    """An IntEnum that prints as its name (``print(msg.intent)`` shows ``RELIABLE``).
+
+    It is still an int everywhere else: comparisons, arithmetic, ``int()``, and
+    numeric format specs (``f"{intent:d}"`` is ``0``).
+    """
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        if spec and spec[-1] in _NUMERIC_FORMATS:
+            return int.__format__(int(self), spec)
+        return format(self.name, spec)
+
+
 class PacketType(enum.IntEnum):
     """The header's type field (docs/protocol.md section 3)."""
 
@@ -35,7 +54,7 @@ class PacketType(enum.IntEnum):
     CLOSE = 3
 
 
-class Intent(enum.IntEnum):
+class Intent(_NamedIntEnum):
     """Delivery intent of a message (docs/protocol.md section 1)."""
 
     RELIABLE = 0
@@ -66,7 +85,7 @@ NOISE_MSG2_LEN: Final = 96
 NOISE_MSG3_LEN: Final = 64
 
 
-class CloseReason(enum.IntEnum):
+class CloseReason(_NamedIntEnum):
     """The reason byte of CLOSE (docs/protocol.md section 5)."""
 
     NORMAL = 0
