@@ -548,6 +548,11 @@ def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     assert re.search(r"p50 \d+\.\d+ ms", out), out
     assert re.search(r"p99 \d+\.\d+ ms", out), out
     assert "hub exit status after SIGINT: 0" in out
+    assert "nan" not in out, out  # the first progress line has no latency yet
+    assert re.search(r"^\[\s*0\.\d/1 s\] .* p99 (\d+\.\d+ ms|- \(nothing yet\))$", out,
+                     re.MULTILINE), out
+    assert "the hub sends each update to the other 4 peers, so delivered is about 4 x sent; " \
+        "good: reliable 100.00%" in out, out
 
 
 # ------------------------------------------------------------------ bad input
