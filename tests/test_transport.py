@@ -38,6 +38,7 @@ from intentra import (
     PeerClosedError,
     PrivateKey,
     PublicKey,
+    ReceiveTimeoutError,
     Transport,
     TransportClosedError,
 )
@@ -1092,5 +1093,44 @@ def test_intents_and_close_reasons_print_as_names_and_stay_ints() -> None:
             # What the README's quick start prints: names, not "0".
             assert f"{msg.data!r} {msg.intent} {msg.priority}" == "b'pose' RELIABLE 3"
             assert "intent=<Intent.RELIABLE: 0>" in repr(msg)
+
+    run(scenario())
+
+
+def test_bind_is_an_async_context_manager_and_receive_takes_a_timeout() -> None:
+    async def scenario() -> None:
+        key = PrivateKey.generate()
+        async with Transport.bind(LOCAL, key) as server, \
+                Transport.bind(LOCAL, PrivateKey.generate()) as client:
+            assert isinstance(server, Transport) and not server.closed
+            peer = await step(client.connect(server.local_address, key.public_key))
+            with pytest.raises(ReceiveTimeoutError, match=r"no message within 0\.05 s") as info:
+                await server.receive(timeout=0.05)
+            assert isinstance(info.value, TimeoutError)
+            assert isinstance(info.value, IntentraError)
+            with pytest.raises(TimeoutError):
+                await server.receive(timeout=0)
+            await peer.send(b"in time")
+            msg = await server.receive(timeout=STEP)
+            assert msg.data == b"in time"
+            peer.send_nowait(b"queued", Intent.REALTIME)
+            await wait_until(lambda: server.receive_nowait() is not None,
+                             what="the REALTIME message")
+            with pytest.raises(InvalidArgumentError, match="timeout"):
+                await server.receive(timeout=-1)
+        assert server.closed and client.closed  # closed on leaving the block
+
+        # The await form still works, and so does await inside async with.
+        t = await Transport.bind(LOCAL, PrivateKey.generate())
+        assert isinstance(t, Transport)
+        await t.close()
+        async with await Transport.bind(LOCAL, PrivateKey.generate()) as t2:
+            assert not t2.closed
+            # A closed transport ends a waiting receive(timeout) with TransportClosedError.
+            waiter = asyncio.create_task(t2.receive(timeout=STEP))
+            await asyncio.sleep(0.01)
+            await t2.close()
+            with pytest.raises(TransportClosedError):
+                await step(waiter)
 
     run(scenario())

@@ -19,6 +19,7 @@ from intentra.errors import (
     KeyFormatError,
     MessageTooLargeError,
     PeerClosedError,
+    ReceiveTimeoutError,
     SendQueueFullError,
     TransportClosedError,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "PeerEvent",
     "PrivateKey",
     "PublicKey",
+    "ReceiveTimeoutError",
     "SendQueueFullError",
     "Transport",
     "TransportClosedError",

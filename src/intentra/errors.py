@@ -35,6 +35,10 @@ class HandshakeTimeoutError(IntentraError, TimeoutError):
     """The handshake did not complete within the handshake timeout."""
 
 
+class ReceiveTimeoutError(IntentraError, TimeoutError):
+    """Nothing arrived within the ``timeout`` given to ``receive``."""
+
+
 class AuthenticationError(IntentraError):
     """The peer's static key is not the pinned one or not on the allow-list."""
 

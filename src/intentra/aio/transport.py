@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, Self, TypeVar
 
@@ -34,6 +34,7 @@ from intentra.errors import (
     IntentraError,
     InvalidArgumentError,
     PeerClosedError,
+    ReceiveTimeoutError,
     SendQueueFullError,
     TransportClosedError,
 )
@@ -354,6 +355,28 @@ class Peer:
                 f"{'closed' if self.closed else 'open'})")
 
 
+class Binding:
+    """What :meth:`Transport.bind` returns: await it for the Transport, or use it
+    in ``async with`` to have the Transport closed on exit (as ``websockets.connect``)."""
+
+    __slots__ = ("_coro", "_transport")
+
+    def __init__(self, coro: Coroutine[Any, Any, Transport]) -> None:
+        self._coro = coro
+        self._transport: Transport | None = None
+
+    def __await__(self) -> Generator[Any, None, Transport]:
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> Transport:
+        self._transport = await self._coro
+        return self._transport
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._transport is not None:
+            await self._transport.close()
+
+
 class Transport:
     """One UDP socket, one static key, many peers. Create with :meth:`bind`."""
 
@@ -391,15 +414,37 @@ class Transport:
     # ---------------------------------------------------------------- creation
 
     @classmethod
-    async def bind(cls, address: str | tuple[str, int], key: PrivateKey,
-                   allowed_peers: Iterable[PublicKey] | None = None, *,
-                   config: EndpointConfig | None = None,
-                   metrics_address: str | tuple[str, int] | None = None,
-                   cookie_master: bytes | None = None, reuse_port: bool = False,
-                   receive_queue_size: int = 65536, datapath: str | None = None,
-                   sink: bool = False, sock: socket.socket | None = None,
-                   conn_id_class: tuple[int, int] = (0, 1)) -> Transport:
+    def bind(cls, address: str | tuple[str, int], key: PrivateKey,
+             allowed_peers: Iterable[PublicKey] | None = None, *,
+             config: EndpointConfig | None = None,
+             metrics_address: str | tuple[str, int] | None = None,
+             cookie_master: bytes | None = None, reuse_port: bool = False,
+             receive_queue_size: int = 65536, datapath: str | None = None,
+             sink: bool = False, sock: socket.socket | None = None,
+             conn_id_class: tuple[int, int] = (0, 1)) -> Binding:
         """Bind a UDP socket and start serving.
+
+        Use either ``t = await Transport.bind(...)`` (close it yourself) or
+        ``async with Transport.bind(...) as t:`` (closed on exit); ``async with
+        await Transport.bind(...)`` works too. The arguments are those of
+        :meth:`_bind` below.
+        """
+        return Binding(cls._bind(
+            address, key, allowed_peers, config=config, metrics_address=metrics_address,
+            cookie_master=cookie_master, reuse_port=reuse_port,
+            receive_queue_size=receive_queue_size, datapath=datapath, sink=sink, sock=sock,
+            conn_id_class=conn_id_class))
+
+    @classmethod
+    async def _bind(cls, address: str | tuple[str, int], key: PrivateKey,
+                    allowed_peers: Iterable[PublicKey] | None = None, *,
+                    config: EndpointConfig | None = None,
+                    metrics_address: str | tuple[str, int] | None = None,
+                    cookie_master: bytes | None = None, reuse_port: bool = False,
+                    receive_queue_size: int = 65536, datapath: str | None = None,
+                    sink: bool = False, sock: socket.socket | None = None,
+                    conn_id_class: tuple[int, int] = (0, 1)) -> Transport:
+        """Bind a UDP socket and start serving (what :meth:`bind` awaits).
 
         Args:
             address: ``"host:port"`` (``"[::1]:0"`` for IPv6; port 0 picks one).
@@ -648,12 +693,19 @@ class Transport:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def receive(self) -> Message:
+    async def receive(self, timeout: float | None = None) -> Message:
         """The next delivered message, from any peer.
+
+        Args:
+            timeout: seconds to wait at most (None: no limit; 0: only what is
+                already queued).
 
         Raises:
             TransportClosedError: the transport was closed.
+            ReceiveTimeoutError: nothing within ``timeout`` (a ``TimeoutError``).
         """
+        if timeout is not None:
+            return await self._receive_within(timeout)
         while not self._queue:
             self._check_open()
             fut = self._loop.create_future()
@@ -664,6 +716,16 @@ class Transport:
                 if not fut.done():
                     fut.cancel()
         return self._queue.popleft()
+
+    async def _receive_within(self, timeout: float) -> Message:
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
+            raise InvalidArgumentError(f"timeout is a number of seconds >= 0 (or None: no "
+                                       f"limit), got {timeout!r}")
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.receive()
+        except TimeoutError:
+            raise ReceiveTimeoutError(f"no message within {timeout:g} s") from None
 
     def receive_nowait(self) -> Message | None:
         """A delivered message if one is waiting, else None."""
@@ -1010,4 +1072,5 @@ class Transport:
             self._peers.pop(peer.conn_id, None)
 
 
-__all__ = ["IntentraError", "Message", "Peer", "PeerEvent", "Transport", "parse_address"]
+__all__ = ["Binding", "IntentraError", "Message", "Peer", "PeerEvent", "Transport",
+           "parse_address"]
