@@ -35,7 +35,11 @@ class HandshakeTimeoutError(IntentraError, TimeoutError):
     """The handshake did not complete within the handshake timeout."""
 
 
-class ReceiveTimeoutError(IntentraError, TimeoutError):
+class OperationTimeoutError(IntentraError, TimeoutError):
+    """A call given a ``timeout`` did not finish within it (``intentra.sync``)."""
+
+
+class ReceiveTimeoutError(OperationTimeoutError):
     """Nothing arrived within the ``timeout`` given to ``receive``."""
 
 
