@@ -21,14 +21,13 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from intentra.aio.transport import Message, Peer, Transport, parse_address
+from intentra.aio.transport import Peer, Transport, parse_address
 from intentra.constants import Intent
 from intentra.errors import (
     AuthenticationError,
     IntentraError,
     KeyFileError,
     KeyFormatError,
-    SendQueueFullError,
     TransportClosedError,
 )
 from intentra.keys import PrivateKey, PublicKey
@@ -225,10 +224,12 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"intentra serving on {shown}", flush=True)
         print(f"public key: {key.public_key.to_base64()}", flush=True)
         print(f"mode: {_mode(args)}", flush=True)
+        if args.envelope:
+            print("relayed messages carry an origin envelope (intentra.envelope.unwrap)",
+                  flush=True)
     if transport._metrics_server is not None:
         mport = transport._metrics_server.server_port
         _say(f"{prefix}metrics: http://{parse_address(args.metrics)[0]}:{mport}/metrics")
-    dropped = 0
     if args.sink:
         await stop.wait()
         peers = len(transport.peers)
@@ -236,40 +237,28 @@ async def _serve(args: argparse.Namespace) -> int:
         _say(f"{prefix}closed {peers} session(s); messages counted: {transport.sink_messages}")
         return 0
 
-    async def relay() -> None:
-        nonlocal dropped
-        while True:
-            try:
-                msg: Message | None = await transport.receive()
-            except TransportClosedError:
-                return
-            while msg is not None:  # drain without a loop turn per message
-                try:
-                    if args.echo:
-                        msg.peer.send_nowait(msg.data, msg.intent, msg.priority)
-                    else:
-                        transport.broadcast_nowait(msg.data, msg.intent, msg.priority,
-                                                   exclude=msg.peer)
-                except SendQueueFullError:
-                    dropped += 1  # one slow peer must not stall the others
-                except IntentraError:
-                    pass  # the sender's session ended meanwhile
-                msg = transport.receive_nowait()
+    from intentra.hub import RelayStats, relay  # noqa: PLC0415
 
-    task = asyncio.create_task(relay())
+    stats = RelayStats()
+    task = asyncio.create_task(relay(transport, echo=args.echo, envelope=args.envelope,
+                                     stats=stats))
     await stop.wait()
     peers = len(transport.peers)
     await transport.close()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    _say(f"{prefix}closed {peers} session(s); relay drops on full queues: {dropped}")
+    too_large = f"; too large for an envelope: {stats.dropped_too_large}" if args.envelope else ""
+    _say(f"{prefix}closed {peers} session(s); relay drops on full queues: "
+         f"{stats.dropped_queue_full}{too_large}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.echo and args.sink:
         raise UsageError("choose one of --echo and --sink")
+    if args.envelope and args.sink:
+        raise UsageError("--envelope wraps relayed messages; --sink relays nothing")
     if args.workers > 1 and args.worker_fd is None:
         return _supervise(args)
     return _run(_serve(args))
@@ -651,6 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", required=True, metavar="FILE", help="private key file")
     p.add_argument("--allow", metavar="FILE", help="file of allowed public keys, one per line")
     p.add_argument("--echo", action="store_true", help="send each message back to its sender")
+    p.add_argument("--envelope", action="store_true",
+                   help="wrap each relayed message in an origin envelope (1 byte 0xE1, the "
+                        "sender's 32-byte public key, the message) so receivers know who "
+                        "sent it: intentra.envelope.unwrap (docs/protocol.md section 13)")
     p.add_argument("--sink", action="store_true",
                    help="count messages without delivering them (load tests; see the metric "
                         "intentra_sink_messages_total)")

@@ -23,6 +23,10 @@ class InvalidArgumentError(IntentraError, ValueError):
     """An API call got an argument it cannot use; the message says what to pass."""
 
 
+class EnvelopeError(IntentraError, ValueError):
+    """Data is not an origin envelope, or cannot be wrapped in one (intentra.envelope)."""
+
+
 class MessageTooLargeError(IntentraError, ValueError):
     """A message does not fit in one datagram (intentra does not fragment)."""
 
