@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import queue
 import re
@@ -295,6 +296,41 @@ def test_send_sends_each_stdin_line_as_it_comes(tmp_path: Path, serve: ServeFact
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_send_ends_cleanly_when_the_session_closes_while_stdin_is_still_open(
+        tmp_path: Path, serve: ServeFactory) -> None:
+    """The stdin reader thread outlives the event loop: no traceback when it reads on."""
+    server_key = tmp_path / "server.key"
+    keygen(server_key)
+    server = serve("--bind", "127.0.0.1:0", "--key", str(server_key), "--echo")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "intentra", "send", "--to", server.address, "--server-key",
+         server.public_key], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.stdin.write("one\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "one\n"
+        assert server.interrupt() == 0  # CLOSE NORMAL while send waits for more lines
+        proc.stdin.write("two\n")  # send is failing meanwhile: this line must not be sent
+        proc.stdin.flush()
+        status = proc.wait(RUN_TIMEOUT)
+        for late in ("three\n", "four\n"):  # the reader thread reads on after the loop
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.write(late)
+                proc.stdin.flush()
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert status == 2, err
+    assert "Traceback" not in err and "Exception in thread" not in err, err
+    assert err.startswith("intentra: error: ") and "closed by the peer (NORMAL)" in err, err
 
 
 def test_send_pins_the_server_key_given_known_or_trusted_on_first_use(

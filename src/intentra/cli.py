@@ -345,7 +345,10 @@ async def _stdin_lines() -> AsyncIterator[bytes]:
                 chunk = os.read(0, 65536)
             except OSError:
                 chunk = b""
-            loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+            try:
+                loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+            except RuntimeError:  # the loop is closed: send ended before stdin did
+                return
             if not chunk:
                 return
 
