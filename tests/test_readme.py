@@ -69,7 +69,7 @@ def test_shell_quick_start_runs(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert "hello" in lines, result.stdout
     assert any(line.startswith("intentra serving on 127.0.0.1:") for line in lines)
-    assert "intentra send: 1 reliable messages: 1 sent, 1 acknowledged" in result.stderr
+    assert "intentra send: 1 reliable message: 1 sent, 1 acknowledged" in result.stderr
 
 
 def synopsis() -> dict[str, set[str]]:

@@ -509,16 +509,17 @@ def _summary(transport: Transport, intent: Intent, queued: int, unacked: int | N
     """What happened to the messages, on stderr, from the endpoint's own counters."""
     stats = transport.endpoint.stats
     name = intent.name.lower()
+    what = "message" if queued == 1 else "messages"
     if intent is Intent.RELIABLE:
         sent = stats.messages_sent_reliable
         acked = "acknowledged: unknown (the session closed)" if unacked is None else \
             f"{queued - unacked} acknowledged, {unacked} not acknowledged at close"
-        text = (f"{queued} {name} messages: {sent} sent, {acked}, "
+        text = (f"{queued} {name} {what}: {sent} sent, {acked}, "
                 f"{stats.retransmissions} retransmissions")
     else:
         sent = stats.messages_sent_realtime
         late, full = stats.messages_dropped_deadline, stats.messages_dropped_queue_full
-        text = (f"{queued} {name} messages: {sent} sent, {late + full} dropped "
+        text = (f"{queued} {name} {what}: {sent} sent, {late + full} dropped "
                 f"({late} past their deadline in the send queue, {full} on a full send "
                 "queue); realtime messages are never acknowledged, so losses on the way "
                 "are not counted")
