@@ -4,10 +4,10 @@ Drives the sans-I/O core with atheris (libFuzzer for Python): a responder
 holding one established session receives each fuzzed datagram from an
 address the input chooses, at a time that only moves forward. Seeds are real
 datagrams of every kind (HELLO, COOKIE, RESPONSE, FINISH, DATA, ACK, CLOSE).
-For every input it checks what SPEC promises for unauthenticated input:
+For every input it checks what docs/protocol.md promises for unauthenticated input:
 
 - nothing raises;
-- no reply is larger than the datagram that caused it (SPEC section 8);
+- no reply is larger than the datagram that caused it (docs/protocol.md section 10);
 - the session's windows and buffers stay within their bounds.
 
 Usage (atheris is not a project dependency: pip install atheris):

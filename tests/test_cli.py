@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import os
 import queue
 import re
 import signal
@@ -18,6 +20,7 @@ import stat
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,12 +45,18 @@ SERVING = re.compile(r"^intentra serving on (\S+):(\d+)$")
 # ------------------------------------------------------------------ helpers
 
 def intentra(*args: str, cwd: Path, stdin: str | None = None, timeout: float = RUN_TIMEOUT,
-             umask: int = -1) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m intentra ARGS`` to completion."""
+             umask: int = -1, env: dict[str, str] | None = None,
+             ) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m intentra ARGS`` to completion.
+
+    ``send`` without ``--server-key`` records keys in a known-hosts file: the test's
+    own (``cwd/known_hosts``), never the user's, unless ``env`` says otherwise.
+    """
+    environ = {**os.environ, "INTENTRA_KNOWN_HOSTS": str(cwd / "known_hosts"), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "intentra", *args], cwd=cwd, input=stdin,
         stdin=None if stdin is not None else subprocess.DEVNULL, capture_output=True,
-        text=True, timeout=timeout, check=False, umask=umask)
+        text=True, timeout=timeout, check=False, umask=umask, env=environ)
 
 
 def keygen(path: Path) -> str:
@@ -246,7 +255,7 @@ def test_echo_round_trip_then_sigint(tmp_path: Path, serve: ServeFactory) -> Non
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["fast"]
 
-    # Without a key file (a fresh key) and without pinning.
+    # Without a key file (a fresh key) and without pinning (trusted on first use).
     result = intentra("send", "--to", server.address, "--wait", "1", "anon", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["anon"]
@@ -255,6 +264,152 @@ def test_echo_round_trip_then_sigint(tmp_path: Path, serve: ServeFactory) -> Non
     assert any(re.match(r"^closed \d+ session\(s\)", line) for line in server.stdout_lines), \
         server.stdout_lines
     assert not any("Traceback" in line for line in server.stderr_lines), server.stderr_lines
+
+
+def test_send_sends_each_stdin_line_as_it_comes(tmp_path: Path, serve: ServeFactory) -> None:
+    """A line typed (or piped) now leaves now, not when stdin reaches EOF."""
+    server_key = tmp_path / "server.key"
+    keygen(server_key)
+    server = serve("--bind", "127.0.0.1:0", "--key", str(server_key), "--echo")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "intentra", "send", "--to", server.address, "--server-key",
+         server.public_key, "--wait", "0.5"], cwd=tmp_path, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write("first\n")
+        proc.stdin.flush()
+        lines: queue.Queue[str] = queue.Queue()
+
+        def pump() -> None:
+            for line in proc.stdout or ():
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+        # stdin is still open: the echo of the first line must come back anyway.
+        assert lines.get(timeout=START_TIMEOUT) == "first\n"
+        proc.stdin.write("second\n")
+        proc.stdin.close()
+        assert lines.get(timeout=START_TIMEOUT) == "second\n"
+        assert proc.wait(RUN_TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_send_ends_cleanly_when_the_session_closes_while_stdin_is_still_open(
+        tmp_path: Path, serve: ServeFactory) -> None:
+    """The stdin reader thread outlives the event loop: no traceback when it reads on."""
+    server_key = tmp_path / "server.key"
+    keygen(server_key)
+    server = serve("--bind", "127.0.0.1:0", "--key", str(server_key), "--echo")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "intentra", "send", "--to", server.address, "--server-key",
+         server.public_key], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.stdin.write("one\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "one\n"
+        assert server.interrupt() == 0  # CLOSE NORMAL while send waits for more lines
+        proc.stdin.write("two\n")  # send is failing meanwhile: this line must not be sent
+        proc.stdin.flush()
+        status = proc.wait(RUN_TIMEOUT)
+        for late in ("three\n", "four\n"):  # the reader thread reads on after the loop
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.write(late)
+                proc.stdin.flush()
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert status == 2, err
+    assert "Traceback" not in err and "Exception in thread" not in err, err
+    assert err.startswith("intentra: error: ") and "closed by the peer (NORMAL)" in err, err
+
+
+def test_send_pins_the_server_key_given_known_or_trusted_on_first_use(
+        tmp_path: Path, serve: ServeFactory) -> None:
+    server_key = tmp_path / "server.key"
+    keygen(server_key)
+    server = serve("--bind", "127.0.0.1:0", "--key", str(server_key), "--echo")
+    send = ["send", "--to", server.address, "--wait", "0.3"]
+
+    # An empty key pins nothing: refused, and the message says what to pass.
+    line = assert_usage_error(intentra(*send, "--server-key", "", "x", cwd=tmp_path))
+    assert "--server-key is empty" in line and "public key" in line, line
+
+    # No key: trusted on first use, recorded, and said on stderr.
+    known = tmp_path / "known_hosts"
+    first = intentra(*send, "one", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == ["one"]
+    assert "trusting server key " + server.public_key in first.stderr, first.stderr
+    assert str(known) in first.stderr
+    assert known.read_text().splitlines() == [f"{server.address} {server.public_key}"]
+
+    # Next time the recorded key is pinned, silently.
+    again = intentra(*send, "two", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == ["two"]
+    assert "warning" not in again.stderr, again.stderr
+    assert len(known.read_text().splitlines()) == 1
+
+    # A server whose key is not the recorded one is refused, with the way out.
+    other = PrivateKey.generate().public_key.to_base64()
+    changed = tmp_path / "changed_hosts"
+    changed.write_text(f"# comment\n{server.address} {other}\n", encoding="ascii")
+    for how in (["--known-hosts", str(changed)], []):
+        env = {} if how else {"INTENTRA_KNOWN_HOSTS": str(changed)}
+        refused = intentra(*send, *how, "three", cwd=tmp_path, env=env, timeout=20)
+        line = assert_usage_error(refused)
+        assert f"{changed} line 2" in line and "delete that line" in line, line
+        assert "--server-key" in line, line
+
+    # --no-pin: accepted and printed, nothing recorded.
+    elsewhere = tmp_path / "unused_hosts"
+    loose = intentra(*send, "--no-pin", "--known-hosts", str(elsewhere), "four", cwd=tmp_path)
+    assert loose.returncode == 0, loose.stderr
+    assert loose.stdout.splitlines() == ["four"]
+    assert f"accepted server key {server.public_key}" in loose.stderr, loose.stderr
+    assert not elsewhere.exists()
+
+
+def test_send_wait_zero_and_a_session_closed_while_waiting(tmp_path: Path,
+                                                          serve: ServeFactory) -> None:
+    server_key = tmp_path / "server.key"
+    keygen(server_key)
+    server = serve("--bind", "127.0.0.1:0", "--key", str(server_key), "--echo")
+    # --wait 0: send and leave at once (no replies awaited).
+    quick = intentra("send", "--to", server.address, "--server-key", server.public_key,
+                     "--wait", "0", "bye", cwd=tmp_path)
+    assert quick.returncode == 0, quick.stderr
+    line = assert_usage_error(intentra("send", "--to", server.address, "--wait", "-1", "x",
+                                       cwd=tmp_path))
+    assert "--wait" in line, line
+
+    # The server goes away (CLOSE NORMAL) while send waits for replies: send says so.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "intentra", "send", "--to", server.address, "--server-key",
+         server.public_key, "--wait", "20", "hello"], cwd=tmp_path,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "hello\n"  # the session is up, send is waiting
+        assert server.interrupt() == 0
+        _out, err = proc.communicate(timeout=10)  # well before --wait 20 runs out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0, err
+    assert "Traceback" not in err, err
+    assert "the server closed the session (NORMAL)" in err, err
 
 
 def test_hub_fans_out_to_other_peers_only(tmp_path: Path, serve: ServeFactory) -> None:
@@ -354,6 +509,26 @@ def test_proxy_injects_faults_between_send_and_serve(tmp_path: Path,
                           *words, cwd=tmp_path, timeout=60)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == words
+        # The summary: all 30 acknowledged (packed together, they may need no resend).
+        summary = re.search(r"^intentra send: 30 reliable messages: 30 sent, 30 acknowledged, "
+                            r"0 not acknowledged at close, \d+ retransmissions$",
+                            result.stderr, re.MULTILINE)
+        assert summary, result.stderr
+
+        # REALTIME from stdin: whatever comes back, send accounts for all 200.
+        lines = "".join(f"{i}\n" for i in range(1, 201))
+        result = intentra("send", "--to", address, "--server-key", server_pub, "--wait", "2",
+                          "--intent", "realtime", cwd=tmp_path, stdin=lines, timeout=60)
+        assert result.returncode == 0, result.stderr
+        # Lines read together share datagrams: all or none of a batch may come back.
+        assert len(result.stdout.splitlines()) <= 200
+        summary = re.search(r"^intentra send: 200 realtime messages: (\d+) sent, (\d+) dropped "
+                            r"\((\d+) past their deadline in the send queue, (\d+) on a full "
+                            r"send queue\); realtime messages are never acknowledged",
+                            result.stderr, re.MULTILINE)
+        assert summary, result.stderr
+        sent, dropped, late, full = (int(g) for g in summary.groups())
+        assert sent + dropped == 200 and late + full == dropped, summary.group(0)
         assert proxy.interrupt() == 0, proxy.stderr_lines
         report = "\n".join(proxy.stdout_lines)
         assert re.search(r"dropped\s+[1-9]", report), report  # the faults really happened
@@ -382,6 +557,16 @@ def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path, serve: ServeFac
     match = re.search(r"^intentra_packets_received_total (\S+)$", body, re.MULTILINE)
     assert match is not None, body
     assert float(match.group(1)) > 0
+    # Only /metrics: any other path is 404, not the metrics again.
+    base = url.removesuffix("/metrics")
+    for path in ("/", "/favicon.ico", "/metrics/x", "/metricsx"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + path, timeout=5)
+        assert info.value.code == 404, path
+        assert b"intentra_" not in info.value.read(), path
+        info.value.close()
+    with urllib.request.urlopen(url + "?name[]=x", timeout=5) as response:
+        assert response.status == 200
     assert server.interrupt() == 0
 
 
@@ -399,6 +584,11 @@ def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     assert re.search(r"p50 \d+\.\d+ ms", out), out
     assert re.search(r"p99 \d+\.\d+ ms", out), out
     assert "hub exit status after SIGINT: 0" in out
+    assert "nan" not in out, out  # the first progress line has no latency yet
+    assert re.search(r"^\[\s*0\.\d/1 s\] .* p99 (\d+\.\d+ ms|- \(nothing yet\))$", out,
+                     re.MULTILINE), out
+    assert "the hub sends each update to the other 4 peers, so delivered is about 4 x sent; " \
+        "good: reliable 100.00%" in out, out
 
 
 # ------------------------------------------------------------------ bad input
@@ -454,7 +644,19 @@ def test_port_in_use_is_one_line_and_status_2(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         line = assert_usage_error(intentra("serve", "--bind", f"127.0.0.1:{port}", "--key",
                                            _good_key(tmp_path), cwd=tmp_path, timeout=15))
-    assert str(port) in line, line
+    assert f"cannot bind UDP 127.0.0.1:{port}:" in line, line
+    assert "metrics" not in line, line
+
+
+def test_metrics_port_in_use_names_the_metrics_address(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = assert_usage_error(intentra("serve", "--bind", "127.0.0.1:0", "--key",
+                                           _good_key(tmp_path), "--metrics",
+                                           f"127.0.0.1:{port}", cwd=tmp_path, timeout=15))
+    assert f"cannot bind metrics HTTP 127.0.0.1:{port}:" in line, line
 
 
 def test_world_readable_key_loads_with_one_warning(tmp_path: Path) -> None:
@@ -467,3 +669,17 @@ def test_world_readable_key_loads_with_one_warning(tmp_path: Path) -> None:
     warning = result.stderr.splitlines()
     assert len(warning) == 1 and warning[0].startswith("intentra: warning:"), result.stderr
     assert "chmod 600" in warning[0]
+
+
+def test_bench_plot_without_matplotlib_is_an_error_up_front(tmp_path: Path) -> None:
+    """A real interpreter where ``import matplotlib`` fails, as on an install without it."""
+    hide = tmp_path / "hide"
+    (hide / "matplotlib").mkdir(parents=True)
+    (hide / "matplotlib" / "__init__.py").write_text(
+        "raise ImportError('No module named matplotlib')\n", encoding="ascii")
+    env = {"PYTHONPATH": os.pathsep.join([str(hide), *sys.path[1:]])}
+    result = intentra("bench", "latency", "--quick", "--no-baselines", "--plot",
+                      str(tmp_path / "x.png"), cwd=tmp_path, env=env, timeout=15)
+    line = assert_usage_error(result)
+    assert "pip install 'intentra[bench]'" in line, line
+    assert not (tmp_path / "x.png").exists()

@@ -1,4 +1,4 @@
-"""Key pairs and key files (SPEC section 7): intentra.keys.PrivateKey and PublicKey."""
+"""Key pairs and key files (docs/protocol.md section 9): intentra.keys.PrivateKey and PublicKey."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from intentra import KeyFileError, PrivateKey, PublicKey
+from intentra import IntentraError, KeyFileError, KeyFormatError, PrivateKey, PublicKey
 
 # RFC 7748 section 6.1: Alice's X25519 private key and the public key it yields.
 RFC7748_PRIVATE = bytes.fromhex(
@@ -53,9 +53,9 @@ def test_public_key_derivation_matches_rfc7748() -> None:
 
 @pytest.mark.parametrize("raw", [b"", bytes(31), bytes(33)])
 def test_raw_keys_of_wrong_length_are_refused(raw: bytes) -> None:
-    with pytest.raises(KeyFileError):
+    with pytest.raises(KeyFormatError):
         PrivateKey(raw)
-    with pytest.raises(KeyFileError):
+    with pytest.raises(KeyFormatError):
         PublicKey(raw)
 
 
@@ -66,7 +66,7 @@ def test_private_key_save_load_round_trip(tmp_path: Path) -> None:
     key = PrivateKey.generate()
     path = tmp_path / "id.key"
     key.save(path)
-    # SPEC 7: the base64 of the 32 raw bytes and a newline
+    # docs/protocol.md section 9: the base64 of the 32 raw bytes and a newline
     assert path.read_text(encoding="ascii") == _b64(key.to_bytes()) + "\n"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a 0600 file must load without a warning
@@ -211,10 +211,15 @@ def test_private_key_base64_round_trip() -> None:
 
 @pytest.mark.parametrize("text", ["", "abc", "!!!!", _b64(bytes(31)), _b64(bytes(33))])
 def test_from_base64_rejects_bad_text(text: str) -> None:
-    with pytest.raises(KeyFileError):
-        PublicKey.from_base64(text)
-    with pytest.raises(KeyFileError):
-        PrivateKey.from_base64(text)
+    """No file is involved: a key-format error, not KeyFileError."""
+    for kind in (PublicKey, PrivateKey):
+        with pytest.raises(KeyFormatError) as info:
+            kind.from_base64(text)
+        assert not isinstance(info.value, KeyFileError)
+        assert isinstance(info.value, IntentraError)
+        assert "base64" in str(info.value) or "32 bytes" in str(info.value)
+    with pytest.raises(KeyFormatError, match="from_base64"):
+        PublicKey(text.encode())
 
 
 # ------------------------------------------------------------------ equality, hash, repr

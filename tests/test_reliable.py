@@ -1,4 +1,4 @@
-"""SendWindow / ReceiveWindow (SPEC sections 4 and 6): acks, SACK bitmap, fast
+"""SendWindow / ReceiveWindow (docs/protocol.md sections 5 and 8): acks, SACK bitmap, fast
 retransmit, Karn's rule, RFC 1982 serial arithmetic across 2**32, reorder buffer.
 """
 

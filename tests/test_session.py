@@ -1,4 +1,4 @@
-"""Sessions of SPEC sections 4, 6 and 8 over the seeded in-memory link (fake clock)."""
+"""Sessions of docs/protocol.md sections 5, 8 and 10 over the seeded in-memory link (fake clock)."""
 
 from __future__ import annotations
 
@@ -297,7 +297,7 @@ def test_late_packet_of_the_previous_phase_opens_until_the_old_key_expires() -> 
     # Within 3 x RTO: the previous key still opens it.
     link.deliver(held.dropped[1].data, a.addr, b)
     assert b.payloads()[-1] == b"m4"
-    # After it: the previous key is gone (SPEC 4), the packet cannot be opened.
+    # After it: the previous key is gone (docs/protocol.md section 5), the packet cannot be opened.
     link.advance(3 * b.endpoint.sessions[cid_b].rtt.rto + 0.1)
     crypto = b.endpoint.stats.packets_dropped_crypto
     link.deliver(held.dropped[0].data, a.addr, b)
@@ -375,7 +375,7 @@ def test_backed_up_messages_leave_by_priority_fifo_within_a_level() -> None:
 
 
 def test_queued_messages_leave_as_soon_as_an_ack_opens_the_window() -> None:
-    """SPEC 4: a sender flushes what it has queued once per turn; the turn that
+    """docs/protocol.md section 5: a sender flushes what it has queued once per turn; the turn that
     takes the ACK freeing window room must send what waited for it."""
     config = EndpointConfig(max_reliable_in_flight=2)
     link, a, b, cid_a, _ = setup(config=config)
@@ -391,7 +391,7 @@ def test_queued_messages_leave_as_soon_as_an_ack_opens_the_window() -> None:
 
 
 def test_loss_recovery_does_not_inflate_the_rtt_estimate() -> None:
-    """SPEC 6: RFC 6298 over samples from first transmissions only. An ACK that
+    """docs/protocol.md section 8: RFC 6298 over samples from first transmissions only. An ACK that
     moves the cumulative ack only because a retransmission filled the hole says
     nothing about the path; sampling the newest message it covers (which was
     already SACKed, and sampled, long before) inflates the RTO."""
@@ -533,7 +533,7 @@ def is_ack(d: Datagram) -> bool:
 
 @pytest.mark.parametrize("ack_every", [8, 32])
 def test_receiver_acknowledges_at_once_after_ack_every_messages(ack_every: int) -> None:
-    """Not in SPEC (which only bounds the delay): a receiver that has ``ack_every``
+    """Not in protocol.md section 8 (which only bounds the delay): a receiver that has ``ack_every``
     reliable messages unacknowledged sends its ACK in the same turn, so one stream
     is not capped at MAX_RELIABLE_IN_FLIGHT per ACK_DELAY."""
     config = EndpointConfig(ack_every=ack_every, max_datagram=200)

@@ -29,6 +29,8 @@ from intentra import (
     EndpointConfig,
     HandshakeTimeoutError,
     Intent,
+    IntentraError,
+    InvalidArgumentError,
     InvalidMessageError,
     Message,
     MessageTooLargeError,
@@ -36,6 +38,7 @@ from intentra import (
     PeerClosedError,
     PrivateKey,
     PublicKey,
+    ReceiveTimeoutError,
     Transport,
     TransportClosedError,
 )
@@ -48,7 +51,7 @@ TEST_TIMEOUT = 25.0
 """Timeout of a whole test body, seconds."""
 LOCAL = "127.0.0.1:0"
 
-SPEC_METRICS = (  # SPEC section 9
+PROTOCOL_METRICS = (  # docs/protocol.md section 11
     "intentra_packets_received_total",
     "intentra_packets_sent_total",
     "intentra_packets_dropped_malformed_total",
@@ -718,7 +721,7 @@ def test_allow_list_at_the_responder_drops_unknown_initiators() -> None:
             stranger = await bind(made, config=EndpointConfig(handshake_timeout=0.5))
             started = time.monotonic()
             # Noise XX: the initiator proves its key only in the last message, so it
-            # may count itself established (SPEC 5 step 4) before the responder drops
+            # may count itself established (protocol.md section 7 step 4) before the responder drops
             # it; then the session must die unconfirmed within the handshake timeout.
             try:
                 peer: Peer | None = await step(
@@ -840,7 +843,7 @@ def test_metrics_text_has_every_spec_name_and_counts_traffic() -> None:
         async with transports() as made:
             server, client, cpeer, _speer = await pair(made)
             names = sample_names(server.metrics_text())
-            missing = [n for n in SPEC_METRICS if n not in names]
+            missing = [n for n in PROTOCOL_METRICS if n not in names]
             assert not missing, f"metrics missing: {missing}"
 
             for i in range(5):
@@ -915,7 +918,7 @@ def test_metrics_http_endpoint() -> None:
             status, text = await step(asyncio.to_thread(_fetch, url))
             assert status == 200
             names = sample_names(text)
-            missing = [n for n in SPEC_METRICS if n not in names]
+            missing = [n for n in PROTOCOL_METRICS if n not in names]
             assert not missing, f"metrics missing over HTTP: {missing}"
             assert metric(metric_samples(text), "intentra_connections_active") == 1
 
@@ -1002,5 +1005,132 @@ def test_send_many_checks_every_message_before_queueing_any() -> None:
             assert client.unacked_reliable(cpeer) == 0
             await cpeer.send(b"after")
             assert [m.data for m in await receive_n(server, 1)] == [b"after"]
+
+    run(scenario())
+
+
+def test_api_misuse_says_what_to_pass_and_changes_nothing() -> None:
+    """peer.close("done") used to raise TypeError and leave the session half closed."""
+    async def scenario() -> None:
+        async with transports() as made:
+            server, client, cpeer, _ = await pair(made)
+            with pytest.raises(InvalidArgumentError, match=r"CloseReason\.NORMAL") as info:
+                await step(cpeer.close("done"))
+            assert "'done'" in str(info.value) and "'normal'" in str(info.value)
+            assert isinstance(info.value, IntentraError)
+            with pytest.raises(InvalidArgumentError, match="flush_timeout"):
+                await step(cpeer.close(flush_timeout="soon"))  # type: ignore[arg-type]
+            # The session is untouched: it still sends.
+            assert not cpeer.closed
+            await step(cpeer.send(b"still open"))
+            assert [m.data for m in await receive_n(server, 1)] == [b"still open"]
+
+            for bad in ("reliabel", 7, None, 1.0):
+                with pytest.raises(InvalidArgumentError, match=r"Intent\.RELIABLE") as err:
+                    await step(cpeer.send(b"x", intent=bad))  # type: ignore[arg-type]
+                assert "'realtime'" in str(err.value)
+                with pytest.raises(InvalidArgumentError):
+                    cpeer.send_nowait(b"x", bad)  # type: ignore[arg-type]
+                with pytest.raises(InvalidArgumentError):
+                    await step(cpeer.send_many([b"x"], bad))  # type: ignore[arg-type]
+                with pytest.raises(InvalidArgumentError):
+                    server.broadcast_nowait(b"x", bad)  # type: ignore[arg-type]
+                with pytest.raises(InvalidArgumentError):
+                    await step(server.broadcast(b"x", bad))  # type: ignore[arg-type]
+
+            # Names in any case, and values, are accepted wherever an intent is taken.
+            await step(cpeer.send(b"a", intent="reliable"))
+            assert cpeer.send_nowait(b"b", "REALTIME")
+            await step(cpeer.send_many([b"c"], "Reliable"))
+            got = await receive_n(server, 3)
+            assert [(m.data, m.intent) for m in got] == [
+                (b"a", Intent.RELIABLE), (b"b", Intent.REALTIME), (b"c", Intent.RELIABLE)]
+            assert await step(server.broadcast(b"d", "reliable")) == 1
+            assert server.broadcast_nowait(b"e", "realtime") == 1
+            assert {m.data for m in await receive_n(client, 2)} == {b"d", b"e"}
+
+            await step(cpeer.close("Normal"))
+            assert cpeer.close_reason is CloseReason.NORMAL
+
+    run(scenario())
+
+
+def test_peer_events_iterates_and_ends_cleanly_on_close() -> None:
+    async def scenario() -> None:
+        async with transports() as made:
+            server, client, cpeer, _ = await pair(made)
+            seen: list[tuple[str, PublicKey]] = []
+
+            async def watch() -> None:
+                async for event in server.peer_events():
+                    seen.append((event.kind, event.peer.public_key))
+
+            watcher = asyncio.create_task(watch())
+            await step(cpeer.close())
+            await wait_until(lambda: len(seen) >= 2, what="connected and closed events")
+            assert seen == [("connected", client.public_key), ("closed", client.public_key)]
+            await step(server.close())
+            await step(watcher)  # ends without an exception once the transport is closed
+            assert watcher.result() is None
+
+    run(scenario())
+
+
+def test_intents_and_close_reasons_print_as_names_and_stay_ints() -> None:
+    assert str(Intent.RELIABLE) == "RELIABLE" and f"{Intent.REALTIME}" == "REALTIME"
+    assert f"{CloseReason.TIMEOUT:>9}" == "  TIMEOUT"
+    assert str(CloseReason.NORMAL) == "NORMAL"
+    assert f"{Intent.REALTIME:d}" == "1" and f"{CloseReason.REPLACED:02x}" == "04"
+    assert int(Intent.REALTIME) == 1 and Intent.REALTIME in {0, 1} and int(CloseReason.TIMEOUT) == 2
+    assert Intent(0) is Intent.RELIABLE and Intent.RELIABLE + 1 == 1
+    assert repr(Intent.RELIABLE) == "<Intent.RELIABLE: 0>"
+
+    async def scenario() -> None:
+        async with transports() as made:
+            server, _client, cpeer, _ = await pair(made)
+            await step(cpeer.send(b"pose", intent=Intent.RELIABLE, priority=3))
+            msg = (await receive_n(server, 1))[0]
+            # What the README's quick start prints: names, not "0".
+            assert f"{msg.data!r} {msg.intent} {msg.priority}" == "b'pose' RELIABLE 3"
+            assert "intent=<Intent.RELIABLE: 0>" in repr(msg)
+
+    run(scenario())
+
+
+def test_bind_is_an_async_context_manager_and_receive_takes_a_timeout() -> None:
+    async def scenario() -> None:
+        key = PrivateKey.generate()
+        async with Transport.bind(LOCAL, key) as server, \
+                Transport.bind(LOCAL, PrivateKey.generate()) as client:
+            assert isinstance(server, Transport) and not server.closed
+            peer = await step(client.connect(server.local_address, key.public_key))
+            with pytest.raises(ReceiveTimeoutError, match=r"no message within 0\.05 s") as info:
+                await server.receive(timeout=0.05)
+            assert isinstance(info.value, TimeoutError)
+            assert isinstance(info.value, IntentraError)
+            with pytest.raises(TimeoutError):
+                await server.receive(timeout=0)
+            await peer.send(b"in time")
+            msg = await server.receive(timeout=STEP)
+            assert msg.data == b"in time"
+            peer.send_nowait(b"queued", Intent.REALTIME)
+            await wait_until(lambda: server.receive_nowait() is not None,
+                             what="the REALTIME message")
+            with pytest.raises(InvalidArgumentError, match="timeout"):
+                await server.receive(timeout=-1)
+        assert server.closed and client.closed  # closed on leaving the block
+
+        # The await form still works, and so does await inside async with.
+        t = await Transport.bind(LOCAL, PrivateKey.generate())
+        assert isinstance(t, Transport)
+        await t.close()
+        async with await Transport.bind(LOCAL, PrivateKey.generate()) as t2:
+            assert not t2.closed
+            # A closed transport ends a waiting receive(timeout) with TransportClosedError.
+            waiter = asyncio.create_task(t2.receive(timeout=STEP))
+            await asyncio.sleep(0.01)
+            await t2.close()
+            with pytest.raises(TransportClosedError):
+                await step(waiter)
 
     run(scenario())

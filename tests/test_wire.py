@@ -1,4 +1,4 @@
-"""Header and HS body codec (SPEC sections 3 and 5) and packet-number recovery (section 4).
+"""Header and HS body codec (protocol.md sections 3 and 7) and packet-number recovery (section 4).
 
 Expected bytes are never computed with the code under test: golden vectors come from
 tests/vectors/header_vectors.json (worked out by hand, see its ``derivation``), and
@@ -110,7 +110,7 @@ def test_golden_vectors_cover_every_type_and_phase() -> None:
     assert {(DATA, 0), (DATA, 1), (ACK, 0), (ACK, 1), (CLOSE, 0), (CLOSE, 1), (HS, 0)} <= seen
 
 
-# --- (b) rejection rules of SPEC section 3 ---------------------------------------------
+# --- (b) rejection rules of protocol.md section 3 ---------------------------------------------
 
 BASELINES = {
     "data_reliable": {"ptype": DATA, "intent": RELIABLE},
@@ -174,7 +174,7 @@ REJECT_CASES = [
     *(case("close", f"payload{n}", payload_len=n) for n in (0, 2, 8)),
     case("close", "ack1", ack=1),
     case("close", "ack-max", ack=U32 - 1),
-    # conn_id 0 only in HS (SPEC 3: "0 only where 5 says so")
+    # conn_id 0 only in HS (docs/protocol.md section 3: "0 only where 5 says so")
     *(case(b, "conn_id0", conn_id=0) for b in ("data_reliable", "data_realtime", "ack", "close")),
 ]
 
@@ -267,7 +267,7 @@ def test_hs_unpack_from_memoryview(vector: dict[str, Any]) -> None:
 
 
 def hs_ids(kind: int) -> dict[str, int]:
-    """Valid header conn_id and sender_id for each kind (SPEC 5 table)."""
+    """Valid header conn_id and sender_id for each kind (docs/protocol.md section 7 table)."""
     return {HELLO: {"conn_id": 0, "sender_id": 9}, COOKIE: {"conn_id": 9, "sender_id": 0},
             RESPONSE: {"conn_id": 9, "sender_id": 10},
             FINISH: {"conn_id": 10, "sender_id": 9}}[kind]
@@ -295,7 +295,7 @@ WRONG_SIZES = [
 def test_hs_wrong_body_size_rejected(kind: int, size: int) -> None:
     raw = hs_datagram(kind, body_len=size, **hs_ids(kind))
     header = unpack_header(raw)
-    # Section 3 alone does not know kinds; section 5 makes the datagram malformed.
+    # Section 3 alone does not know kinds; section 7 makes the datagram malformed.
     assert header is None or unpack_hs(raw, header) is None
 
 

@@ -14,15 +14,22 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from intentra.aio.transport import Message, Transport, parse_address
+from intentra.aio.transport import Peer, Transport, parse_address
 from intentra.constants import Intent
-from intentra.errors import IntentraError, KeyFileError, SendQueueFullError, TransportClosedError
+from intentra.errors import (
+    AuthenticationError,
+    IntentraError,
+    KeyFileError,
+    KeyFormatError,
+    TransportClosedError,
+)
 from intentra.keys import PrivateKey, PublicKey
 
 EXIT_USAGE = 2
@@ -77,7 +84,7 @@ def _load_allow(path: str) -> list[PublicKey]:
             continue
         try:
             keys.append(PublicKey.from_base64(text))
-        except KeyFileError as exc:
+        except KeyFormatError as exc:
             raise KeyFileError(f"allow-list {path!r} line {number}: {exc}") from exc
     return keys
 
@@ -117,6 +124,16 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
         return value
     return parse
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
 
 
 def _probability(text: str) -> float:
@@ -196,8 +213,9 @@ async def _serve(args: argparse.Namespace) -> int:
         transport = await Transport.bind(args.bind, key, allowed, metrics_address=metrics,
                                          sink=args.sink, **extra)
     except OSError as exc:
-        raise UsageError(f"cannot bind {args.bind[0]}:{args.bind[1]} or the metrics address: "
-                         f"{exc.strerror or exc}") from None
+        where = exc.filename or _shown(*args.bind)
+        raise UsageError(f"cannot bind {where}: {exc.strerror or exc}; choose another "
+                         "address or stop what uses it") from None
     # Handlers before the announcement: a supervisor may signal as soon as it reads it.
     stop = _stop_on_signals()
     shown = _shown(*transport.local_address)
@@ -206,10 +224,12 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"intentra serving on {shown}", flush=True)
         print(f"public key: {key.public_key.to_base64()}", flush=True)
         print(f"mode: {_mode(args)}", flush=True)
+        if args.envelope:
+            print("relayed messages carry an origin envelope (intentra.envelope.unwrap)",
+                  flush=True)
     if transport._metrics_server is not None:
         mport = transport._metrics_server.server_port
         _say(f"{prefix}metrics: http://{parse_address(args.metrics)[0]}:{mport}/metrics")
-    dropped = 0
     if args.sink:
         await stop.wait()
         peers = len(transport.peers)
@@ -217,40 +237,28 @@ async def _serve(args: argparse.Namespace) -> int:
         _say(f"{prefix}closed {peers} session(s); messages counted: {transport.sink_messages}")
         return 0
 
-    async def relay() -> None:
-        nonlocal dropped
-        while True:
-            try:
-                msg: Message | None = await transport.receive()
-            except TransportClosedError:
-                return
-            while msg is not None:  # drain without a loop turn per message
-                try:
-                    if args.echo:
-                        msg.peer.send_nowait(msg.data, msg.intent, msg.priority)
-                    else:
-                        transport.broadcast_nowait(msg.data, msg.intent, msg.priority,
-                                                   exclude=msg.peer)
-                except SendQueueFullError:
-                    dropped += 1  # one slow peer must not stall the others
-                except IntentraError:
-                    pass  # the sender's session ended meanwhile
-                msg = transport.receive_nowait()
+    from intentra.hub import RelayStats, relay  # noqa: PLC0415
 
-    task = asyncio.create_task(relay())
+    stats = RelayStats()
+    task = asyncio.create_task(relay(transport, echo=args.echo, envelope=args.envelope,
+                                     stats=stats))
     await stop.wait()
     peers = len(transport.peers)
     await transport.close()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    _say(f"{prefix}closed {peers} session(s); relay drops on full queues: {dropped}")
+    too_large = f"; too large for an envelope: {stats.dropped_too_large}" if args.envelope else ""
+    _say(f"{prefix}closed {peers} session(s); relay drops on full queues: "
+         f"{stats.dropped_queue_full}{too_large}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.echo and args.sink:
         raise UsageError("choose one of --echo and --sink")
+    if args.envelope and args.sink:
+        raise UsageError("--envelope wraps relayed messages; --sink relays nothing")
     if args.workers > 1 and args.worker_fd is None:
         return _supervise(args)
     return _run(_serve(args))
@@ -320,28 +328,202 @@ def _supervise(args: argparse.Namespace) -> int:
     return 0 if all(code == 0 for code in codes) else 1
 
 
+async def _stdin_lines() -> AsyncIterator[bytes]:
+    """Non-blank lines of stdin, each as soon as it is complete (pipes, terminals, files).
+
+    A thread does the blocking ``os.read`` (no buffered-reader lock, so an exit
+    before EOF is clean) and hands each chunk to the loop; the loop's own
+    readers cannot take a regular file and would make a shared terminal
+    non-blocking.
+    """
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def pump() -> None:
+        while True:
+            try:
+                chunk = os.read(0, 65536)
+            except OSError:
+                chunk = b""
+            try:
+                loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+            except RuntimeError:  # the loop is closed: send ended before stdin did
+                return
+            if not chunk:
+                return
+
+    threading.Thread(target=pump, name="intentra-stdin", daemon=True).start()
+    pending = b""
+    while True:
+        chunk = await chunks.get()
+        pending += chunk
+        *lines, pending = pending.split(b"\n") if chunk else [*pending.split(b"\n"), b""]
+        for line in lines:
+            if line.strip():
+                yield line
+        if not chunk:
+            return
+
+
+async def _messages(args: argparse.Namespace) -> AsyncIterator[bytes]:
+    if args.message:
+        for text in args.message:
+            yield text.encode()
+    else:
+        async for line in _stdin_lines():
+            yield line
+
+
+async def _print_replies(transport: Transport) -> None:
+    while True:
+        try:
+            msg = await transport.receive()
+        except TransportClosedError:
+            return
+        sys.stdout.write(msg.data.decode("utf-8", "backslashreplace") + "\n")
+        sys.stdout.flush()
+
+
+KNOWN_HOSTS_ENV = "INTENTRA_KNOWN_HOSTS"
+
+
+def known_hosts_path(flag: str | None) -> Path:
+    """``--known-hosts``, else ``$INTENTRA_KNOWN_HOSTS``, else ~/.config/intentra/known_hosts."""
+    if flag:
+        return Path(flag)
+    if env := os.environ.get(KNOWN_HOSTS_ENV):
+        return Path(env)
+    return Path.home() / ".config" / "intentra" / "known_hosts"
+
+
+def _known_key(path: Path, address: str) -> tuple[PublicKey, int] | None:
+    """The key recorded for ``address`` in a known-hosts file, with its line number."""
+    try:
+        lines = path.read_text(encoding="ascii").splitlines()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"cannot read known-hosts file {str(path)!r}: {exc}") from exc
+    for number, line in enumerate(lines, 1):
+        fields = line.split("#", 1)[0].split()
+        if len(fields) == 2 and fields[0] == address:
+            try:
+                return PublicKey.from_base64(fields[1]), number
+            except IntentraError as exc:
+                raise KeyFileError(f"known-hosts file {str(path)!r} line {number}: {exc}; "
+                                   "fix or delete that line") from exc
+    return None
+
+
+def _remember(path: Path, address: str, key: PublicKey) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="ascii") as f:
+        f.write(f"{address} {key.to_base64()}\n")
+
+
+async def _connect(transport: Transport, args: argparse.Namespace) -> Peer:
+    """Connect with the server key pinned: given, known (trust on first use), or --no-pin."""
+    address = _shown(*args.to)
+    if args.server_key is not None:
+        if not args.server_key.strip():
+            raise UsageError("--server-key is empty; pass the server's public key (serve "
+                             "prints it; intentra pubkey KEYFILE too), or leave it out to "
+                             "trust the key on first use")
+        if args.no_pin:
+            raise UsageError("choose one of --server-key and --no-pin")
+        return await transport.connect(args.to, PublicKey.from_base64(args.server_key))
+    if args.no_pin:
+        peer = await transport.connect(args.to)
+        _warn(f"not pinned (--no-pin): accepted server key {peer.public_key.to_base64()} "
+              f"from {address}")
+        return peer
+    path = known_hosts_path(args.known_hosts)
+    known = _known_key(path, address)
+    if known is not None:
+        key, number = known
+        try:
+            return await transport.connect(args.to, key)
+        except AuthenticationError:
+            raise UsageError(
+                f"the server at {address} does not have the key recorded for it in "
+                f"{path} line {number} (it may be an impostor); if its key changed on "
+                f"purpose, delete that line (sed -i '{number}d' {path}) or pass "
+                "--server-key NEWKEY") from None
+    peer = await transport.connect(args.to)
+    _remember(path, address, peer.public_key)
+    _warn(f"trusting server key {peer.public_key.to_base64()} for {address} on first use; "
+          f"saved to {path} (pin it with --server-key to be sure)")
+    return peer
+
+
+def _warn(text: str) -> None:
+    print(f"intentra: warning: {text}", file=sys.stderr, flush=True)
+
+
 async def _send(args: argparse.Namespace) -> int:
     key = _load_key(args.key) if args.key else PrivateKey.generate()
-    server_key = PublicKey.from_base64(args.server_key) if args.server_key else None
+    if args.server_key is not None and args.server_key.strip():
+        try:  # a malformed key fails before any packet
+            PublicKey.from_base64(args.server_key)
+        except KeyFormatError as exc:
+            raise UsageError(f"--server-key: {exc}; pass the base64 key that serve prints") \
+                from None
     host = args.to[0]
     bind = "[::]:0" if ":" in host else "0.0.0.0:0"
     async with await Transport.bind(bind, key) as transport:
-        peer = await transport.connect(args.to, server_key=server_key)
-        messages = [m.encode() for m in args.message] if args.message else \
-            [line.rstrip("\n").encode() for line in sys.stdin if line.strip()]
-        for data in messages:
-            await peer.send(data, args.intent, args.priority)
-        loop = asyncio.get_running_loop()
-        end = loop.time() + args.wait
-        while (left := end - loop.time()) > 0:
-            try:
-                msg = await asyncio.wait_for(transport.receive(), left)
-            except TimeoutError:
-                break
-            sys.stdout.write(msg.data.decode("utf-8", "backslashreplace") + "\n")
-            sys.stdout.flush()
-        await peer.close()
+        peer = await _connect(transport, args)
+        closed = asyncio.Event()
+
+        async def watch() -> None:
+            async for event in transport.peer_events():
+                if event.peer is peer and event.kind == "closed":
+                    closed.set()
+                    return
+
+        tasks = [asyncio.create_task(_print_replies(transport)), asyncio.create_task(watch())]
+        queued = 0
+        try:
+            async for data in _messages(args):  # each line leaves as soon as it is read
+                await peer.send(data, args.intent, args.priority)
+                queued += 1
+            if args.wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closed.wait(), args.wait)
+            await asyncio.sleep(0)  # replies that arrived with the CLOSE are printed first
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if peer.closed:
+            _summary(transport, args.intent, queued, None)
+            who = "the server" if peer.closed_by_peer else "this side"
+            reason = peer.close_reason.name if peer.close_reason is not None else "?"
+            raise IntentraError(f"{who} closed the session ({reason}) while send waited "
+                                "for replies; replies after that were lost")
+        left = await peer.close()
+        _summary(transport, args.intent, queued, left)
     return 0
+
+
+def _summary(transport: Transport, intent: Intent, queued: int, unacked: int | None) -> None:
+    """What happened to the messages, on stderr, from the endpoint's own counters."""
+    stats = transport.endpoint.stats
+    name = intent.name.lower()
+    what = "message" if queued == 1 else "messages"
+    if intent is Intent.RELIABLE:
+        sent = stats.messages_sent_reliable
+        acked = "acknowledged: unknown (the session closed)" if unacked is None else \
+            f"{queued - unacked} acknowledged, {unacked} not acknowledged at close"
+        text = (f"{queued} {name} {what}: {sent} sent, {acked}, "
+                f"{stats.retransmissions} retransmissions")
+    else:
+        sent = stats.messages_sent_realtime
+        late, full = stats.messages_dropped_deadline, stats.messages_dropped_queue_full
+        text = (f"{queued} {name} {what}: {sent} sent, {late + full} dropped "
+                f"({late} past their deadline in the send queue, {full} on a full send "
+                "queue); realtime messages are never acknowledged, so losses on the way "
+                "are not counted")
+    print(f"intentra send: {text}", file=sys.stderr, flush=True)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -418,6 +600,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     chosen["scenarios"] = args.scenarios or SCENARIOS
     chosen["workers"] = args.workers
     chosen["baselines"] = () if args.no_baselines else ("raw", "quic")
+    if args.plot:  # before a run of minutes, not after it
+        try:
+            import matplotlib  # noqa: PLC0415, F401 - optional extra
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'intentra[bench]' "
+                             "(or leave out --plot)") from None
     options = Options.quick(**chosen) if args.quick else Options(**chosen)
     try:
         report = run(options)
@@ -428,11 +616,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write_json(report, args.json)
         print(f"wrote {args.json}")
     if args.plot:
-        if plot(report, args.plot):
-            print(f"wrote {args.plot}")
-        else:
-            print("no plot: matplotlib is not installed (pip install 'intentra[bench]')",
-                  file=sys.stderr)
+        if not plot(report, args.plot):
+            raise UsageError("--plot needs matplotlib: pip install 'intentra[bench]'")
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -458,6 +644,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", required=True, metavar="FILE", help="private key file")
     p.add_argument("--allow", metavar="FILE", help="file of allowed public keys, one per line")
     p.add_argument("--echo", action="store_true", help="send each message back to its sender")
+    p.add_argument("--envelope", action="store_true",
+                   help="wrap each relayed message in an origin envelope (1 byte 0xE1, the "
+                        "sender's 32-byte public key, the message) so receivers know who "
+                        "sent it: intentra.envelope.unwrap (docs/protocol.md section 13)")
     p.add_argument("--sink", action="store_true",
                    help="count messages without delivering them (load tests; see the metric "
                         "intentra_sink_messages_total)")
@@ -473,12 +663,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("send", help="connect, send messages, print what comes back")
     p.add_argument("--to", required=True, type=_address, metavar="HOST:PORT")
     p.add_argument("--key", metavar="FILE", help="private key file (default: a new one)")
-    p.add_argument("--server-key", metavar="PUB", help="pin the server's public key (base64)")
+    p.add_argument("--server-key", metavar="PUB",
+                   help="pin the server's public key (base64); without it the key is "
+                        "trusted on first use and recorded in the known-hosts file")
+    p.add_argument("--known-hosts", metavar="FILE",
+                   help=f"known-hosts file (default: ${KNOWN_HOSTS_ENV}, else "
+                        "~/.config/intentra/known_hosts)")
+    p.add_argument("--no-pin", action="store_true",
+                   help="accept any server key (printed on stderr); nothing is recorded")
     p.add_argument("--intent", type=_intent, default=Intent.RELIABLE,
                    help="reliable (default) or realtime")
     p.add_argument("--priority", type=_priority, default=0, help="0..7 (default 0)")
-    p.add_argument("--wait", type=_positive(float), default=1.0,
-                   help="seconds to print replies after sending (default 1)")
+    p.add_argument("--wait", type=_non_negative, default=1.0, metavar="S",
+                   help="seconds to print replies after sending (default 1; 0: do not wait)")
     p.add_argument("message", nargs="*", help="messages to send (default: lines of stdin)")
     p.set_defaults(func=cmd_send)
 

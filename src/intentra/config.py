@@ -1,4 +1,4 @@
-"""EndpointConfig: every tunable of SPEC section 2, with its default.
+"""EndpointConfig: every tunable of docs/protocol.md section 2, with its default.
 
 Times are in seconds, sizes in bytes. The wire sizes that cannot change live in
 :mod:`intentra.constants`.
@@ -21,7 +21,7 @@ from intentra.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class EndpointConfig:
-    """Tunables of one endpoint. Defaults are SPEC section 2."""
+    """Tunables of one endpoint. Defaults are docs/protocol.md section 2."""
 
     max_connections: int = 10_000
     """Sessions plus pending handshakes per endpoint."""
@@ -52,7 +52,7 @@ class EndpointConfig:
     cookie_rotation: float = 120.0
     """Cookie secret lifetime, seconds; the previous secret is still accepted."""
     require_cookie: bool = True
-    """Answer every HELLO without a valid cookie with COOKIE (SPEC section 5)."""
+    """Answer every HELLO without a valid cookie with COOKIE (docs/protocol.md section 7)."""
     initial_rto: float = 0.25
     """First retransmission timeout, seconds."""
     min_rto: float = 0.02
@@ -81,7 +81,7 @@ class EndpointConfig:
     """Minimum seconds between two key updates of one sender."""
     key_update_catch_up: int = 3
     """Keys beyond the next a receiver also tries after a silence of key_update_min_interval
-    (0: SPEC exactly; see ReceiveKeys.open)."""
+    (0: docs/protocol.md section 5 alone, no catch-up; see ReceiveKeys.open)."""
     pn_limit: int = 1 << 62
     """Packet number at which a sender closes with KEY_EXHAUSTED."""
     realtime_deadline: float = 0.1

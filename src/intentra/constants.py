@@ -26,8 +26,27 @@ CLOSE_PAYLOAD_LEN: Final = 1
 RSEQ_MOD: Final = 1 << 32
 
 
+_NUMERIC_FORMATS: Final = frozenset("bcdoxXneEfFgG%")
+
+
+class _NamedIntEnum(enum.IntEnum):
+    """An IntEnum that prints as its name (``print(msg.intent)`` shows ``RELIABLE``).
+
+    It is still an int everywhere else: comparisons, arithmetic, ``int()``, and
+    numeric format specs (``f"{intent:d}"`` is ``0``).
+    """
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        if spec and spec[-1] in _NUMERIC_FORMATS:
+            return int.__format__(int(self), spec)
+        return format(self.name, spec)
+
+
 class PacketType(enum.IntEnum):
-    """The header's type field (SPEC section 3)."""
+    """The header's type field (docs/protocol.md section 3)."""
 
     DATA = 0
     ACK = 1
@@ -35,8 +54,8 @@ class PacketType(enum.IntEnum):
     CLOSE = 3
 
 
-class Intent(enum.IntEnum):
-    """Delivery intent of a message (SPEC section 1)."""
+class Intent(_NamedIntEnum):
+    """Delivery intent of a message (docs/protocol.md section 1)."""
 
     RELIABLE = 0
     """Delivered once, in order, retransmitted until acknowledged."""
@@ -45,7 +64,7 @@ class Intent(enum.IntEnum):
 
 
 class HsKind(enum.IntEnum):
-    """The first byte of an HS body (SPEC section 5)."""
+    """The first byte of an HS body (docs/protocol.md section 7)."""
 
     HELLO = 1
     COOKIE = 2
@@ -53,7 +72,7 @@ class HsKind(enum.IntEnum):
     FINISH = 4
 
 
-#: HS body length for each kind (SPEC section 5 table).
+#: HS body length for each kind (docs/protocol.md section 7 table).
 HS_BODY_LEN: Final = {
     HsKind.HELLO: 112,
     HsKind.COOKIE: 21,
@@ -66,8 +85,8 @@ NOISE_MSG2_LEN: Final = 96
 NOISE_MSG3_LEN: Final = 64
 
 
-class CloseReason(enum.IntEnum):
-    """The reason byte of CLOSE (SPEC section 4)."""
+class CloseReason(_NamedIntEnum):
+    """The reason byte of CLOSE (docs/protocol.md section 5)."""
 
     NORMAL = 0
     PROTOCOL_VIOLATION = 1

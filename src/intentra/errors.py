@@ -15,16 +15,36 @@ class KeyFileError(IntentraError):
     """A key file is missing, unreadable or malformed."""
 
 
+class KeyFormatError(IntentraError, ValueError):
+    """A key given as text or bytes (not a file) is not base64 of 32 bytes, or not 32 bytes."""
+
+
+class InvalidArgumentError(IntentraError, ValueError):
+    """An API call got an argument it cannot use; the message says what to pass."""
+
+
+class EnvelopeError(IntentraError, ValueError):
+    """Data is not an origin envelope, or cannot be wrapped in one (intentra.envelope)."""
+
+
 class MessageTooLargeError(IntentraError, ValueError):
     """A message does not fit in one datagram (intentra does not fragment)."""
 
 
-class InvalidMessageError(IntentraError, ValueError):
+class InvalidMessageError(InvalidArgumentError):
     """A message argument is empty, of the wrong type, or has a bad intent or priority."""
 
 
 class HandshakeTimeoutError(IntentraError, TimeoutError):
     """The handshake did not complete within the handshake timeout."""
+
+
+class OperationTimeoutError(IntentraError, TimeoutError):
+    """A call given a ``timeout`` did not finish within it (``intentra.sync``)."""
+
+
+class ReceiveTimeoutError(OperationTimeoutError):
+    """Nothing arrived within the ``timeout`` given to ``receive``."""
 
 
 class AuthenticationError(IntentraError):

@@ -1,4 +1,4 @@
-"""X25519 key pairs and their files (SPEC section 7).
+"""X25519 key pairs and their files (docs/protocol.md section 9).
 
 A key file holds the base64 of the 32 raw key bytes and a newline. Private key
 files are created with mode 0600 and never overwritten. Keys compare in constant
@@ -24,18 +24,22 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from intentra.constants import KEY_LEN
-from intentra.errors import KeyFileError
+from intentra.errors import KeyFileError, KeyFormatError
 
 __all__ = ["PrivateKey", "PublicKey"]
 
 
-def _decode(text: str, what: str) -> bytes:
+def _decode(text: str, what: str,
+            error: type[KeyFileError | KeyFormatError] = KeyFormatError) -> bytes:
+    if not isinstance(text, str):
+        raise error(f"{what} is base64 text (as intentra keygen prints it), "
+                    f"got {type(text).__name__}")
     try:
         raw = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise KeyFileError(f"{what} is not valid base64") from exc
+        raise error(f"{what} is not valid base64") from exc
     if len(raw) != KEY_LEN:
-        raise KeyFileError(f"{what} must decode to {KEY_LEN} bytes, got {len(raw)}")
+        raise error(f"{what} must decode to {KEY_LEN} bytes, got {len(raw)}")
     return raw
 
 
@@ -55,7 +59,8 @@ class PublicKey:
 
     def __init__(self, raw: bytes) -> None:
         if not isinstance(raw, bytes | bytearray) or len(raw) != KEY_LEN:
-            raise KeyFileError(f"a public key is {KEY_LEN} raw bytes")
+            raise KeyFormatError(f"a public key is {KEY_LEN} raw bytes; for base64 text use "
+                                 "PublicKey.from_base64()")
         self._raw = bytes(raw)
 
     @classmethod
@@ -63,14 +68,15 @@ class PublicKey:
         """Parse the base64 form (as printed by ``intentra keygen``).
 
         Raises:
-            KeyFileError: the text is not base64 of 32 bytes.
+            KeyFormatError: the text is not base64 of 32 bytes.
         """
         return cls(_decode(text, "public key"))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PublicKey:
         """Read a public key file."""
-        return cls(_decode(_read(path, "public key"), f"public key file {os.fspath(path)!r}"))
+        return cls(_decode(_read(path, "public key"), f"public key file {os.fspath(path)!r}",
+                           KeyFileError))
 
     def to_base64(self) -> str:
         return base64.b64encode(self._raw).decode("ascii")
@@ -101,7 +107,8 @@ class PrivateKey:
 
     def __init__(self, raw: bytes) -> None:
         if not isinstance(raw, bytes | bytearray) or len(raw) != KEY_LEN:
-            raise KeyFileError(f"a private key is {KEY_LEN} raw bytes")
+            raise KeyFormatError(f"a private key is {KEY_LEN} raw bytes; for base64 text use "
+                                 "PrivateKey.from_base64()")
         self._raw = bytes(raw)
         pub = X25519PrivateKey.from_private_bytes(self._raw).public_key()
         self._public = PublicKey(pub.public_bytes(Encoding.Raw, PublicFormat.Raw))
@@ -114,6 +121,11 @@ class PrivateKey:
 
     @classmethod
     def from_base64(cls, text: str) -> PrivateKey:
+        """Parse the base64 form (a key file's content).
+
+        Raises:
+            KeyFormatError: the text is not base64 of 32 bytes.
+        """
         return cls(_decode(text, "private key"))
 
     @classmethod
@@ -134,7 +146,7 @@ class PrivateKey:
                 f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {os.fspath(path)}",
                 stacklevel=2,
             )
-        return cls(_decode(text, f"private key file {os.fspath(path)!r}"))
+        return cls(_decode(text, f"private key file {os.fspath(path)!r}", KeyFileError))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Create the key file with mode 0600; refuses to overwrite.

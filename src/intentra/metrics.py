@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC section 9), read from the core's plain counters.
+"""Prometheus metrics (docs/protocol.md section 11), read from the core's plain counters.
 
 One registry per Transport; nothing is counted through prometheus_client on
 the hot path: the collector reads :class:`intentra.core.stats.Stats` when
@@ -7,10 +7,14 @@ scraped.
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -155,7 +159,49 @@ def render(registry: CollectorRegistry) -> str:
     return generate_latest(registry).decode("utf-8")
 
 
+class _MetricsHandler(BaseHTTPRequestHandler):
+    """``GET /metrics`` (query string ignored): the exposition; any other path: 404."""
+
+    registry: CollectorRegistry  # set on the subclass made per server
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def _answer(self, body: bool) -> None:
+        path = urlsplit(self.path).path
+        if path != "/metrics":
+            payload = b"not found: the metrics are at /metrics\n"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+        else:
+            payload = generate_latest(self.registry)
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if body:
+            self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: a scrape every few seconds must not fill stderr."""
+
+
+class _MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+
 def serve_http(registry: CollectorRegistry, host: str, port: int) -> Any:
-    """Serve ``/metrics`` on a background thread; returns the server (``.shutdown()``)."""
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    """Serve ``/metrics`` on a background thread; returns the server (``.shutdown()``).
+
+    Every other path answers 404 (a probe of ``/`` must not look like a metrics page).
+    """
+    handler = type("Handler", (_MetricsHandler,), {"registry": registry})
+    server_class = type("Server", (_MetricsServer,), {
+        "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
+    server = server_class((host, port), handler)
+    threading.Thread(target=server.serve_forever, name="intentra-metrics",
+                     daemon=True).start()
     return server

@@ -3,7 +3,7 @@
 The supervisor creates the N sockets itself, all with ``SO_REUSEPORT`` on one
 address, in a fixed order, and attaches one classic BPF program to the group
 (``SO_ATTACH_REUSEPORT_CBPF``). The program reads the header's ``conn_id``
-(bytes 4..8 of the UDP payload, SPEC section 3) and picks socket
+(bytes 4..8 of the UDP payload, docs/protocol.md section 3) and picks socket
 ``conn_id % N``; a datagram with ``conn_id`` 0 (a HELLO) or too short to hold
 one goes to the kernel's usual 4-tuple hash. Worker ``i`` chooses every conn_id
 it hands out as ``i`` modulo N (``Endpoint(conn_id_class=(i, N))``), so:
@@ -14,8 +14,8 @@ it hands out as ``i`` modulo N (``Endpoint(conn_id_class=(i, N))``), so:
   conn_id and is steered to the same worker, whatever its source address: a
   client that roams to a new port or address stays on its worker.
 
-Every worker holds the same static key and the same cookie master secret (SPEC
-section 5), so a COOKIE from one worker is good on any other. A static key that
+Every worker holds the same static key and the same cookie master secret (docs/protocol.md
+section 7), so a COOKIE from one worker is good on any other. A static key that
 reconnects from another address may land on another worker, which cannot close
 the old session with REPLACED; the old one then ends at IDLE_TIMEOUT.
 

@@ -1,4 +1,4 @@
-"""An authenticated but hostile peer (SPEC sections 4, 6 and 8).
+"""An authenticated but hostile peer (docs/protocol.md sections 5, 8 and 10).
 
 The attacker completed a real handshake, so it holds valid session keys; it
 then breaks the rules with authentic packets sealed by :class:`hostile.Hostile`:
@@ -6,7 +6,7 @@ acknowledgements of messages never sent, selective-ack bits beyond what was
 sent, rseq at or beyond the reliable window, broken inner framing, a packet
 flood above the token bucket, reorder-buffer exhaustion, bogus CLOSE reasons.
 
-What must happen, per SPEC section 8: every authenticated violation earns
+What must happen, per docs/protocol.md section 10: every authenticated violation earns
 exactly one strike and nothing of its packet is delivered; strikes reset after
 STRIKE_DECAY of quiet; at STRIKE_THRESHOLD the session is closed with
 PROTOCOL_VIOLATION and the attacker is told so in a CLOSE. What breaks a rule
@@ -176,7 +176,7 @@ def _rel(v: Session, body: bytes) -> bytes:
 
 
 STRIKES: dict[str, Builder] = {
-    # SPEC 6: "An ack or a bitmap bit for an rseq never sent is a violation."
+    # docs/protocol.md section 8: "An ack or a bitmap bit for an rseq never sent is a violation."
     "ack-just-beyond-sent/ACK": lambda h, v: h.ack(last_sent(v) + 1),
     "ack-far-beyond-sent/ACK": lambda h, v: h.ack(last_sent(v) + (1 << 31) - 1),
     "ack-beyond-sent/reliable-DATA": lambda h, v: h.reliable(
@@ -184,14 +184,14 @@ STRIKES: dict[str, Builder] = {
     "ack-beyond-sent/realtime-DATA": lambda h, v: h.realtime(b"evil", ack=last_sent(v) + 1),
     "sack-first-bit-beyond-sent": _sack_edge,
     "sack-bit-63": lambda h, v: h.ack(v.send_window.acked, 1 << 63),
-    # SPEC 6: "rseq at or beyond next + MAX_RELIABLE_IN_FLIGHT is a violation."
+    # docs/protocol.md section 8: "rseq at or beyond next + MAX_RELIABLE_IN_FLIGHT is a violation."
     "rseq-at-window-edge": lambda h, v: h.reliable(
         v.recv_window.next_rseq + window(v), b"evil", track=False),
     "rseq-far-ahead": lambda h, v: h.reliable(
         v.recv_window.next_rseq + (1 << 31) - 1, b"evil", track=False),
     "rseq-run-crosses-window-edge": lambda h, v: h.reliable(
         v.recv_window.next_rseq + window(v) - 2, b"ok1", b"ok2", b"evil", track=False),
-    # SPEC 4: "a len of 0, or lengths that do not add up to the plaintext exactly"
+    # protocol.md section 5: "a len of 0, or lengths that do not add up to the plaintext exactly"
     "reliable/len-zero": lambda h, v: h.data(RELIABLE, _rel(v, b"\x00\x00x")),
     "reliable/len-beyond-end": lambda h, v: h.data(RELIABLE, _rel(v, b"\x00\x09evil")),
     "reliable/trailing-byte": lambda h, v: h.data(RELIABLE, _rel(v, frame(b"ok") + b"\x00")),
@@ -325,7 +325,7 @@ def test_strikes_reset_after_strike_decay(kind: str) -> None:
     pytest.param(0.001, True, id="just-over-decay"),
 ])
 def test_strike_decay_boundary(gap: float, resets: bool) -> None:
-    """SPEC 8: only a strike *more than* STRIKE_DECAY after the previous one resets."""
+    """protocol.md §10: only a strike *more than* STRIKE_DECAY after the previous one resets."""
     arena = make_arena(honest=1, withheld=False)
     link, victim, h = arena.link, arena.victim, arena.hostile
     cfg = victim.endpoint.config
@@ -392,7 +392,7 @@ NO_STRIKE: dict[str, tuple[Builder, Callable[[Arena], bool]]] = {
         lambda h, v: h.ack(v.send_window.acked, 1 << (last_sent(v) - v.send_window.acked - 2)),
         lambda a: a.vsession.send_window.outstanding[last_sent(a.vsession)].sacked),
     "stale-ack": (
-        # SPEC 6: an ack below one already applied is stale and ignored, bitmap too.
+        # protocol.md section 8: an ack below one already applied is stale and ignored, bitmap too.
         lambda h, v: h.ack(v.send_window.acked - 1, 1 << 63),
         lambda a: len(a.vsession.send_window.outstanding) == WITHHELD),
     "duplicate-rseq": (
@@ -417,7 +417,7 @@ def test_rule_bending_that_is_not_a_violation_earns_no_strike(kind: str) -> None
     assert vs.strikes == 0
     assert victim.established(arena.bid)
     assert closes_sent(arena) == []
-    assert effect(arena), f"{kind}: the packet was not acted on as SPEC says"
+    assert effect(arena), f"{kind}: the packet was not acted on as docs/protocol.md says"
     link.advance(1.0)
     arena.assert_honest_unharmed()
 
@@ -477,7 +477,7 @@ def test_flood_above_the_rate_limit_is_shed_before_decryption_and_costs_others_n
     if shape == "one-instant":
         assert passed == burst, "one instant lets exactly the burst through"
     else:
-        # SPEC 8 token bucket: burst + rate x elapsed, within one token of rounding.
+        # protocol.md section 10 token bucket: burst + rate x elapsed, within one token of rounding.
         allowed = burst + rate * (waves - 1) * TICK
         assert abs(passed - allowed) <= 1, (passed, allowed)
     assert shed >= flood - passed > 0

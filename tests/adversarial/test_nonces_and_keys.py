@@ -1,4 +1,4 @@
-"""Nonces and keys: AES-GCM must never see one (key, nonce) twice (SPEC section 4).
+"""Nonces and keys: AES-GCM must never see one (key, nonce) twice (docs/protocol.md section 5).
 
 Attacks and hazards: a long session with many key updates, loss, duplication,
 reordering and retransmissions, and packet numbers crossing the 32-bit wrap
@@ -350,7 +350,7 @@ def test_forged_or_replayed_packets_never_move_the_receivers_keys(
     datagram, when = prepare(lab)
     if timing == "after-silence":
         # Catch-up mode: after KEY_UPDATE_MIN_INTERVAL of silence the receiver also
-        # tries keys further ahead (a departure from SPEC); forgeries still fail.
+        # tries keys further ahead (a departure from protocol.md section 5); forgeries still fail.
         when = max(when, lab.session.last_recv_at + MIN_INTERVAL + 0.01)
     # An expired previous key is erased before the attack is looked at; that is
     # no move of the keys, so the fingerprint is taken after it.
@@ -415,7 +415,7 @@ def test_sender_drops_its_old_key_at_the_update(recorder: Recorder) -> None:
     sender = lab.a.endpoint.sessions[lab.cid_a].send_keys
     assert sender is not None
     first, second = sent_keys(recorder, lab)
-    assert second == aead.rekey(first)  # SPEC 4: next_key = Rekey(key)
+    assert second == aead.rekey(first)  # docs/protocol.md section 5: next_key = Rekey(key)
     assert live_keys(sender) == {second}, "the sender still holds its old key"
 
 

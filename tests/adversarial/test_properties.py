@@ -6,23 +6,23 @@ of two datagrams, header and HS-body field rewrites, conn_ids aimed at live
 sessions, well-formed headers with forged bodies), or plain random bytes, sent
 from any address (the live peers' own included) at any time.
 
-Codec (SPEC sections 3 and 5): ``parse_header`` accepts exactly the datagrams an
+Codec (docs/protocol.md sections 3 and 7): ``parse_header`` accepts exactly the datagrams an
 independent reading of section 3 accepts (plus the documented conn_id rule),
-``unpack_hs`` exactly the bodies of the section 5 table; what they accept
+``unpack_hs`` exactly the bodies of the section 7 table; what they accept
 re-packs to the same bytes; they never raise, on bytes or memoryviews.
 
 Endpoint, for every input that is not byte-identical to a genuine datagram:
 
 (a) no exception escapes ``receive_datagram(s)`` or ``handle_timer``;
-(b) the replies it causes are no larger in total than it (SPEC section 8),
+(b) the replies it causes are no larger in total than it (docs/protocol.md section 10),
     the one exception being the protocol's own: a COOKIE from the address a
     HELLO went to is answered by that HELLO, to that address only;
-(c) no session changes, beyond its token bucket (SPEC 4 step 3) and the
+(c) no session changes, beyond its token bucket (docs/protocol.md section 6 step 3) and the
     documented side effects of unauthenticated handshake packets: a HELLO whose
     cookie verifies may open one pending handshake; a failed FINISH delays the
     next try; a COOKIE (as above) replaces the initiator's cookie; and a previous
     key past its lifetime is erased, as its timer would have;
-(d) the bounds of SPEC hold throughout: reliable in flight <= MAX_RELIABLE_IN_FLIGHT,
+(d) the bounds of docs/protocol.md hold throughout: reliable in flight <= MAX_RELIABLE_IN_FLIGHT,
     reorder bytes <= MAX_REORDER_BUFFER, pending handshakes within
     MAX_HANDSHAKES_IN_FLIGHT and MAX_HANDSHAKES_PER_IP, sessions <= MAX_CONNECTIONS,
     replay window within REPLAY_WINDOW; and no forged message is ever delivered:
@@ -109,7 +109,7 @@ inputs get past the header checks and the lookup, to the token bucket and the AE
 DROPS: Final = frozenset({"packets_dropped_malformed", "packets_dropped_unknown",
                           "packets_dropped_rate_limit", "packets_dropped_crypto",
                           "replay_rejections", "handshakes_rejected"})
-"""Counters that say a datagram was dropped (SPEC section 9)."""
+"""Counters that say a datagram was dropped (docs/protocol.md section 11)."""
 
 
 # ------------------------------------------------------------------ strategies
@@ -186,7 +186,7 @@ def mutation(draw: st.DrawFn, corpus: Sequence[bytes], conn_ids: Sequence[int],
 # ------------------------------------------------------------------ oracles
 
 def spec_header_ok(d: bytes) -> bool:
-    """SPEC section 3, read independently of src; plus docs/protocol.md 12:
+    """docs/protocol.md section 3, read independently of src; plus docs/protocol.md 12:
     conn_id 0 in DATA, ACK or CLOSE is malformed."""
     n = len(d)
     if not HEADER_LEN <= n <= MAX_PACKET_SIZE:
@@ -210,17 +210,17 @@ def spec_header_ok(d: bytes) -> bool:
     return payload_len == 1 and ack == 0
 
 
-SPEC_HS_BODY: Final = {1: 112, 2: 21, 3: 101, 4: 69}  # the SPEC section 5 table
+PROTOCOL_HS_BODY: Final = {1: 112, 2: 21, 3: 101, 4: 69}  # the docs/protocol.md section 7 table
 
 
 def spec_hs_ok(d: bytes) -> bool:
-    """SPEC section 5 for a datagram that passed section 3 as HS."""
+    """docs/protocol.md section 7 for a datagram that passed section 3 as HS."""
     body = d[HEADER_LEN:]
     if len(body) < 5:
         return False
     kind, sender = body[0], int.from_bytes(body[1:5], "big")
     conn_id = int.from_bytes(d[4:8], "big")
-    if SPEC_HS_BODY.get(kind) != len(body):
+    if PROTOCOL_HS_BODY.get(kind) != len(body):
         return False
     if kind == 1:
         return conn_id == 0 and sender != 0
@@ -243,7 +243,7 @@ def near_valid(draw: st.DrawFn) -> bytes:
         kind = draw(st.sampled_from([1, 2, 3, 4]))
         sender = 0 if kind == 2 else draw(st.sampled_from([1, U32_MAX]))
         f["conn_id"] = 0 if kind == 1 else f["conn_id"]
-        body = bytes([kind]) + sender.to_bytes(4, "big") + bytes(SPEC_HS_BODY[kind] - 5)
+        body = bytes([kind]) + sender.to_bytes(4, "big") + bytes(PROTOCOL_HS_BODY[kind] - 5)
         f["payload_len"] = len(body)
         tail = body
     else:
@@ -271,7 +271,7 @@ def near_valid(draw: st.DrawFn) -> bytes:
     elif ptype == HS and what == "sender":
         tail = tail[:1] + draw(st.sampled_from([0, 1, U32_MAX])).to_bytes(4, "big") + tail[5:]
     elif ptype == HS and what == "size":
-        size = draw(st.sampled_from([0, 1, 4, 5, *SPEC_HS_BODY.values()])) \
+        size = draw(st.sampled_from([0, 1, 4, 5, *PROTOCOL_HS_BODY.values()])) \
             + draw(st.sampled_from([0, -1, 1]))
         tail = (tail + bytes(200))[:max(0, size)]
         f["payload_len"] = len(tail)
@@ -345,9 +345,9 @@ def same_session(old_snap: dict[str, object], new_snap: dict[str, object], now: 
         del old["finish_retry_at"], new["finish_retry_at"]
     rk = old["recv_keys"]
     if keys_expire(old, now) and isinstance(rk, tuple):
-        old["recv_keys"] = (rk[0], rk[1], None, False)  # erased on expiry (SPEC 4 step 5)
+        old["recv_keys"] = (rk[0], rk[1], None, False)  # erased on expiry (protocol.md §6 step 5)
     if old["state"] is SessionState.HELLO_SENT and kind is HsKind.COOKIE and src == old["addr"]:
-        # SPEC 5 flow 2: COOKIE is unauthenticated by design; a new one changes the
+        # protocol.md section 7 step 2: COOKIE is unauthenticated by design; a new one changes the
         # HELLO, which goes back to the responder's address only (once per RTO:
         # docs/protocol.md 12, tests/test_hardening.py).
         for k in ("cookie", "hs_datagram"):
@@ -361,7 +361,7 @@ def may_authenticate(ep: Endpoint, raw: bytes, src: Address, genuine: Collection
     Only a genuine datagram can: a sealed one (DATA, ACK, CLOSE), or of the
     handshake kinds a RESPONSE to an initiator waiting for it from the address its
     HELLO went to, and a FINISH to a pending responder or, from the session's own
-    address, the FINISH that established it (answered by an ACK, SPEC 5 flow 6).
+    address, the FINISH that established it (answered by an ACK, docs/protocol.md section 7 step 6).
     A genuine HELLO or COOKIE, or a replay from elsewhere, is judged like a forgery.
     """
     if raw not in genuine:
@@ -385,7 +385,7 @@ def may_authenticate(ep: Endpoint, raw: bytes, src: Address, genuine: Collection
 
 
 def assert_hello_keys_unique(ep: Endpoint) -> None:
-    """SPEC 5 step 3: one HELLO (address, ephemeral key) opens at most one handshake."""
+    """protocol.md §7 step 3: one HELLO (address, ephemeral key) opens at most one handshake."""
     keys = [s.hello_key for s in ep.sessions.values() if s.hello_key is not None]
     assert len(keys) == len(set(keys)), "one HELLO opened two handshakes"
 
@@ -421,7 +421,7 @@ def check_unauthenticated(ep: Endpoint, before: dict[str, object], raw: bytes, s
     assert set(sb) <= set(sa), "an unauthenticated datagram removed a session"
     added = set(sa) - set(sb)
     if added:
-        # SPEC 5 step 3: a HELLO whose cookie verifies opens one pending handshake.
+        # protocol.md section 7 step 3: a HELLO whose cookie verifies opens one pending handshake.
         assert kind is HsKind.HELLO and len(added) == 1
         [new_id] = added
         new = ep.sessions[new_id]
@@ -620,7 +620,8 @@ class ReceivePathUnderAttack(RuleBasedStateMachine):
     def cookie_verified_hello(self, node: str, host: int, port: int, ephemeral: bytes,
                               sender: int, again: bool) -> None:
         """An attacker that receives at its addresses completes the cookie exchange:
-        each such HELLO opens a pending handshake until a limit is reached (SPEC 5 step 3)."""
+        each such HELLO opens a pending handshake until a limit is reached
+        (protocol.md §7 step 3)."""
         ep = self.w.endpoint(node)
         src: Address = (f"198.51.100.{host}", port)
         hello0 = pack_hello(sender, bytes(16), ephemeral)
@@ -641,7 +642,7 @@ class ReceivePathUnderAttack(RuleBasedStateMachine):
         moved = delta(before, counters(ep))
         for new_id in set(ep.sessions) - ids_before:
             self.hellos[(node, src, ephemeral)] = new_id
-        if again:  # SPEC 5 step 3: the same RESPONSE again, not a second handshake
+        if again:  # protocol.md section 7 step 3: the same RESPONSE again, not a second handshake
             opened = len(ep.sessions)
             assert self.attack_one(node, hello, src) == response
             assert len(ep.sessions) == opened
@@ -709,7 +710,7 @@ class ReceivePathUnderAttack(RuleBasedStateMachine):
             self.check_bounds()
 
     def check_bounds(self) -> None:
-        """(d): the limits of SPEC sections 2, 5 and 6, on both endpoints."""
+        """(d): the limits of docs/protocol.md sections 2, 7 and 8, on both endpoints."""
         cfg = self.cfg
         for ep in (self.w.a, self.w.b):
             assert len(ep.sessions) <= cfg.max_connections

@@ -20,9 +20,9 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple, Self
+from typing import Any, Final, NamedTuple, Self, TypeVar
 
 from intentra.aio.datapath import Datapath, requested_mode
 from intentra.config import EndpointConfig
@@ -33,7 +33,9 @@ from intentra.errors import (
     ConfigError,
     HandshakeTimeoutError,
     IntentraError,
+    InvalidArgumentError,
     PeerClosedError,
+    ReceiveTimeoutError,
     SendQueueFullError,
     TransportClosedError,
 )
@@ -89,6 +91,41 @@ def _family(host: str) -> socket.AddressFamily:
     except ValueError:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
         return infos[0][0]
+
+
+_E = TypeVar("_E", Intent, CloseReason)
+IntentLike = Intent | int | str
+"""An intent: ``Intent.RELIABLE``, its value, or its name in any case (``"reliable"``)."""
+CloseReasonLike = CloseReason | int | str
+"""A close reason: ``CloseReason.NORMAL``, its value, or its name in any case (``"normal"``)."""
+
+
+def as_intent(value: IntentLike) -> Intent:
+    """``value`` as an :class:`Intent`; raises :class:`InvalidArgumentError` saying what to pass."""
+    if type(value) is Intent:
+        return value
+    return _as_enum(Intent, value, "intent")
+
+
+def as_close_reason(value: CloseReasonLike) -> CloseReason:
+    """``value`` as a :class:`CloseReason` (see :func:`as_intent`)."""
+    if type(value) is CloseReason:
+        return value
+    return _as_enum(CloseReason, value, "close reason")
+
+
+def _as_enum(kind: type[_E], value: object, what: str) -> _E:
+    try:
+        if isinstance(value, str):
+            return kind[value.strip().upper()]
+        if isinstance(value, int) and not isinstance(value, bool):
+            return kind(value)
+    except (KeyError, ValueError):
+        pass
+    names = ", ".join(f"{kind.__name__}.{m.name}" for m in kind)
+    lower = ", ".join(repr(m.name.lower()) for m in kind)
+    raise InvalidArgumentError(f"{what} must be one of {names} (or the names {lower}), "
+                               f"got {value!r}")
 
 
 _tuple_new = tuple.__new__
@@ -191,13 +228,17 @@ class Peer:
                 int(self.close_reason), self.closed_by_peer)
         self._transport._check_open()
 
-    async def send(self, data: bytes, intent: Intent = Intent.RELIABLE, priority: int = 0) -> None:
+    async def send(self, data: bytes, intent: IntentLike = Intent.RELIABLE,
+                   priority: int = 0) -> None:
         """Queue a message; for RELIABLE, wait while the window is full.
+
+        ``intent`` is an :class:`Intent` or its name (``"reliable"``, ``"realtime"``).
 
         Raises:
             PeerClosedError: the session ended (also while waiting).
             MessageTooLargeError, InvalidMessageError: bad arguments.
         """
+        intent = as_intent(intent)
         self._transport._endpoint.check_message(data, int(intent), priority)
         if intent == Intent.RELIABLE:
             while True:
@@ -213,7 +254,7 @@ class Peer:
                 await room.wait()
         self.send_nowait(data, intent, priority)
 
-    async def send_many(self, messages: Iterable[bytes], intent: Intent = Intent.RELIABLE,
+    async def send_many(self, messages: Iterable[bytes], intent: IntentLike = Intent.RELIABLE,
                         priority: int = 0) -> None:
         """Queue many messages in order, waiting for window room as :meth:`send` does.
 
@@ -228,6 +269,7 @@ class Peer:
                 queued before it are in :meth:`Transport.unacked_reliable`.
             MessageTooLargeError, InvalidMessageError: a bad message.
         """
+        intent = as_intent(intent)
         batch = messages if isinstance(messages, list | tuple) else list(messages)
         endpoint = self._transport._endpoint
         for data in batch:
@@ -246,7 +288,7 @@ class Peer:
                 self.send_nowait(data, intent, priority)
             done += max(room, 0)
 
-    def send_nowait(self, data: bytes, intent: Intent = Intent.REALTIME,
+    def send_nowait(self, data: bytes, intent: IntentLike = Intent.REALTIME,
                     priority: int = 0) -> bool:
         """Queue a message without waiting; it leaves in this loop turn's flush.
 
@@ -258,6 +300,8 @@ class Peer:
             SendQueueFullError: a RELIABLE message found the queue full.
             PeerClosedError: the session ended.
         """
+        if type(intent) is not Intent:
+            intent = as_intent(intent)
         transport = self._transport
         if (self.close_reason is not None or self._closing or self._reconnecting is not None
                 or transport._closing or transport._closed):
@@ -293,16 +337,24 @@ class Peer:
                                   int(CloseReason.NORMAL), False)
         return PeerStatus.of(session, len(self._inbox))
 
-    async def close(self, reason: CloseReason = CloseReason.NORMAL,
+    async def close(self, reason: CloseReasonLike = CloseReason.NORMAL,
                     flush_timeout: float = 1.0) -> int:
         """Send CLOSE with ``reason`` and forget the session (idempotent).
 
-        First waits up to ``flush_timeout`` seconds for this peer's queued and
+        ``reason`` is a :class:`CloseReason` or its name (``"normal"``). First
+        waits up to ``flush_timeout`` seconds for this peer's queued and
         in-flight RELIABLE messages to be acknowledged (0: do not wait).
 
         Returns:
             How many RELIABLE messages were still unacknowledged.
+
+        Raises:
+            InvalidArgumentError: a bad reason or timeout (nothing is changed).
         """
+        reason = as_close_reason(reason)
+        if not isinstance(flush_timeout, int | float) or isinstance(flush_timeout, bool):
+            raise InvalidArgumentError(f"flush_timeout is a number of seconds (0: do not "
+                                       f"wait), got {flush_timeout!r}")
         transport = self._transport
         if self.close_reason is not None or transport._closed or self._closing:
             return 0
@@ -322,6 +374,28 @@ class Peer:
     def __repr__(self) -> str:
         return (f"Peer({self.public_key.to_base64()[:12]}…, {self.address!r}, "
                 f"{'closed' if self.closed else 'open'})")
+
+
+class Binding:
+    """What :meth:`Transport.bind` returns: await it for the Transport, or use it
+    in ``async with`` to have the Transport closed on exit (as ``websockets.connect``)."""
+
+    __slots__ = ("_coro", "_transport")
+
+    def __init__(self, coro: Coroutine[Any, Any, Transport]) -> None:
+        self._coro = coro
+        self._transport: Transport | None = None
+
+    def __await__(self) -> Generator[Any, None, Transport]:
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> Transport:
+        self._transport = await self._coro
+        return self._transport
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._transport is not None:
+            await self._transport.close()
 
 
 class Transport:
@@ -362,22 +436,44 @@ class Transport:
     # ---------------------------------------------------------------- creation
 
     @classmethod
-    async def bind(cls, address: str | tuple[str, int], key: PrivateKey,
-                   allowed_peers: Iterable[PublicKey] | None = None, *,
-                   config: EndpointConfig | None = None,
-                   metrics_address: str | tuple[str, int] | None = None,
-                   cookie_master: bytes | None = None, reuse_port: bool = False,
-                   receive_queue_size: int = 65536, datapath: str | None = None,
-                   sink: bool = False, sock: socket.socket | None = None,
-                   conn_id_class: tuple[int, int] = (0, 1)) -> Transport:
+    def bind(cls, address: str | tuple[str, int], key: PrivateKey,
+             allowed_peers: Iterable[PublicKey] | None = None, *,
+             config: EndpointConfig | None = None,
+             metrics_address: str | tuple[str, int] | None = None,
+             cookie_master: bytes | None = None, reuse_port: bool = False,
+             receive_queue_size: int = 1024, datapath: str | None = None,
+             sink: bool = False, sock: socket.socket | None = None,
+             conn_id_class: tuple[int, int] = (0, 1)) -> Binding:
         """Bind a UDP socket and start serving.
+
+        Use either ``t = await Transport.bind(...)`` (close it yourself) or
+        ``async with Transport.bind(...) as t:`` (closed on exit); ``async with
+        await Transport.bind(...)`` works too. The arguments are those of
+        :meth:`_bind` below.
+        """
+        return Binding(cls._bind(
+            address, key, allowed_peers, config=config, metrics_address=metrics_address,
+            cookie_master=cookie_master, reuse_port=reuse_port,
+            receive_queue_size=receive_queue_size, datapath=datapath, sink=sink, sock=sock,
+            conn_id_class=conn_id_class))
+
+    @classmethod
+    async def _bind(cls, address: str | tuple[str, int], key: PrivateKey,
+                    allowed_peers: Iterable[PublicKey] | None = None, *,
+                    config: EndpointConfig | None = None,
+                    metrics_address: str | tuple[str, int] | None = None,
+                    cookie_master: bytes | None = None, reuse_port: bool = False,
+                    receive_queue_size: int = 1024, datapath: str | None = None,
+                    sink: bool = False, sock: socket.socket | None = None,
+                    conn_id_class: tuple[int, int] = (0, 1)) -> Transport:
+        """Bind a UDP socket and start serving (what :meth:`bind` awaits).
 
         Args:
             address: ``"host:port"`` (``"[::1]:0"`` for IPv6; port 0 picks one).
             key: this endpoint's private key.
             allowed_peers: public keys allowed to establish sessions (both roles);
                 None allows any key.
-            config: protocol tunables (SPEC section 2 defaults).
+            config: protocol tunables (docs/protocol.md section 2 defaults).
             metrics_address: serve Prometheus ``/metrics`` over HTTP there.
             cookie_master: 32 bytes shared by endpoints on one port (workers).
             reuse_port: set SO_REUSEPORT (several processes on one port).
@@ -402,8 +498,9 @@ class Transport:
                 on one port (see :mod:`intentra.workers`).
 
         Raises:
-            OSError: the address cannot be bound (in use, not local, ...), or
-                ``datapath="gso"`` and the socket refuses GSO or GRO.
+            OSError: the address cannot be bound (in use, not local, ...;
+                ``filename`` names which: ``"UDP host:port"`` or ``"metrics HTTP
+                host:port"``), or ``datapath="gso"`` and the socket refuses GSO or GRO.
             ValueError: the address or the datapath is malformed.
         """
         if not isinstance(key, PrivateKey):
@@ -422,7 +519,11 @@ class Transport:
                 for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                     with contextlib.suppress(OSError):
                         sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
-                sock.bind((host, port))
+                try:
+                    sock.bind((host, port))
+                except OSError as exc:  # say which address: there may be two (metrics)
+                    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                    raise OSError(exc.errno, exc.strerror, f"UDP {shown}") from exc
             path = Datapath(sock, mode)
         except BaseException:
             sock.close()
@@ -442,6 +543,10 @@ class Transport:
             mhost, mport = parse_address(metrics_address)
             try:
                 transport._metrics_server = serve_http(transport.registry, mhost, mport)
+            except OSError as exc:
+                await transport.close()
+                shown = f"[{mhost}]:{mport}" if ":" in mhost else f"{mhost}:{mport}"
+                raise OSError(exc.errno, exc.strerror, f"metrics HTTP {shown}") from exc
             except BaseException:
                 await transport.close()
                 raise
@@ -488,7 +593,7 @@ class Transport:
         return self._closed
 
     def metrics_text(self) -> str:
-        """Every metric of SPEC section 9 in Prometheus text format."""
+        """Every metric of docs/protocol.md section 11 in Prometheus text format."""
         return render(self.registry)
 
     def _extra_metrics(self) -> dict[str, tuple[str, int]]:
@@ -597,6 +702,15 @@ class Transport:
                     fut.cancel()
         return self._peer_events.popleft()
 
+    async def peer_events(self) -> AsyncIterator[PeerEvent]:
+        """``async for event in t.peer_events()``: every :class:`PeerEvent`, ending
+        cleanly when the transport closes (as ``async for msg in t`` does)."""
+        while True:
+            try:
+                yield await self.peer_event()
+            except TransportClosedError:
+                return
+
     def peer_event_nowait(self) -> PeerEvent | None:
         return self._peer_events.popleft() if self._peer_events else None
 
@@ -607,12 +721,19 @@ class Transport:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def receive(self) -> Message:
+    async def receive(self, timeout: float | None = None) -> Message:
         """The next delivered message, from any peer.
+
+        Args:
+            timeout: seconds to wait at most (None: no limit; 0: only what is
+                already queued).
 
         Raises:
             TransportClosedError: the transport was closed.
+            ReceiveTimeoutError: nothing within ``timeout`` (a ``TimeoutError``).
         """
+        if timeout is not None:
+            return await self._receive_within(timeout)
         while not self._ready:
             self._check_open()
             fut = self._loop.create_future()
@@ -623,6 +744,16 @@ class Transport:
                 if not fut.done():
                     fut.cancel()
         return self._take()
+
+    async def _receive_within(self, timeout: float) -> Message:
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
+            raise InvalidArgumentError(f"timeout is a number of seconds >= 0 (or None: no "
+                                       f"limit), got {timeout!r}")
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.receive()
+        except TimeoutError:
+            raise ReceiveTimeoutError(f"no message within {timeout:g} s") from None
 
     def receive_nowait(self) -> Message | None:
         """A delivered message if one is waiting, else None."""
@@ -655,8 +786,8 @@ class Transport:
             except TransportClosedError:
                 return
 
-    def broadcast_nowait(self, data: bytes, intent: Intent = Intent.REALTIME, priority: int = 0,
-                         exclude: Peer | None = None) -> int:
+    def broadcast_nowait(self, data: bytes, intent: IntentLike = Intent.REALTIME,
+                         priority: int = 0, exclude: Peer | None = None) -> int:
         """Queue a message for every established peer except ``exclude``, without waiting.
 
         A peer whose send queue is full is skipped (counted in
@@ -666,19 +797,21 @@ class Transport:
         Returns:
             How many peers it was queued for.
         """
+        intent = as_intent(intent)
         self._check_open()
         count = self._endpoint.broadcast(data, int(intent), priority, self._loop.time(),
                                          None if exclude is None else exclude.conn_id)
         self._schedule_flush()
         return count
 
-    async def broadcast(self, data: bytes, intent: Intent = Intent.REALTIME,
+    async def broadcast(self, data: bytes, intent: IntentLike = Intent.REALTIME,
                         priority: int = 0) -> int:
         """Send to every established peer; returns how many it was queued for.
 
         REALTIME is queued at once for all; RELIABLE waits, peer by peer,
         while a peer's window is full.
         """
+        intent = as_intent(intent)
         self._check_open()
         if intent != Intent.RELIABLE:
             return self.broadcast_nowait(data, intent, priority)
@@ -1006,5 +1139,6 @@ class Transport:
             self._peers.pop(peer.conn_id, None)
 
 
-__all__ = ["IntentraError", "Message", "Peer", "PeerEvent", "PeerStatus", "Transport",
+__all__ = ["Binding", "IntentraError", "Message", "Peer", "PeerEvent", "PeerStatus",
+           "Transport",
            "parse_address"]
