@@ -54,7 +54,7 @@ def test_python_snippet_runs(tmp_path: Path, index: int) -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(tmp_path),
                             capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert result.returncode == 0, result.stderr
-    if 'b"hello"' in code:  # the quick start prints names, not numbers
+    if "asyncio.run(main())" in code and 'b"hello"' in code:  # the quick start: names
         assert "b'hello' RELIABLE 3" in result.stdout, result.stdout
         assert "b'pose 1.0 2.0' REALTIME 0" in result.stdout, result.stdout
         assert "intentra_packets_received_total" in result.stdout
