@@ -26,9 +26,14 @@ class PeerStatus:
     rtt_variance: float
     """RTT variation (RFC 6298 ``rttvar``)."""
     send_rate: float
-    """The congestion controller's pacing rate: what the path is estimated to take."""
+    """Bytes per second this session sent (datagrams, headers included), measured since
+    the previous ``status()`` of this peer (or since the session began)."""
+    pacing_rate: float
+    """The congestion controller's pacing rate, bytes per second (high and meaningless
+    while it is still probing an idle path: see ``bandwidth``)."""
     bandwidth: float
-    """The estimated bottleneck bandwidth (0 before the first estimate)."""
+    """The estimated bottleneck bandwidth (0 before the first estimate; an application
+    that sends little only measures what it sends)."""
     congestion_window: int
     """Bytes the controller allows in flight."""
     bytes_in_flight: int
@@ -55,13 +60,14 @@ class PeerStatus:
     """RELIABLE messages this session resent."""
 
     @classmethod
-    def of(cls, session: Session, unread: int) -> PeerStatus:
+    def of(cls, session: Session, unread: int, send_rate: float) -> PeerStatus:
         rtt = session.rtt
         cc = session.cc
         window = session.send_window
         return cls(
             rtt=rtt.srtt, min_rtt=rtt.min_rtt, rtt_variance=rtt.rttvar,
-            send_rate=cc.pacing_rate, bandwidth=cc.btl_bw, congestion_window=int(cc.cwnd),
+            send_rate=send_rate, pacing_rate=cc.pacing_rate, bandwidth=cc.btl_bw,
+            congestion_window=int(cc.cwnd),
             bytes_in_flight=session.recovery.in_flight,
             queued_reliable=session.queued_reliable, queued_realtime=session.realtime_queued,
             in_flight_reliable=window.in_flight, credit=window.credit,

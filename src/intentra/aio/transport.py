@@ -193,6 +193,7 @@ class Peer:
         self._last_address: Address = transport._endpoint.address(conn_id) or ("", 0)
         self._inbox: deque[Message] = deque()       # delivered, not yet received
         self._inbox_realtime = 0                    # how many of them are REALTIME
+        self._rate_mark: tuple[int, float] = (0, 0.0)  # (bytes sent, time) at the last status()
 
     def _wake(self) -> None:
         if self._room is not None:
@@ -335,7 +336,13 @@ class Peer:
             self._check_open()
             raise PeerClosedError("the peer is reconnecting; no session to report on",
                                   int(CloseReason.NORMAL), False)
-        return PeerStatus.of(session, len(self._inbox))
+        now = transport._loop.time()
+        since_bytes, since = self._rate_mark
+        if since_bytes > session.sent_bytes or since < session.created_at:
+            since_bytes, since = 0, session.created_at  # a new session (reconnected)
+        rate = (session.sent_bytes - since_bytes) / (now - since) if now > since else 0.0
+        self._rate_mark = (session.sent_bytes, now)
+        return PeerStatus.of(session, len(self._inbox), rate)
 
     async def close(self, reason: CloseReasonLike = CloseReason.NORMAL,
                     flush_timeout: float = 1.0) -> int:

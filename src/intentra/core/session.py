@@ -147,6 +147,7 @@ class Session:
         "rx_largest_at",
         "send_keys",
         "send_window",
+        "sent_bytes",
         "skip_at",
         "state",
         "stats",
@@ -227,6 +228,7 @@ class Session:
         self.rt_bytes = 0         # framing bytes of the queued REALTIME messages
         self.retransmit: list[int] = []
         self.retransmitted = 0
+        self.sent_bytes = 0       # bytes of every datagram sealed (peer.status() rates)
         self.ack_at: float | None = None
         self.ack_now = False
         self.ack_probe = False    # the next ACK asks for an answer (A = 1)
@@ -327,6 +329,7 @@ class Session:
                              len(plaintext), self.remote_id, pn & _SEQ_MASK, ack)
         datagram = header + keys.seal(self.remote_id, pn, header, plaintext)
         self.out.append((datagram, self.addr))
+        self.sent_bytes += len(datagram)
         if self.path_budget is not None:
             self.path_budget -= len(datagram)
         self.stats.packets_sent += 1
