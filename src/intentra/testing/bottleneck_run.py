@@ -78,7 +78,7 @@ TICK = 0.001
 QUIC_PENDING_DATAGRAMS = 256
 """Most DATAGRAM frames a QUIC sender leaves queued inside aioquic."""
 KINDS = ("intentra", "raw", "quic")
-_START_MARGIN = 0.4
+_START_MARGIN = 0.25
 
 
 class RunError(RuntimeError):
