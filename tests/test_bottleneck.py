@@ -94,6 +94,16 @@ class Checks:
         if not ok:
             self.missed.append(text)
 
+    def note(self, text: str) -> None:
+        self.lines.append(f"       {text}")
+
+    def lag(self, result: Json) -> None:
+        """How late the paced senders' RELIABLE send calls started (a waiting ``send``
+        delays the next one; latencies run from the real call)."""
+        lags = [s.get("reliable_lag_max_s", 0.0) for s in result["senders"] if not s.get("bulk")]
+        self.note(f"RELIABLE send calls started at most {max(lags, default=0.0) * 1e3:.0f} ms "
+                  "after their schedule")
+
     def latency(self, lat: Json, bound: float, what: str) -> None:
         p99 = lat["p99_ms"]
         self(p99 is not None and p99 < bound,
@@ -121,6 +131,7 @@ def test_light_load_delivers_everything_quickly(link: Bottleneck) -> None:
           f"REALTIME all delivered: {r['realtime']['delivered']} of {sent}")
     check.latency(r["realtime"]["latency"], LIGHT_P99_MS, "REALTIME")
     check.reliable(r["reliable"], LIGHT_P99_MS)
+    check.lag(r)
     check.done()
 
 
@@ -132,6 +143,7 @@ def test_one_sender_at_2_4x_keeps_latency_bounded(link: Bottleneck) -> None:
           f"({r['realtime']['payload_mbit']:.2f} Mbit/s)")
     check.latency(r["realtime"]["latency"], REALTIME_P99_MS, "REALTIME")
     check.reliable(r["reliable"], RELIABLE_P99_MS)
+    check.lag(r)
     check.done()
 
 
@@ -143,6 +155,7 @@ def test_two_sessions_share_the_link_fairly(link: Bottleneck) -> None:
           f"rates {', '.join(f'{x:,.0f}' for x in rates)} msg/s")
     check.latency(r["realtime"]["latency"], REALTIME_P99_MS, "REALTIME")
     check.reliable(r["reliable"], RELIABLE_P99_MS)
+    check.lag(r)
     check.done()
 
 
@@ -173,6 +186,7 @@ def test_slow_reader_holds_the_sender_back_without_loss(link: Bottleneck) -> Non
     check(got >= 0.95 * light, f"second peer's REALTIME flows: {got} of {light} delivered")
     check.latency(second["realtime_latency"], SECOND_PEER_P99_MS, "second peer's REALTIME")
     check.latency(second["reliable_latency"], SECOND_PEER_P99_MS, "second peer's RELIABLE")
+    check.lag(r)
     check.done()
 
 
@@ -186,12 +200,14 @@ def test_delivered_rate_follows_a_changing_link(link: Bottleneck) -> None:
         check(0.6 * phase["link_mbit"] <= got <= 1.05 * phase["link_mbit"],
               f"{where}: REALTIME payload {got:.2f} Mbit/s within 60-105% of the link")
         check.latency(phase["realtime_latency"], REALTIME_P99_MS, f"{where}: REALTIME")
+        check.latency(phase["reliable_latency"], RELIABLE_P99_MS, f"{where}: RELIABLE")
     up = r["phases"][-1]
     check(up["seconds_to_75pct"] is not None and up["seconds_to_75pct"] <= 2.0,
           f"back up to 75% of 10 Mbit/s within 2 s of the change: {up['seconds_to_75pct']} s")
     check(r["reliable"]["complete"] and r["reliable"]["in_order"],
           f"RELIABLE complete and in order: {r['reliable']['delivered']} of "
           f"{r['reliable']['sent']}")
+    check.lag(r)
     check.done()
 
 

@@ -209,7 +209,8 @@ def run(scenario: Scenario, link: Bottleneck | None = None) -> Json:
     """Run ``scenario`` through ``link`` (or a new bottleneck, deleted afterwards).
 
     Returns the receiver's analysis (see the module docstring) with the senders'
-    reports under ``"senders"``.
+    reports under ``"senders"`` and ``tc -s qdisc`` after the run under ``"qdisc"``
+    (its counters add up over the namespace's life, not per run).
 
     Raises:
         RunError: a role failed (with its stderr), or timed out.
@@ -509,11 +510,17 @@ def _message(buf: bytearray, seq: int, sender: int, intent: int) -> bytes:
 
 async def _pace(s: Scenario, t0: float, send_realtime: Callable[[int], None],
                 send_reliable: Callable[[int], Awaitable[None]] | None,
-                after_tick: Callable[[], None] | None = None) -> tuple[int, int]:
-    """Paced traffic from ``t0`` for ``duration``: returns (REALTIME, RELIABLE) sent."""
+                after_tick: Callable[[], None] | None = None) -> tuple[int, int, float]:
+    """Paced traffic from ``t0`` for ``duration``.
+
+    Returns (REALTIME sent, RELIABLE sent, the longest a RELIABLE send call started
+    after its schedule, seconds: a ``send`` that waits delays the next one, whose
+    stamp is then its real call time).
+    """
     rate = s.message_rate
     end = t0 + s.duration
     reliable = [0]
+    lag = [0.0]
 
     async def reliable_loop() -> None:
         assert send_reliable is not None
@@ -521,6 +528,7 @@ async def _pace(s: Scenario, t0: float, send_realtime: Callable[[int], None],
         k = 0
         while (due := t0 + k * every) < end:
             await _sleep_until(due)
+            lag[0] = max(lag[0], time.monotonic() - due)
             await send_reliable(k)
             k += 1
             reliable[0] = k
@@ -538,7 +546,7 @@ async def _pace(s: Scenario, t0: float, send_realtime: Callable[[int], None],
         await asyncio.sleep(TICK)
     if task is not None:
         await task
-    return sent, reliable[0]
+    return sent, reliable[0], lag[0]
 
 
 def _stats(transport: Any) -> Json:
@@ -582,11 +590,12 @@ async def _sender(s: Scenario, args: Json, commands: _Commands) -> None:
                 started = time.monotonic()
                 await peer.send_many(batch, Intent.RELIABLE, s.reliable_priority)
                 waited[0] += time.monotonic() - started
-            sent_rt, sent_rl = 0, seq
+            sent_rt, sent_rl, lag = 0, seq, 0.0
         else:
-            sent_rt, sent_rl = await _pace(s, t0, rt, rl)
+            sent_rt, sent_rl, lag = await _pace(s, t0, rt, rl)
         _reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
-               send_wait_seconds=waited[0], bulk=index < s.bulk_senders, stats=_stats(t))
+               send_wait_seconds=waited[0], reliable_lag_max_s=lag,
+               bulk=index < s.bulk_senders, stats=_stats(t))
         await commands.wait_quit()  # keep retransmitting until the parent quits
         t.abort()
     elif s.kind == "raw":
@@ -606,8 +615,9 @@ async def _sender(s: Scenario, args: Json, commands: _Commands) -> None:
         async def rl_raw(seq: int) -> None:
             send_raw(seq, RELIABLE)
 
-        sent_rt, sent_rl = await _pace(s, t0, lambda q: send_raw(q, REALTIME), rl_raw)
-        _reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0])
+        sent_rt, sent_rl, lag = await _pace(s, t0, lambda q: send_raw(q, REALTIME), rl_raw)
+        _reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
+               reliable_lag_max_s=lag)
         await commands.wait_quit()
     else:
         await _quic_sender(s, index, target, buf, commands)
@@ -636,8 +646,9 @@ async def _quic_sender(s: Scenario, index: int, target: tuple[str, int], buf: by
             quic.send_stream_data(stream_id, _message(buf, seq, index, RELIABLE))
             client.transmit()
 
-        sent_rt, sent_rl = await _pace(s, t0, rt, rl, client.transmit)
-        _reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0])
+        sent_rt, sent_rl, lag = await _pace(s, t0, rt, rl, client.transmit)
+        _reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
+               reliable_lag_max_s=lag)
         await commands.wait_quit()
 
 
