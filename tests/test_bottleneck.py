@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from intentra.testing.bottleneck import Bottleneck, BottleneckError, unavailable_reason
-from intentra.testing.bottleneck_run import Scenario, jain, run
+from intentra.testing.bottleneck_run import RunError, Scenario, jain, run
 
 LINK_MBIT = 10.0
 SIZE = 200
@@ -221,3 +221,23 @@ def test_namespace_is_deleted_even_when_the_block_fails(link: Bottleneck) -> Non
     with pytest.raises(BottleneckError, match="rate must be > 0"):
         Bottleneck.create(0)
     assert link.name in _namespaces()
+
+
+def test_a_role_that_cannot_start_fails_with_its_reason(link: Bottleneck) -> None:
+    gone = Bottleneck.create(LINK_MBIT)
+    gone.close()
+    with pytest.raises(RunError, match=r"receiver exited \(\d+\): .*netns|namespace"):
+        run(Scenario(duration=1.0), gone)
+    assert gone.name not in _namespaces()
+
+
+def test_jain_index_and_scenario_checks() -> None:
+    assert jain([5.0, 5.0]) == pytest.approx(1.0)
+    assert jain([5.0, 0.0]) == pytest.approx(0.5)
+    assert jain([4340.0, 1139.0]) == pytest.approx(0.7455, abs=1e-3)  # the reported split
+    assert jain([]) == 0.0
+    with pytest.raises(ValueError, match="kind"):
+        Scenario(kind="tcp")
+    with pytest.raises(ValueError, match="unknown scenario parameters: lod"):
+        Scenario.from_json({"lod": 2.4})
+    assert Scenario(load=2.4).message_rate == pytest.approx(15_000)

@@ -99,6 +99,8 @@ class Scenario:
     """How many of the senders (the first ones) send RELIABLE with ``send_many`` as fast as
     they can instead of paced traffic."""
     bulk_batch: int = 64
+    bulk_priority: int = 0
+    """Priority of the bulk senders' RELIABLE messages (a bulk transfer is not urgent)."""
     duration: float = 5.0
     reliable_every_ms: float = 10.0
     """One RELIABLE message per paced sender every this many ms (0: none)."""
@@ -588,7 +590,7 @@ async def _sender(s: Scenario, args: Json, commands: _Commands) -> None:
                     batch.append(_message(buf, seq, index, RELIABLE))
                     seq += 1
                 started = time.monotonic()
-                await peer.send_many(batch, Intent.RELIABLE, s.reliable_priority)
+                await peer.send_many(batch, Intent.RELIABLE, s.bulk_priority)
                 waited[0] += time.monotonic() - started
             sent_rt, sent_rl, lag = 0, seq, 0.0
         else:
