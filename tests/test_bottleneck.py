@@ -241,4 +241,6 @@ def test_jain_index_and_scenario_checks() -> None:
         Scenario(kind="tcp")
     with pytest.raises(ValueError, match="unknown scenario parameters: lod"):
         Scenario.from_json({"lod": 2.4})
+    with pytest.raises(ValueError, match="load must be > 0"):
+        Scenario(load=0)
     assert Scenario(load=2.4).message_rate == pytest.approx(15_000)

@@ -120,8 +120,14 @@ class Scenario:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.size < HEAD.size:
             raise ValueError(f"size must be at least {HEAD.size} bytes, got {self.size}")
-        if not 0 <= self.bulk_senders <= self.senders or self.senders < 1:
-            raise ValueError("need 1 <= senders and 0 <= bulk_senders <= senders")
+        if not 0 <= self.bulk_senders <= self.senders or not 1 <= self.senders <= 255:
+            raise ValueError("need 1 <= senders <= 255 and 0 <= bulk_senders <= senders")
+        for name in ("link_mbit", "load", "duration", "reader_batch", "bulk_batch"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("reliable_every_ms", "reader_rate", "settle", "drain"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.bulk_senders and self.kind != "intentra":
             raise ValueError("bulk senders are intentra only")
         if not 0 <= self.warmup < self.duration:
@@ -682,6 +688,7 @@ async def _receiver(s: Scenario, commands: _Commands) -> None:
                     await asyncio.sleep(pause)
 
         reader = asyncio.ensure_future(read())
+
         def stop_reader() -> None:
             reader.cancel()
             t.abort()
@@ -705,6 +712,7 @@ async def _receiver(s: Scenario, commands: _Commands) -> None:
 
         loop = asyncio.get_running_loop()
         loop.add_reader(sock.fileno(), readable)
+
         def unregister() -> None:
             loop.remove_reader(sock.fileno())
             sock.close()
@@ -813,11 +821,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m intentra.testing.bottleneck_run run|receiver|sender "
               "['JSON parameters']", file=sys.stderr)
         return 2
-    args: Json = json.loads(argv[1]) if len(argv) == 2 else {}
     if argv[0] != "run":
-        _role(argv[0], args)
+        _role(argv[0], json.loads(argv[1]))
         return 0
     try:
+        args = json.loads(argv[1]) if len(argv) == 2 else {}
+        if not isinstance(args, dict):
+            raise ValueError(f"parameters must be a JSON object, got {argv[1]!r}")
         result = run(Scenario.from_json(args))
     except (ValueError, RunError, BottleneckError) as exc:
         print(f"bottleneck run failed: {exc}", file=sys.stderr)
