@@ -27,7 +27,8 @@ delivered rate; RELIABLE completeness, duplicates and order; delivered payload
 per :data:`BIN` seconds; its own RSS every :data:`BIN` seconds. **Warm-up
 exclusion:** latency percentiles count only messages sent at or after
 ``t0 + warmup`` (0.5 s by default), and rates count only messages received in
-``[t0 + warmup, t0 + duration]``; totals and completeness count everything.
+``[t0 + warmup, t0 + duration]`` (per-sender rates, with ``stagger``, from the
+start of the last sender plus ``warmup``); totals and completeness count everything.
 After the senders stop, the receiver keeps reading until every RELIABLE message
 the senders' ``send`` accepted has arrived, or ``drain`` seconds have passed.
 
@@ -110,6 +111,9 @@ class Scenario:
     reader_batch: int = 20
     rate_schedule: tuple[tuple[float, float], ...] = ()
     """(seconds after t0, Mbit/s): link rate changes during the run."""
+    stagger: float = 0.0
+    """Seconds between the starts of two senders: sender i starts at t0 + i x stagger
+    (a session joining a busy link); all stop at t0 + duration."""
     warmup: float = 0.5
     settle: float = 1.0
     """Seconds after a rate change that a phase's figures leave out."""
@@ -132,6 +136,15 @@ class Scenario:
             raise ValueError("bulk senders are intentra only")
         if not 0 <= self.warmup < self.duration:
             raise ValueError("warmup must be in [0, duration)")
+        if not 0 <= self.shared_from < self.duration:
+            raise ValueError("the last sender must start (plus warmup) before the run ends: "
+                             "need warmup + (senders - 1) x stagger < duration")
+
+    @property
+    def shared_from(self) -> float:
+        """Seconds after t0 from which per-sender rates are compared: every sender has
+        started and had ``warmup`` seconds to get going."""
+        return self.warmup + (self.senders - 1) * self.stagger
 
     @property
     def message_rate(self) -> float:
@@ -318,6 +331,7 @@ def analyse(s: Scenario, rec: Records, t0_ns: int, expected: list[int],
     sec = 1e-9
     start, end = s.warmup, s.duration
     window = end - start
+    shared = s.shared_from
     n_bins = math.ceil((s.duration + s.drain) / BIN)
     bins: list[Json] = [{"t": i * BIN, "payload_bytes": 0, "realtime_bytes": 0,
                          "realtime_lat": [], "reliable_lat": []} for i in range(n_bins)]
@@ -350,13 +364,12 @@ def analyse(s: Scenario, rec: Records, t0_ns: int, expected: list[int],
             lat[intent].append(latency)
             if mine is not None:
                 mine["lat"][intent].append(latency)
-        if start <= got_at < end:
+        if start <= got_at < end and intent == REALTIME:
+            realtime_bytes_window += size
+        if shared <= got_at < end and mine is not None:
+            mine["delivered_window"] += 1
             if intent == REALTIME:
-                realtime_bytes_window += size
-            if mine is not None:
-                mine["delivered_window"] += 1
-                if intent == REALTIME:
-                    mine["realtime_bytes_window"] += size
+                mine["realtime_bytes_window"] += size
         k = int(got_at / BIN)
         if 0 <= k < n_bins:
             bins[k]["payload_bytes"] += size
@@ -383,8 +396,8 @@ def analyse(s: Scenario, rec: Records, t0_ns: int, expected: list[int],
     for mine in per_sender:
         senders_out.append({
             "sender": mine["sender"],
-            "delivered_rate": mine["delivered_window"] / window,
-            "realtime_mbit": mine["realtime_bytes_window"] * 8 / window / 1e6,
+            "delivered_rate": mine["delivered_window"] / (end - shared),
+            "realtime_mbit": mine["realtime_bytes_window"] * 8 / (end - shared) / 1e6,
             "realtime_latency": percentiles(mine["lat"][REALTIME]),
             "reliable_latency": percentiles(mine["lat"][RELIABLE]),
             "reliable_delivered": len(seen.get(mine["sender"], ())),
@@ -395,6 +408,7 @@ def analyse(s: Scenario, rec: Records, t0_ns: int, expected: list[int],
     return {
         "scenario": s.to_json(),
         "warmup_excluded_s": start,
+        "per_sender_rates_from_s": shared,
         "realtime": {"delivered": totals[REALTIME], "payload_mbit": realtime_mbit,
                      "link_share": realtime_mbit / s.link_mbit,
                      "latency": percentiles(lat[REALTIME])},
@@ -516,17 +530,16 @@ def _message(buf: bytearray, seq: int, sender: int, intent: int) -> bytes:
     return bytes(buf)
 
 
-async def _pace(s: Scenario, t0: float, send_realtime: Callable[[int], None],
+async def _pace(s: Scenario, t0: float, end: float, send_realtime: Callable[[int], None],
                 send_reliable: Callable[[int], Awaitable[None]] | None,
                 after_tick: Callable[[], None] | None = None) -> tuple[int, int, float]:
-    """Paced traffic from ``t0`` for ``duration``.
+    """Paced traffic from ``t0`` until ``end``.
 
     Returns (REALTIME sent, RELIABLE sent, the longest a RELIABLE send call started
     after its schedule, seconds: a ``send`` that waits delays the next one, whose
     stamp is then its real call time).
     """
     rate = s.message_rate
-    end = t0 + s.duration
     reliable = [0]
     lag = [0.0]
 
@@ -587,7 +600,7 @@ async def _sender(s: Scenario, args: Json, commands: _Commands) -> None:
             waited[0] += time.monotonic() - started
 
         if index < s.bulk_senders:
-            await _sleep_until(t0)
+            await _sleep_until(t0 + index * s.stagger)
             end = t0 + s.duration
             seq = 0
             while time.monotonic() < end:
@@ -600,7 +613,8 @@ async def _sender(s: Scenario, args: Json, commands: _Commands) -> None:
                 waited[0] += time.monotonic() - started
             sent_rt, sent_rl, lag = 0, seq, 0.0
         else:
-            sent_rt, sent_rl, lag = await _pace(s, t0, rt, rl)
+            sent_rt, sent_rl, lag = await _pace(s, t0 + index * s.stagger, t0 + s.duration,
+                                                rt, rl)
         _reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
                send_wait_seconds=waited[0], reliable_lag_max_s=lag,
                bulk=index < s.bulk_senders, stats=_stats(t))
@@ -623,7 +637,8 @@ async def _sender(s: Scenario, args: Json, commands: _Commands) -> None:
         async def rl_raw(seq: int) -> None:
             send_raw(seq, RELIABLE)
 
-        sent_rt, sent_rl, lag = await _pace(s, t0, lambda q: send_raw(q, REALTIME), rl_raw)
+        sent_rt, sent_rl, lag = await _pace(s, t0 + index * s.stagger, t0 + s.duration,
+                                            lambda q: send_raw(q, REALTIME), rl_raw)
         _reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
                reliable_lag_max_s=lag)
         await commands.wait_quit()
@@ -654,7 +669,8 @@ async def _quic_sender(s: Scenario, index: int, target: tuple[str, int], buf: by
             quic.send_stream_data(stream_id, _message(buf, seq, index, RELIABLE))
             client.transmit()
 
-        sent_rt, sent_rl, lag = await _pace(s, t0, rt, rl, client.transmit)
+        sent_rt, sent_rl, lag = await _pace(s, t0 + index * s.stagger, t0 + s.duration,
+                                            rt, rl, client.transmit)
         _reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
                reliable_lag_max_s=lag)
         await commands.wait_quit()
