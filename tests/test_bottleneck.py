@@ -12,7 +12,7 @@ out of the percentiles and rates; completeness counts every message.
 
 Each test checks all of its bounds and then fails with every missed one and its
 measured figure, so a red run says by how much. Needs root and iproute2 with
-tbf; elsewhere the tests skip with the reason. About 45 s in all.
+tbf; elsewhere the tests skip with the reason. About 50 s in all.
 """
 
 from __future__ import annotations
