@@ -50,6 +50,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import select
 import socket
 import struct
@@ -326,7 +327,7 @@ class Records:
 
 
 def analyse(s: Scenario, rec: Records, t0_ns: int, expected: list[int],
-            rss: list[tuple[float, int]], drained: float) -> Json:
+            rss: list[tuple[float, int]], drained: float, cpu_seconds: float = 0.0) -> Json:
     """The figures of one run from the receiver's records (see the module docstring)."""
     sec = 1e-9
     start, end = s.warmup, s.duration
@@ -426,6 +427,7 @@ def analyse(s: Scenario, rec: Records, t0_ns: int, expected: list[int],
                     "end": after[-1] if after else None,
                     "growth_after_warmup": (max(after) - after[0]) if after else None},
         "drain_seconds": drained,
+        "receiver_cpu_seconds": cpu_seconds,
     }
 
 
@@ -480,6 +482,12 @@ def _phases(s: Scenario, rec: Records, t0_ns: int) -> list[Json]:
 def _reply(**values: Any) -> None:
     sys.stdout.write(json.dumps(values) + "\n")
     sys.stdout.flush()
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process so far (user + system): is a role the limit?"""
+    times = os.times()
+    return times.user + times.system
 
 
 def _rss_kib() -> int:
@@ -616,6 +624,7 @@ async def _sender(s: Scenario, args: Json, commands: _Commands) -> None:
             sent_rt, sent_rl, lag = await _pace(s, t0 + index * s.stagger, t0 + s.duration,
                                                 rt, rl)
         _reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
+               cpu_seconds=_cpu_seconds(),
                send_wait_seconds=waited[0], reliable_lag_max_s=lag,
                bulk=index < s.bulk_senders, stats=_stats(t))
         await commands.wait_quit()  # keep retransmitting until the parent quits
@@ -640,6 +649,7 @@ async def _sender(s: Scenario, args: Json, commands: _Commands) -> None:
         sent_rt, sent_rl, lag = await _pace(s, t0 + index * s.stagger, t0 + s.duration,
                                             lambda q: send_raw(q, REALTIME), rl_raw)
         _reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
+               cpu_seconds=_cpu_seconds(),
                reliable_lag_max_s=lag)
         await commands.wait_quit()
     else:
@@ -672,6 +682,7 @@ async def _quic_sender(s: Scenario, index: int, target: tuple[str, int], buf: by
         sent_rt, sent_rl, lag = await _pace(s, t0 + index * s.stagger, t0 + s.duration,
                                             rt, rl, client.transmit)
         _reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
+               cpu_seconds=_cpu_seconds(),
                reliable_lag_max_s=lag)
         await commands.wait_quit()
 
@@ -753,9 +764,10 @@ async def _receiver(s: Scenario, commands: _Commands) -> None:
             rec.reliable_count(i) < n for i, n in enumerate(expected)):
         await asyncio.sleep(0.05)
     drained = time.monotonic() - stopped
+    cpu_seconds = _cpu_seconds()
     await asyncio.sleep(0.1)  # REALTIME in flight behind the last RELIABLE
     sampler.cancel()
-    result = analyse(s, rec, int(t0 * 1e9), expected, rss, drained)
+    result = analyse(s, rec, int(t0 * 1e9), expected, rss, drained, cpu_seconds)
     _reply(**result)
     await commands.wait_quit()
     for undo in cleanup:
