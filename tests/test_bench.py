@@ -66,6 +66,7 @@ def test_quick_bench_runs_every_scenario_with_baselines(tmp_path: Path) -> None:
     (["bench", "nonsense"], "unknown scenario"),
     (["bench", "--workers", "0"], "positive integers"),
     (["bench", "--peers", "-3"], "--peers"),
+    (["bench", "bottleneck", "--loads", "0,1"], "positive multiples of the link"),
 ])
 def test_bad_bench_arguments_are_one_line(args: list[str], message: str) -> None:
     result = subprocess.run([sys.executable, "-m", "intentra", *args], capture_output=True,
@@ -85,3 +86,42 @@ def test_sink_server_counts_without_delivering(tmp_path: Path) -> None:
         step = measure_step(servers, generator, 2000.0, 0.3)
     assert step["ratio"] == pytest.approx(1.0, abs=0.01)
     assert Options().peers == 1000
+
+
+def test_quick_bottleneck_sweep_or_its_skip_reason(tmp_path: Path) -> None:
+    """``intentra bench bottleneck --quick``: two loads through a real 10 Mbit/s link for
+    intentra, plain UDP and aioquic (about 13 s), or a clear skip where no namespace can
+    be made. Asserts only that the figures hang together, not the capacity bounds (those
+    are tests/test_bottleneck.py)."""
+    from intentra.testing.bottleneck import unavailable_reason  # noqa: PLC0415
+
+    out = tmp_path / "bottleneck.json"
+    png = tmp_path / "bottleneck.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "intentra", "bench", "bottleneck", "--quick", "--json", str(out),
+         "--plot", str(png)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    report = json.loads(out.read_text())
+    sweep = report["results"]["bottleneck"]
+    reason = unavailable_reason()
+    if reason is not None:
+        assert sweep == {"skipped": reason}
+        assert f"bottleneck: skipped: {reason}" in result.stdout
+        return
+    points = {(p["kind"], p["load"]): p for p in sweep["points"]}
+    assert set(points) == {(k, x) for k in ("intentra", "raw", "quic") for x in (0.4, 2.4)}
+    for p in points.values():
+        assert 0 < p["realtime_delivered"] <= p["realtime_sent"]
+        assert 0 < p["realtime_mbit"] <= p["link_mbit"] * 1.05, "the link caps what arrives"
+        lat = p["realtime_latency"]
+        assert 0 < lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+        assert p["reliable_delivered"] <= p["reliable_sent"]
+    for kind in ("intentra", "quic"):  # retransmitted: complete and in order
+        for load in (0.4, 2.4):
+            p = points[(kind, load)]
+            assert p["reliable_delivered"] == p["reliable_sent"] > 0 and p["reliable_in_order"]
+    light = points[("intentra", 0.4)]
+    assert light["realtime_mbit"] == pytest.approx(4.0, rel=0.1), "0.4x of 10 Mbit/s fits"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "bottleneck" in result.stdout

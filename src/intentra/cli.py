@@ -568,13 +568,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _scenarios(text: str) -> tuple[str, ...]:
-    from intentra.bench import SCENARIOS  # noqa: PLC0415
+    from intentra.bench import EXTRA_SCENARIOS, SCENARIOS  # noqa: PLC0415
 
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in SCENARIOS]
+    known = SCENARIOS + EXTRA_SCENARIOS
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"unknown scenario {', '.join(unknown) or text!r}; choose from {', '.join(SCENARIOS)}")
+            f"unknown scenario {', '.join(unknown) or text!r}; choose from {', '.join(known)}")
     return names
 
 
@@ -588,6 +589,17 @@ def _counts(text: str) -> tuple[int, ...]:
     return values
 
 
+def _loads(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(n) for n in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 < v < 100 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected positive multiples of the link like 0.4,2.4, got {text!r}")
+    return values
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from intentra.bench import SCENARIOS, Options, RoleError, run  # noqa: PLC0415
     from intentra.bench.report import plot, print_table, write_json  # noqa: PLC0415
@@ -596,6 +608,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "peers": args.peers, "size": args.size, "sessions": args.sessions,
         "step_seconds": args.step, "stream_seconds": args.duration,
         "handshake_seconds": args.duration, "latency_seconds": args.duration,
+        "bottleneck_seconds": args.duration, "bottleneck_loads": args.loads,
     }.items() if v is not None}
     chosen["scenarios"] = args.scenarios or SCENARIOS
     chosen["workers"] = args.workers
@@ -711,13 +724,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="load scenarios against baselines, side by side")
     p.add_argument("scenarios", nargs="?", type=_scenarios, metavar="SCENARIO[,SCENARIO...]",
-                   help="fan-in, stream, handshakes, latency, sessions (default: all)")
+                   help="fan-in, stream, handshakes, latency, sessions (default: these "
+                   "five); bottleneck (root only: a sweep through a real 10 Mbit/s link)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     p.add_argument("--peers", type=_positive(int), help="fan-in and latency peers (1000)")
     p.add_argument("--size", type=_positive(int), help="message bytes (128)")
     p.add_argument("--step", type=_positive(float), help="seconds per fan-in sweep step (2)")
     p.add_argument("--duration", type=_positive(float),
-                   help="seconds of each stream, handshake and latency run (3)")
+                   help="seconds of each stream, handshake, latency and bottleneck run (3; "
+                   "bottleneck 4)")
+    p.add_argument("--loads", type=_loads, metavar="X[,X...]",
+                   help="bottleneck: offered REALTIME loads, multiples of the link "
+                   "(0.4,0.8,1.2,2.4)")
     p.add_argument("--sessions", type=_positive(int), help="idle sessions to hold (10000)")
     p.add_argument("--workers", type=_counts, default=(1,), metavar="N[,N...]",
                    help="fan-in server processes on one port, e.g. 1,2 (1)")

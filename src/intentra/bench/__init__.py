@@ -12,6 +12,14 @@ Scenarios:
     handshakes  complete handshakes per second one responder serves
     latency     one-way latency at 10%, 50% and 90% of the fan-in maximum
     sessions    RSS per established idle session in one endpoint
+    bottleneck  offered-load sweep through a real 10 Mbit/s link (root only; run
+                only when named: ``intentra bench bottleneck``)
+
+``bottleneck`` differs from the rest: it runs the endpoints of
+:mod:`intentra.testing.bottleneck_run` inside a network namespace whose
+loopback is rate-limited with tbf (:mod:`intentra.testing.bottleneck`), and the
+baselines are the same traffic as plain UDP (one datagram per message, no
+control) and aioquic (DATAGRAM frames and one stream, its congestion control).
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ from typing import Any
 from intentra.bench.proto import Json, Role, RoleError
 
 SCENARIOS = ("fan-in", "stream", "handshakes", "latency", "sessions")
+"""What ``intentra bench`` runs by default."""
+EXTRA_SCENARIOS = ("bottleneck",)
+"""Run only when named (needs root; the sweep is a minute of its own)."""
 DELIVERY_TARGET = 0.99
 STREAM_CONFIG = {"rate_limit_pps": 1e7, "rate_limit_burst": 1e6}
 """A single stream far exceeds the per-session token bucket (10,000 packets/s by
@@ -51,6 +62,10 @@ class Options:
     baselines: tuple[str, ...] = ("raw", "quic")
     progress: Callable[[str], None] = print
     smoke: bool = False  # set by quick(): the verdicts need a full run
+    bottleneck_mbit: float = 10.0
+    bottleneck_loads: tuple[float, ...] = (0.4, 0.8, 1.2, 2.4)
+    bottleneck_seconds: float = 4.0
+    bottleneck_size: int = 200
 
     @classmethod
     def quick(cls, **overrides: Any) -> Options:
@@ -58,7 +73,8 @@ class Options:
         values: dict[str, Any] = {
             "peers": 20, "step_seconds": 0.4, "stream_seconds": 0.5,
             "handshake_seconds": 0.5, "latency_seconds": 0.4, "sessions": 100,
-            "start_rate": 2000.0, "growth": 4.0, "max_rate": 40_000.0, "smoke": True}
+            "start_rate": 2000.0, "growth": 4.0, "max_rate": 40_000.0, "smoke": True,
+            "bottleneck_loads": (0.4, 2.4), "bottleneck_seconds": 0.8}
         values.update(overrides)
         return cls(**values)
 
@@ -315,6 +331,62 @@ def sessions(options: Options) -> Json:
                 "setup_seconds": ready["connect_seconds"]}
 
 
+def bottleneck(options: Options, baselines: list[str]) -> Json:
+    """Offered-load sweep through a real link, for intentra and each baseline.
+
+    Per load and stack: delivered REALTIME payload rate, REALTIME p50/p99 and
+    RELIABLE p99 (one RELIABLE priority-7 message every 10 ms beside the
+    REALTIME load), warm-up (the first 0.5 s, or a quarter of a short run)
+    excluded. Returns ``{"skipped": reason}`` where no namespace can be made.
+    """
+    from intentra.testing.bottleneck import Bottleneck, unavailable_reason  # noqa: PLC0415
+    from intentra.testing.bottleneck_run import Scenario  # noqa: PLC0415
+    from intentra.testing.bottleneck_run import run as run_scenario  # noqa: PLC0415
+
+    reason = unavailable_reason()
+    if reason is not None:
+        return {"skipped": reason}
+    seconds = options.bottleneck_seconds
+    points: list[Json] = []
+    with Bottleneck.create(options.bottleneck_mbit) as link:
+        for kind in ("intentra", *baselines):
+            for load in options.bottleneck_loads:
+                scenario = Scenario(
+                    kind=kind, link_mbit=options.bottleneck_mbit, size=options.bottleneck_size,
+                    load=load, duration=seconds, warmup=min(0.5, seconds / 4),
+                    # plain UDP never resends: waiting for its lost RELIABLE is pointless
+                    drain=0.3 if kind == "raw" else 3.0)
+                r = run_scenario(scenario, link)
+                sender = r["senders"][0]
+                point = {
+                    "kind": kind, "load": load, "link_mbit": options.bottleneck_mbit,
+                    "offered_mbit": load * options.bottleneck_mbit,
+                    "realtime_mbit": r["realtime"]["payload_mbit"],
+                    "link_share": r["realtime"]["link_share"],
+                    "realtime_latency": r["realtime"]["latency"],
+                    "reliable_latency": r["reliable"]["latency"],
+                    "reliable_sent": r["reliable"]["sent"],
+                    "reliable_delivered": r["reliable"]["delivered"],
+                    "reliable_in_order": r["reliable"]["in_order"],
+                    "realtime_sent": sender["sent"]["realtime"],
+                    "realtime_delivered": r["realtime"]["delivered"],
+                    "dropped_at_sender": sender["dropped_at_sender"],
+                    "qdisc": r["qdisc"]}
+                points.append(point)
+                rt, rl = point["realtime_latency"], point["reliable_latency"]
+                options.progress(
+                    f"  bottleneck {kind} at {load:g}x of {options.bottleneck_mbit:g} Mbit/s: "
+                    f"REALTIME {point['realtime_mbit']:.2f} Mbit/s, p50 {_ms(rt['p50_ms'])} "
+                    f"p99 {_ms(rt['p99_ms'])}; RELIABLE p99 {_ms(rl['p99_ms'])} "
+                    f"({point['reliable_delivered']}/{point['reliable_sent']})")
+    return {"link_mbit": options.bottleneck_mbit, "size": options.bottleneck_size,
+            "seconds": seconds, "points": points}
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
 # ---------------------------------------------------------------- the whole run
 
 def run(options: Options) -> Report:
@@ -360,7 +432,12 @@ def run(options: Options) -> Report:
     if "sessions" in wanted:
         say("sessions")
         results["sessions"] = sessions(options)
+    if "bottleneck" in wanted:
+        say("bottleneck")
+        results["bottleneck"] = bottleneck(options, baselines)
+        if "skipped" in results["bottleneck"]:
+            report.notes.append(f"bottleneck: skipped: {results['bottleneck']['skipped']}")
     return report
 
 
-__all__ = ["SCENARIOS", "Options", "Report", "RoleError", "run"]
+__all__ = ["EXTRA_SCENARIOS", "SCENARIOS", "Options", "Report", "RoleError", "run"]

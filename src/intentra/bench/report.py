@@ -91,12 +91,35 @@ def summary(report: Report) -> list[tuple[str, str, str, str]]:
                              if point["load"] == 0.5 else ""))
             else:
                 rows.append((label, "", text, ""))
+    sweep = r.get("bottleneck") or {}
+    if sweep.get("points"):
+        rows.append((f"bottleneck {sweep['link_mbit']:g} Mbit/s, per offered load",
+                     "REALTIME Mbit/s | p50/p99 ms | RELIABLE p99 ms", "the same", ""))
+    for point in sorted(sweep.get("points", []),
+                        key=lambda p: (p["load"], p["kind"] != "intentra")):
+        label = f"  {point['load']:g}x {_NAMES.get(point['kind'], point['kind'])}"
+        if point["kind"] == "intentra":
+            rows.append((label, _bottleneck_text(point), "", "report"))
+        else:
+            rows.append((label, "", _bottleneck_text(point), ""))
     sessions = r.get("sessions")
     if sessions:
         rows.append((f"RSS per idle session ({sessions['sessions']:,} sessions)",
                      f"{sessions['kib_per_session']:.2f} KiB", "",
                      verdict("KiB per idle session", sessions["kib_per_session"], True)))
     return rows
+
+
+_NAMES = {"raw": "plain UDP", "quic": "aioquic"}
+
+
+def _bottleneck_text(point: dict[str, Any]) -> str:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.1f}" if value < 10 else f"{value:,.0f}"
+
+    rt, rl = point["realtime_latency"], point["reliable_latency"]
+    return (f"{point['realtime_mbit']:.1f} | {ms(rt['p50_ms'])}/{ms(rt['p99_ms'])} | "
+            f"{ms(rl['p99_ms'])}")
 
 
 def print_table(report: Report, out: Any = None) -> None:
@@ -132,8 +155,21 @@ def plot(report: Report, path: str | Path) -> bool:
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         return False
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    sweep, ratio, bars = axes
+    results = report.results
+    points = (results.get("bottleneck") or {}).get("points", [])
+    others = any(k != "bottleneck" for k in results)
+    rows = int(others) + int(bool(points))
+    if rows == 0:
+        return False
+    fig, grid = plt.subplots(rows, 3, figsize=(16, 4.8 * rows), squeeze=False)
+    if points:
+        _plot_bottleneck(grid[-1], points, (results.get("bottleneck") or {}))
+    if not others:
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return True
+    sweep, ratio, bars = grid[0]
     for row in report.results.get("fan-in", []):
         label = row["kind"] if row["workers"] == 1 else f"{row['kind']} x{row['workers']}"
         offered = [s["sent_rate"] for s in row["steps"]]
@@ -168,3 +204,32 @@ def plot(report: Report, path: str | Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _plot_bottleneck(axes: Any, points: list[dict[str, Any]], sweep: dict[str, Any]) -> None:
+    """Delivered REALTIME rate, REALTIME p50/p99 and RELIABLE p99 against offered load."""
+    rate, realtime, reliable = axes
+    link = sweep.get("link_mbit", 10.0)
+    for kind in dict.fromkeys(p["kind"] for p in points):
+        mine = sorted((p for p in points if p["kind"] == kind), key=lambda p: p["load"])
+        label = _NAMES.get(kind, kind)
+        loads = [p["load"] for p in mine]
+        rate.plot(loads, [p["realtime_mbit"] for p in mine], "o-", label=label)
+        line = realtime.plot(loads, [p["realtime_latency"]["p99_ms"] or float("nan")
+                                     for p in mine], "o-", label=f"{label} p99")
+        realtime.plot(loads, [p["realtime_latency"]["p50_ms"] or float("nan") for p in mine],
+                      "x:", color=line[0].get_color(), label=f"{label} p50")
+        reliable.plot(loads, [p["reliable_latency"]["p99_ms"] or float("nan") for p in mine],
+                      "o-", label=label)
+    top = max(p["load"] for p in points)
+    rate.plot([0, top], [0, top * link], ":", color="grey", label="offered")
+    rate.axhline(link, color="grey", linestyle="--", label="link")
+    rate.set(title=f"bottleneck {link:g} Mbit/s: delivered REALTIME payload",
+             xlabel="offered load (x link)", ylabel="Mbit/s")
+    realtime.set(title="REALTIME one-way latency", xlabel="offered load (x link)",
+                 ylabel="ms", yscale="log")
+    reliable.set(title="RELIABLE priority 7 p99 (1 per 10 ms)", xlabel="offered load (x link)",
+                 ylabel="ms", yscale="log")
+    for ax in axes:
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
