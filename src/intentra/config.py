@@ -86,7 +86,7 @@ class EndpointConfig:
     """Packet number at which a sender closes with KEY_EXHAUSTED."""
     realtime_deadline: float = 0.1
     """Seconds a REALTIME message may wait in the send queue before it is dropped."""
-    realtime_queue_delay: float = 0.02
+    realtime_queue_delay: float = 0.01
     """Seconds of sending, at the congestion controller's pacing rate, that queued
     REALTIME messages may amount to when the path is full; beyond it the lowest
     priority, oldest are dropped at the sender (counted as congestion drops)."""

@@ -19,10 +19,10 @@ seconds, paces at ``gain x bandwidth`` and caps the bytes in flight at
 
 Departures from BBR v1, each for the traffic this library carries:
 - **A standing queue is drained at once.** When every RTT sample of two round trips
-  in a row stays more than ``QUEUE_TARGET`` above the minimum, the controller
-  drains; if they also delivered less than ``SHORTFALL`` of the estimate, the
-  path's rate has fallen (a link rate change, a competing flow) and the bandwidth
-  estimate drops to what the round delivered (at most by half per round trip).
+  in a row stays more than ``QUEUE_TARGET`` above the minimum, the path takes less
+  than we send (a link rate change, a competing flow, an overestimate): the
+  bandwidth estimate drops to what the round delivered (at most by half per round
+  trip) and the controller drains.
   BBR v1 would keep pacing at the old rate for ten round trips while the queue,
   and every message's latency, grows.
 - **Loss backs off** (the protocol requires it): a round trip with losses caps the
@@ -39,6 +39,8 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from intentra.constants import ACK_DELAY
+
 STARTUP_GAIN: Final = 2.885
 """2/ln(2): the pacing gain that doubles the delivery rate each round trip."""
 PROBE_GAINS: Final = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
@@ -51,11 +53,6 @@ FULL_BW_ROUNDS: Final = 3
 QUEUE_TARGET: Final = 0.005
 """Seconds of standing queue above the minimum RTT that the controller drains."""
 LOSS_BACKOFF: Final = 0.7
-SHORTFALL: Final = 0.5
-"""Two round trips delivering less than this share of the estimate, behind a standing
-queue, mean the path's rate fell. (Smaller falls leave the ten-round window within
-ten round trips; on a busy host a round often delivers 60-85% of the maximum of
-the last ten, so a higher threshold would cut the rate on noise.)"""
 MIN_CWND_PACKETS: Final = 4
 INITIAL_CWND_PACKETS: Final = 32
 PACING_BURST_TIME: Final = 0.005
@@ -103,6 +100,7 @@ class Controller:
         "pacing_rate",
         "phase",
         "phase_at",
+        "round_all_bw",
         "round_bw",
         "round_count",
         "round_min_rtt",
@@ -123,6 +121,7 @@ class Controller:
         self.btl_bw = 0.0                       # bytes/s, max over the last rounds
         self.bw_rounds: list[float] = []        # per-round maximum delivery rates
         self.round_bw = 0.0
+        self.round_all_bw = 0.0                 # highest rate sample of the round, any kind
         self.min_rtt: float | None = None
         self.min_rtt_at = now
         self.round_min_rtt: float | None = None
@@ -214,6 +213,8 @@ class Controller:
                 self.min_rtt_at = now
             if self.round_min_rtt is None or rtt < self.round_min_rtt:
                 self.round_min_rtt = rtt
+        if rate is not None and rate > self.round_all_bw:
+            self.round_all_bw = rate
         if rate is not None and (not app_limited or rate > self.btl_bw):
             self.round_bw = max(self.round_bw, rate)
             self.btl_bw = max(self.btl_bw, rate)
@@ -240,15 +241,17 @@ class Controller:
             self.min_rtt = self.round_min_rtt
             self.min_rtt_at = now
             standing = False
-        queue = standing and self.mode is Mode.PROBE_BW and not app_limited
+        queue = standing and self.mode is Mode.PROBE_BW
         if queue and self.short_rounds >= 1:
-            # Two round trips in a row with a standing queue: drain it (flows that
-            # share a link can each sustain one exactly at their estimates). If
-            # they also delivered clearly less than the estimate, the path's rate
-            # fell: forget the old bandwidth, at most half of it per round trip
-            # (one noisy round on a busy host must not cut the rate).
-            if 0.0 < self.round_bw < SHORTFALL * self.btl_bw:
-                bw = max(self.round_bw, 0.5 * self.btl_bw)
+            # Two round trips in a row with a standing queue: the path takes less
+            # than we send (flows sharing a link can also each sustain one at
+            # their estimates, and an application offering less than an
+            # overestimate is app-limited yet fills the queue). Drain it, and take
+            # the estimate down to what the round delivered, at most by half per
+            # round trip (one noisy round on a busy host must not cut the rate).
+            got = self.round_all_bw
+            if 0.0 < got < self.btl_bw:
+                bw = max(got, 0.5 * self.btl_bw)
                 self.bw_rounds = [bw]
                 self.btl_bw = bw
             self.mode = Mode.DRAIN
@@ -274,6 +277,7 @@ class Controller:
             if self.loss_cap > CWND_GAIN * self.bdp + self.ack_allowance:
                 self.loss_cap = None
         self.round_bw = 0.0
+        self.round_all_bw = 0.0
         self.round_min_rtt = None
 
     def _update_mode(self, in_flight: int, now: float) -> None:
@@ -319,7 +323,13 @@ class Controller:
         # 2 x bw x min RTT would then hold delivery below the estimate, which
         # looks like a slower path (BBR v2 adds an ACK-aggregation allowance for
         # the same reason). Pacing, not the window, keeps the queue short.
-        cwnd = max(cwnd_gain * self.bdp_srtt + self.ack_allowance, float(self.min_cwnd))
+        # The receiver acknowledges every ACK_EVERY packets or within ACK_DELAY:
+        # the window leaves room for what arrives between two ACKs, no more (a
+        # fixed ACK_EVERY datagrams would be 100 ms of queue at 3 Mbit/s).
+        allowance = float(self.ack_allowance)
+        if self.btl_bw > 0.0 and self.mode is not Mode.STARTUP:
+            allowance = min(allowance, 2 * ACK_DELAY * self.btl_bw + 2 * self.mss)
+        cwnd = max(cwnd_gain * self.bdp_srtt + allowance, float(self.min_cwnd))
         if self.loss_cap is not None:
             cwnd = max(min(cwnd, self.loss_cap), float(self.min_cwnd))
         self.cwnd = cwnd
