@@ -129,6 +129,10 @@ def _as_enum(kind: type[_E], value: object, what: str) -> _E:
 
 
 _tuple_new = tuple.__new__
+_now = time.monotonic
+"""The core's clock. Not ``loop.time()``: uvloop's is libuv's millisecond clock, cached
+for a whole loop iteration, and RTT samples, pacing and the probe timeout need
+microseconds (the same CLOCK_MONOTONIC, read when asked)."""
 _ACK_CHUNK = 8
 """Datagrams of a received batch processed between two sends of what is due."""
 
@@ -317,7 +321,7 @@ class Peer:
             self._backlog.append((bytes(data), priority))
             return True
         ok = transport._endpoint.send(self.conn_id, data, intent, priority,
-                                      transport._loop.time())
+                                      _now())
         transport._schedule_flush()
         return ok
 
@@ -336,7 +340,7 @@ class Peer:
             self._check_open()
             raise PeerClosedError("the peer is reconnecting; no session to report on",
                                   int(CloseReason.NORMAL), False)
-        now = transport._loop.time()
+        now = _now()
         since_bytes, since = self._rate_mark
         if since_bytes > session.sent_bytes or since < session.created_at:
             since_bytes, since = 0, session.created_at  # a new session (reconnected)
@@ -535,11 +539,10 @@ class Transport:
         except BaseException:
             sock.close()
             raise
-        loop = asyncio.get_running_loop()
         endpoint = Endpoint(
             key.to_bytes(), os.urandom, config,
             allowed_peers=None if allowed_peers is None else [k.to_bytes() for k in allowed_peers],
-            cookie_master=cookie_master, wall_offset=time.time() - loop.time(),
+            cookie_master=cookie_master, wall_offset=time.time() - _now(),
             conn_id_class=conn_id_class, release_on_take=False)
         if not isinstance(receive_queue_size, int) or receive_queue_size < 1:
             sock.close()
@@ -680,12 +683,12 @@ class Transport:
     async def _handshake(self, target: Address, key: bytes | None, reconnect: bool,
                          resuming: Peer | None) -> Peer:
         fut: asyncio.Future[Peer] = self._loop.create_future()
-        conn_id = self._endpoint.connect(target, self._loop.time(), key,
+        conn_id = self._endpoint.connect(target, _now(), key,
                                          idle_timeout=self._horizon() if reconnect else None)
         self._connecting[conn_id] = fut
         if resuming is not None:
             self._resuming[conn_id] = resuming
-        self._process(self._loop.time())
+        self._process(_now())
         try:
             return await fut
         finally:
@@ -806,7 +809,7 @@ class Transport:
         """
         intent = as_intent(intent)
         self._check_open()
-        count = self._endpoint.broadcast(data, int(intent), priority, self._loop.time(),
+        count = self._endpoint.broadcast(data, int(intent), priority, _now(),
                                          None if exclude is None else exclude.conn_id)
         self._schedule_flush()
         return count
@@ -845,8 +848,8 @@ class Transport:
 
     async def _drain(self, peer: Peer | None, timeout: float) -> int:
         """Wait until ``peer`` (or every peer) has no unacknowledged RELIABLE message."""
-        deadline = self._loop.time() + timeout
-        while (left := self.unacked_reliable(peer)) and self._loop.time() < deadline:
+        deadline = _now() + timeout
+        while (left := self.unacked_reliable(peer)) and _now() < deadline:
             await asyncio.sleep(0.005)  # shutdown only: a short poll keeps the hot path clean
         return left
 
@@ -867,7 +870,7 @@ class Transport:
         self._wake_senders()
         left = await self._drain(None, flush_timeout) if flush_timeout > 0 else \
             self.unacked_reliable()
-        now = self._loop.time()
+        now = _now()
         self._endpoint.close_all(now)
         self._process(now)
         self._shutdown()
@@ -921,7 +924,7 @@ class Transport:
     def _on_readable(self) -> None:
         batch = self._datapath.receive(RECEIVE_BATCH)
         if batch:
-            now = self._loop.time()
+            now = _now()
             endpoint = self._endpoint
             if len(batch) <= _ACK_CHUNK:
                 endpoint.receive_datagrams(batch, now)
@@ -940,7 +943,7 @@ class Transport:
         self._timer_at = None
         if self._closed:
             return
-        now = self._loop.time()
+        now = _now()
         self._endpoint.handle_timer(now)
         self._process(now)
 
@@ -952,7 +955,7 @@ class Transport:
     def _flush_soon(self) -> None:
         self._flush_scheduled = False
         if not self._closed:
-            self._process(self._loop.time())
+            self._process(_now())
 
     def _send_due(self, now: float) -> None:
         out = self._endpoint.datagrams_to_send(now)
@@ -1026,7 +1029,7 @@ class Transport:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = deadline
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer = self._loop.call_later(max(deadline - _now(), 0.0), self._on_timer)
 
     def _drop_oldest_realtime(self, peer: Peer) -> None:
         """Drop the oldest REALTIME message waiting for ``peer`` (its inbox is at the bound)."""
@@ -1129,7 +1132,7 @@ class Transport:
         peer.reconnects += 1
         resend = pending + peer._backlog
         peer._backlog = []
-        now = self._loop.time()
+        now = _now()
         for data, priority in resend:  # at least once: the old responder may have had them
             with contextlib.suppress(IntentraError):
                 self._endpoint.send(peer.conn_id, data, int(Intent.RELIABLE), priority, now)
@@ -1138,7 +1141,7 @@ class Transport:
         peer._wake()
 
     def _close_peer(self, peer: Peer, reason: CloseReason) -> None:
-        now = self._loop.time()
+        now = _now()
         self._endpoint.close(peer.conn_id, now, reason)
         self._process(now)
         if peer.close_reason is None:  # the core reports it; keep the object consistent anyway

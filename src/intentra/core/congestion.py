@@ -19,10 +19,16 @@ seconds, paces at ``gain x bandwidth`` and caps the bytes in flight at
 
 Departures from BBR v1, each for the traffic this library carries:
 - **A standing queue is drained at once.** When every RTT sample of two round trips
-  in a row stays more than ``QUEUE_TARGET`` above the minimum, the path takes less
+  in a row stays more than ``QUEUE_TARGET`` above the minimum (or of one round
+  trip, more than ``LARGE_QUEUE``), the path takes less
   than we send (a link rate change, a competing flow, an overestimate): the
-  bandwidth estimate drops to what the round delivered (at most by half per round
-  trip) and the controller drains.
+  bandwidth estimate drops to what the round delivered, and at least to
+  ``DECREASE`` of itself (at most by half per round trip, unless the queue is
+  large), and the controller drains.
+- **Additive increase.** Each round trip without a queue adds 1/16 of a packet per
+  round trip to the estimate: with the decrease above, AIMD on the rate, so flows
+  sharing a bottleneck converge to equal shares (Chiu and Jain). BBR's 1.25
+  probes alone are multiplicative and keep whatever ratio flows have.
   BBR v1 would keep pacing at the old rate for ten round trips while the queue,
   and every message's latency, grows.
 - **Loss backs off** (the protocol requires it): a round trip with losses caps the
@@ -50,11 +56,21 @@ MIN_RTT_WINDOW: Final = 10.0
 """Seconds a minimum RTT stays valid."""
 FULL_BW_GROWTH: Final = 1.25
 FULL_BW_ROUNDS: Final = 3
+DECREASE: Final = 0.85
+"""After a standing queue the estimate is at most this share of what it was."""
+INCREASE_DIVISOR: Final = 16
+"""Each round trip without a queue adds 1/INCREASE_DIVISOR packet per round trip."""
+RTT_SLACK: Final = 0.01
+"""Seconds above the minimum RTT the window allows for (host and ACK delays)."""
+LARGE_QUEUE: Final = 0.02
+"""Seconds of standing queue drained after one round trip instead of two."""
 QUEUE_TARGET: Final = 0.005
 """Seconds of standing queue above the minimum RTT that the controller drains."""
 LOSS_BACKOFF: Final = 0.7
 MIN_CWND_PACKETS: Final = 4
-INITIAL_CWND_PACKETS: Final = 32
+INITIAL_CWND_PACKETS: Final = 10
+"""RFC 6928's initial window (QUIC's too): a session joining a busy 10 Mbit/s link
+adds at most 10 ms of queue before its first RTT sample."""
 PACING_BURST_TIME: Final = 0.005
 """Seconds of sending the pacer lets accumulate: an event loop turns (and its timers
 fire) about once a millisecond, and a busy sender less often; a smaller budget
@@ -184,10 +200,15 @@ class Controller:
 
     @property
     def bdp_srtt(self) -> float:
-        """Bytes in flight at the estimated bandwidth over the smoothed RTT."""
+        """Bytes in flight at the estimated bandwidth over the smoothed RTT.
+
+        The RTT is capped at the minimum plus ``RTT_SLACK``: enough for a busy
+        host's delays, and a queue at the bottleneck cannot grow the window that
+        lets it grow.
+        """
         if self.srtt is None or self.min_rtt is None or self.btl_bw <= 0.0:
             return self.bdp
-        return self.btl_bw * max(self.srtt, self.min_rtt)
+        return self.btl_bw * max(min(self.srtt, self.min_rtt + RTT_SLACK), self.min_rtt)
 
     # ------------------------------------------------------------ feedback
 
@@ -242,20 +263,33 @@ class Controller:
             self.min_rtt_at = now
             standing = False
         queue = standing and self.mode is Mode.PROBE_BW
-        if queue and self.short_rounds >= 1:
+        large = (queue and self.round_min_rtt is not None and self.min_rtt is not None
+                 and self.round_min_rtt > 1.25 * self.min_rtt + LARGE_QUEUE)
+        if queue and (self.short_rounds >= 1 or large):
             # Two round trips in a row with a standing queue: the path takes less
             # than we send (flows sharing a link can also each sustain one at
             # their estimates, and an application offering less than an
             # overestimate is app-limited yet fills the queue). Drain it, and take
             # the estimate down to what the round delivered, at most by half per
             # round trip (one noisy round on a busy host must not cut the rate).
-            got = self.round_all_bw
-            if 0.0 < got < self.btl_bw:
-                bw = max(got, 0.5 * self.btl_bw)
-                self.bw_rounds = [bw]
-                self.btl_bw = bw
+            got = self.round_all_bw if self.round_all_bw > 0.0 else self.btl_bw
+            floor = 0.0 if large else 0.5 * self.btl_bw  # a large queue is not noise
+            bw = max(floor, min(got, DECREASE * self.btl_bw), float(self.mss))
+            self.bw_rounds = [bw]
+            self.btl_bw = bw
             self.mode = Mode.DRAIN
             queue = False
+        elif (self.mode is Mode.PROBE_BW and not standing and not app_limited
+              and self.btl_bw > 0.0 and self.bw_rounds):
+            # Additive increase: a sixteenth of a packet per round trip, every
+            # round trip without a queue. With the multiplicative decrease above
+            # this is AIMD on the rate, so flows sharing a bottleneck converge to
+            # equal shares (Chiu and Jain); BBR's 1.25 probes alone are
+            # multiplicative and keep whatever ratio the flows had.
+            rtt = max(self.srtt or INITIAL_RTT, self.min_rtt or INITIAL_RTT)
+            step = self.mss / (INCREASE_DIVISOR * rtt)
+            self.bw_rounds = [r + step for r in self.bw_rounds]
+            self.btl_bw += step
         self.short_rounds = self.short_rounds + 1 if queue else 0
         if self.mode is Mode.STARTUP and standing:
             # A queue is building: the pipe is full (a delay signal, as HyStart and
@@ -327,7 +361,7 @@ class Controller:
         # the window leaves room for what arrives between two ACKs, no more (a
         # fixed ACK_EVERY datagrams would be 100 ms of queue at 3 Mbit/s).
         allowance = float(self.ack_allowance)
-        if self.btl_bw > 0.0 and self.mode is not Mode.STARTUP:
+        if self.btl_bw > 0.0:
             allowance = min(allowance, 2 * ACK_DELAY * self.btl_bw + 2 * self.mss)
         cwnd = max(cwnd_gain * self.bdp_srtt + allowance, float(self.min_cwnd))
         if self.loss_cap is not None:

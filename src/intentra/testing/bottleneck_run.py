@@ -596,6 +596,24 @@ async def _sender(s: Scenario, args: Json, commands: _Commands) -> None:
         t0 = float((await commands.expect("start"))["t0"])
         dropped = [0]
         waited = [0.0]
+        samples: list[Json] = []
+
+        async def sample_status() -> None:
+            # What the controller thought, every 100 ms: the JSON shows it beside
+            # what the receiver measured.
+            while True:
+                await asyncio.sleep(0.1)
+                st = peer.status()
+                samples.append({"t": round(time.monotonic() - t0, 3),
+                                "srtt_ms": round((st.rtt or 0.0) * 1e3, 2),
+                                "min_rtt_ms": round((st.min_rtt or 0.0) * 1e3, 2),
+                                "bandwidth_mbit": round(st.bandwidth * 8e-6, 3),
+                                "pacing_mbit": round(st.pacing_rate * 8e-6, 3),
+                                "cwnd": st.congestion_window, "in_flight": st.bytes_in_flight,
+                                "queued_realtime": st.queued_realtime,
+                                "queued_reliable": st.queued_reliable})
+
+        sampler = asyncio.create_task(sample_status())
 
         def rt(seq: int) -> None:
             if not peer.send_nowait(_message(buf, seq, index, REALTIME), Intent.REALTIME):
@@ -623,10 +641,11 @@ async def _sender(s: Scenario, args: Json, commands: _Commands) -> None:
         else:
             sent_rt, sent_rl, lag = await _pace(s, t0 + index * s.stagger, t0 + s.duration,
                                                 rt, rl)
+        sampler.cancel()
         _reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
                cpu_seconds=_cpu_seconds(),
                send_wait_seconds=waited[0], reliable_lag_max_s=lag,
-               bulk=index < s.bulk_senders, stats=_stats(t))
+               bulk=index < s.bulk_senders, stats=_stats(t), status=samples)
         await commands.wait_quit()  # keep retransmitting until the parent quits
         t.abort()
     elif s.kind == "raw":
