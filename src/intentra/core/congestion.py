@@ -23,8 +23,8 @@ Departures from BBR v1, each for the traffic this library carries:
   trip, more than ``LARGE_QUEUE``), the path takes less
   than we send (a link rate change, a competing flow, an overestimate): the
   bandwidth estimate drops to what the round delivered, and at least to
-  ``DECREASE`` of itself (at most by half per round trip, unless the queue is
-  large), and the controller drains.
+  ``DECREASE`` of itself (at most by half per round trip, three quarters behind a
+  large queue), and the controller drains.
 - **Additive increase.** Each round trip without a queue adds 1/16 of a packet per
   round trip to the estimate: with the decrease above, AIMD on the rate, so flows
   sharing a bottleneck converge to equal shares (Chiu and Jain). BBR's 1.25
@@ -273,7 +273,10 @@ class Controller:
             # the estimate down to what the round delivered, at most by half per
             # round trip (one noisy round on a busy host must not cut the rate).
             got = self.round_all_bw if self.round_all_bw > 0.0 else self.btl_bw
-            floor = 0.0 if large else 0.5 * self.btl_bw  # a large queue is not noise
+            # At most by half per round trip, or three quarters behind a large
+            # queue (a rate that fell 3x is followed in one round, a stalled round
+            # on a busy host does not zero the estimate).
+            floor = (0.25 if large else 0.5) * self.btl_bw
             bw = max(floor, min(got, DECREASE * self.btl_bw), float(self.mss))
             self.bw_rounds = [bw]
             self.btl_bw = bw

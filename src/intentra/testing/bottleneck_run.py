@@ -116,6 +116,9 @@ class Scenario:
     """Seconds between the starts of two senders: sender i starts at t0 + i x stagger
     (a session joining a busy link); all stop at t0 + duration."""
     warmup: float = 0.5
+    rates_after_start: float = 0.0
+    """Extra seconds after the last sender's start (and ``warmup``) before per-sender
+    rates are compared: the time a latecomer is given to get its share."""
     settle: float = 1.0
     """Seconds after a rate change that a phase's figures leave out."""
     drain: float = 3.0
@@ -130,7 +133,8 @@ class Scenario:
         for name in ("link_mbit", "load", "duration", "reader_batch", "bulk_batch"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("reliable_every_ms", "reader_rate", "settle", "drain"):
+        for name in ("reliable_every_ms", "reader_rate", "settle", "drain",
+                     "rates_after_start"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.bulk_senders and self.kind != "intentra":
@@ -145,7 +149,7 @@ class Scenario:
     def shared_from(self) -> float:
         """Seconds after t0 from which per-sender rates are compared: every sender has
         started and had ``warmup`` seconds to get going."""
-        return self.warmup + (self.senders - 1) * self.stagger
+        return self.warmup + (self.senders - 1) * self.stagger + self.rates_after_start
 
     @property
     def message_rate(self) -> float:
