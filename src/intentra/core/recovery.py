@@ -77,7 +77,7 @@ class Recovery:
     # --------------------------------------------------------------- sending
 
     def on_sent(self, pn: int, size: int, data: bool, rseq: int, count: int,
-                now: float) -> None:
+                now: float, eliciting: bool = True) -> None:
         """Record a DATA packet (in flight) or an ack-eliciting ACK (RTT only)."""
         if data:
             if self.in_flight == 0:
@@ -86,7 +86,7 @@ class Recovery:
                 self.in_flight_since = now
             self.in_flight += size
             self.cc.on_sent(size, now)
-        self.sent[pn] = SentPacket(size, now, True, data, rseq, count, self.delivered,
+        self.sent[pn] = SentPacket(size, now, eliciting, data, rseq, count, self.delivered,
                                    self.delivered_at, self.first_sent_at,
                                    self.app_limited_mark != 0)
 

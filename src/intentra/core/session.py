@@ -64,6 +64,11 @@ _MASK64: Final = (1 << 64) - 1
 _ELICIT: Final = 0x02
 _MAX_ACK_DELAY_UNITS: Final = 0xFFFF
 _ACK_DATAGRAM: Final = HEADER_LEN + 28 + TAG_LEN
+ELICIT_EVERY: Final = 15
+"""REALTIME DATA packets sent without A = 1 before the next one asks for an ACK."""
+ELICIT_GAP: Final = 0.1
+ELICIT_EARLY: Final = 64
+"""Seconds after which the next REALTIME DATA packet asks for an ACK in any case."""
 SKIP_SPACING: Final = 256
 """A sender skips one pn (chosen at random) in every SKIP_SPACING to 2 x SKIP_SPACING - 1."""
 
@@ -99,6 +104,8 @@ class Session:
         "dropped_congestion",
         "dropped_deadline",
         "dropped_queue_full",
+        "early",
+        "elicited_at",
         "events",
         "finish_answer_until",
         "finish_answered_at",
@@ -127,6 +134,7 @@ class Session:
         "pending_ip",
         "pinned_key",
         "pn_next",
+        "pushing",
         "queued",
         "queued_reliable",
         "recovery",
@@ -153,6 +161,7 @@ class Session:
         "stats",
         "strikes",
         "timer_at",
+        "unelicited",
         "validated_addr",
     )
 
@@ -232,6 +241,10 @@ class Session:
         self.ack_at: float | None = None
         self.ack_now = False
         self.ack_probe = False    # the next ACK asks for an answer (A = 1)
+        self.unelicited = 0       # REALTIME DATA packets sent since the last ack-eliciting one
+        self.pushing = False      # the last flush left data queued: the path is the limit
+        self.early = ELICIT_EARLY  # DATA packets that still all ask for an ACK
+        self.elicited_at = now
         self.dropped_deadline = 0
         self.dropped_congestion = 0
         self.dropped_queue_full = 0
@@ -338,11 +351,32 @@ class Session:
 
     def _seal_data(self, intent: int, priority: int, ack: int, plaintext: bytes, rseq: int,
                    count: int, now: float) -> bool:
-        """Seal a DATA packet (always ack-eliciting) and record it for recovery."""
-        pn = self._seal(_DATA, intent, priority, ack, plaintext, now)
+        """Seal a DATA packet and record it for recovery.
+
+        RELIABLE DATA is always ack-eliciting, and so is REALTIME DATA while the
+        controller holds this sender back (it needs every sample then). A sender
+        with room to spare marks every ELICIT_EVERY-th packet, and the first after
+        ELICIT_GAP or after the path went idle: a hub that hears many quiet peers
+        then sends an ACK per 16 packets, not one per packet. A session's first
+        ELICIT_EARLY packets all ask, so the first RTT samples come before any queue.
+        """
+        recovery = self.recovery
+        if self.early:
+            self.early -= 1
+        if (intent == _RELIABLE or self.pushing or self.early
+                or self.unelicited >= ELICIT_EVERY or recovery.in_flight == 0
+                or now - self.elicited_at >= ELICIT_GAP):
+            eliciting = _ELICIT
+            self.unelicited = 0
+            self.elicited_at = now
+        else:
+            eliciting = 0
+            self.unelicited += 1
+        pn = self._seal(_DATA, intent, priority, ack, plaintext, now, eliciting)
         if not pn:
             return False
-        self.recovery.on_sent(pn, HEADER_LEN + TAG_LEN + len(plaintext), True, rseq, count, now)
+        recovery.on_sent(pn, HEADER_LEN + TAG_LEN + len(plaintext), True, rseq, count, now,
+                         eliciting != 0)
         return True
 
     def send_ack(self, now: float, eliciting: bool = False) -> None:
@@ -383,8 +417,10 @@ class Session:
             if self.state is not SessionState.ESTABLISHED:
                 return
         if self.queued or self.retransmit:
+            self.pushing = True
             self._blocked(now)
         else:
+            self.pushing = False
             self.pace_at = None
             if self.recovery.in_flight < self.cc.cwnd:
                 self.recovery.mark_app_limited()
