@@ -299,7 +299,7 @@ def test_pinned_server_key_mismatch_fails_with_authentication() -> None:
     link, a, b = pair()
     wrong = seeded_key("somebody else").public_key.to_bytes()
     cid_a = link.connect(a, b, server_key=wrong)
-    link.advance(1.0)
+    link.advance(a.endpoint.config.handshake_timeout + 0.1)  # refused keys fail at the timeout
 
     [failed] = a.of_type(HandshakeFailed)
     assert (failed.conn_id, failed.reason) == (cid_a, "authentication")
@@ -323,7 +323,7 @@ def test_initiator_allow_list_refuses_an_unknown_responder() -> None:
     a = link.add("a", allowed_peers=[seeded_key("friend").public_key.to_bytes()])
     b = link.add("b")
     cid_a = link.connect(a, b)
-    link.advance(1.0)
+    link.advance(a.endpoint.config.handshake_timeout + 0.1)  # refused keys fail at the timeout
 
     [failed] = a.of_type(HandshakeFailed)
     assert (failed.conn_id, failed.reason) == (cid_a, "authentication")

@@ -84,6 +84,16 @@ class EndpointConfig:
     """Messages waiting in one session's send queue; beyond it REALTIME sends are dropped."""
     initial_pn: int = 1
     """First packet number a sender uses. Testing only: start near 2**32 to test the wrap."""
+    # --- defences against forged handshake packets and floods (docs/security.md, issue 9)
+    handshake_attempt_rate: float = 16.0
+    """RESPONSE reads that failed or proved a refused key, per second per initiator handshake
+    after the burst (each costs about 0.13 ms of Noise work); forged ones cannot end it."""
+    handshake_attempt_burst: float = 8.0
+    """Depth of that per-handshake budget, RESPONSE reads."""
+    cookie_candidates: int = 8
+    """Distinct COOKIE values an initiator keeps (and counts) per handshake, cookies."""
+    cookie_hellos: int = 2
+    """HELLOs an initiator sends per round, one per best cookie candidate, datagrams."""
 
     def __post_init__(self) -> None:
         for f in fields(self):

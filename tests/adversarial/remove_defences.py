@@ -346,9 +346,33 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
     m("s5-conn-id-not-unique", "5", "core/endpoint.py",
       "if conn_id and conn_id not in self.sessions:", "if conn_id:",
       "a new conn_id may collide with a live session's"),
-    m("s5-finish-retry-unthrottled", "5", "core/endpoint.py",
-      "        if now < session.finish_retry_at:\n", "        if False:\n",
-      "every forged FINISH costs the responder a Noise rebuild (two DH)"),
+    m("s5-finish-no-precheck", "5", "core/endpoint.py",
+      "        if not hs.could_be_genuine(body.noise):\n", "        if False:\n",
+      "every forged FINISH costs the responder a Noise read (issue 9 item 2a)"),
+    m("s5-finish-lockout", "5", "core/endpoint.py",
+      "        result = hs.consume_finish(body.noise)\n        if result is None:\n",
+      "        if now < session.finish_retry_at:  # mutant: the old lockout\n"
+      "            stats.packets_dropped_crypto += 1\n            return\n"
+      "        if not hs.could_be_genuine(body.noise[:48] + bytes(16)):\n"
+      "            session.finish_retry_at = now + 0.125\n"
+      "        result = hs.consume_finish(body.noise)\n        if result is None:\n",
+      "a forged FINISH locks the pending handshake for 125 ms, genuine FINISH included"),
+    m("s5-refused-response-ends-handshake", "5", "core/endpoint.py",
+      "            guard.refused = True\n            stats.handshakes_rejected += 1\n"
+      "            return\n",
+      "            guard.refused = True\n            stats.handshakes_rejected += 1\n"
+      "            self._remove(session)  # mutant\n"
+      "            self._events.append(HandshakeFailed(session.conn_id, addr, "
+      "\"authentication\"))\n            return\n",
+      "one RESPONSE with a refused key ends the handshake (issue 9 item 2c)"),
+    m("s5-response-reads-unbudgeted", "5", "core/endpoint.py",
+      "        if not guard.attempts.ready(now):\n", "        if False:\n",
+      "every forged RESPONSE costs the initiator a Noise read, without limit"),
+    m("s5-cookie-single-candidate", "5", "core/endpoint.py",
+      "        guard.see_cookie(bytes(body.cookie), cfg.cookie_candidates, self._rng)\n",
+      "        guard.cookies.clear()  # mutant: only the newest cookie is kept\n"
+      "        guard.see_cookie(bytes(body.cookie), cfg.cookie_candidates, self._rng)\n",
+      "the initiator keeps one cookie, the newest: a forged flood always wins it"),
     m("s5-dup-finish-any-address", "5", "core/endpoint.py",
       "            if (session.finish_body and addr == session.addr\n",
       "            if (session.finish_body\n",
@@ -368,11 +392,12 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
       "                    and data == session.finish_body):",
       "the duplicate FINISH is compared with =="),
     m("s5-cookie-reply-any-address", "5", "core/endpoint.py",
-      "if (session.state is not SessionState.HELLO_SENT or hs is None or addr != session.addr\n",
-      "if (session.state is not SessionState.HELLO_SENT or hs is None\n",
+      "                or addr != session.addr or body.cookie == _NO_COOKIE\n",
+      "                or body.cookie == _NO_COOKIE  # mutant\n",
       "the initiator takes a COOKIE from any address"),
     m("s5-cookie-reply-unpaced", "5", "core/endpoint.py",
-      "                or now < session.cookie_taken_at + session.hs_rto\n", "",
+      "if now < session.cookie_taken_at + session.hs_rto or best == guard.sent_with:",
+      "if best == guard.sent_with:",
       "the initiator takes any number of COOKIEs per RTO"),
     m("s5-old-session-not-replaced", "5", "core/endpoint.py",
       "                old.close(CloseReason.REPLACED, now)\n                self._remove(old)\n",
