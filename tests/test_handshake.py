@@ -429,9 +429,12 @@ def test_global_handshake_limit() -> None:
     for i in range(5):
         src = (f"192.0.2.{i + 1}", 6000)
         link.deliver(valid_hello(100 + i, src, seed=i), src, b)
+    # A full table makes room by dropping its oldest pending handshake (issue 9 item 3).
     assert b.endpoint.handshakes_in_flight == 3
     assert b.endpoint.stats.handshakes_rejected == 2
-    assert len(link.sent_by(b, is_hs(HsKind.RESPONSE))) == 3
+    assert len(link.sent_by(b, is_hs(HsKind.RESPONSE))) == 5
+    assert sorted(s.addr[0] for s in b.endpoint.sessions.values()) == [
+        "192.0.2.3", "192.0.2.4", "192.0.2.5"]
 
 
 def test_max_connections_counts_pending_handshakes() -> None:

@@ -94,6 +94,8 @@ class EndpointConfig:
     """Distinct COOKIE values an initiator keeps (and counts) per handshake, cookies."""
     cookie_hellos: int = 2
     """HELLOs an initiator sends per round, one per best cookie candidate, datagrams."""
+    ipv6_prefix: int = 64
+    """Leading bits of an IPv6 source that MAX_HANDSHAKES_PER_IP counts as one source, bits."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -114,6 +116,8 @@ class EndpointConfig:
             raise ConfigError("EndpointConfig.max_reliable_in_flight must be below 2**31")
         if not 0 <= self.key_update_catch_up <= 8:
             raise ConfigError("EndpointConfig.key_update_catch_up must be between 0 and 8")
+        if not 1 <= self.ipv6_prefix <= 128:
+            raise ConfigError("EndpointConfig.ipv6_prefix must be between 1 and 128")
         if not 1 <= self.initial_pn < self.pn_limit:
             raise ConfigError("EndpointConfig.initial_pn must be at least 1 and below pn_limit")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import hmac
+import ipaddress
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -70,6 +71,7 @@ _HS: Final = int(PacketType.HS)
 _DATA: Final = int(PacketType.DATA)
 _REALTIME: Final = int(Intent.REALTIME)
 _ESTABLISHED: Final = SessionState.ESTABLISHED
+_V4_MAPPED: Final = bytes(10) + b"\xff\xff"
 _NO_COOKIE: Final = bytes(16)
 """The cookie of a first HELLO; a COOKIE carrying it changes nothing."""
 
@@ -121,6 +123,7 @@ class Endpoint:
         self._pending_hello: dict[tuple[Address, bytes], int] = {}
         self._pending_per_ip: dict[object, int] = {}
         self._pending_count = 0
+        self._pending_order: dict[int, None] = {}      # pending conn_ids, oldest first
         self._guards: dict[int, InitiatorGuard] = {}   # initiator handshakes in HELLO_SENT
         self._out: list[tuple[bytes, Address]] = []
         self._events: deque[Event] = deque()
@@ -277,15 +280,27 @@ class Endpoint:
                 stats.packets_sent += 1
                 self._out.append((pending.hs_datagram, addr))
             return
-        ip = addr[0]
+        # MAX_HANDSHAKES_PER_IP counts an IPv6 source per prefix (a /64 by
+        # default): one host holds a whole /64, and would otherwise have 2^64
+        # sources. A full MAX_HANDSHAKES_IN_FLIGHT makes room, as a SYN cache
+        # does, by dropping the oldest pending handshake: holding every slot then
+        # takes a fresh cookie-valid HELLO per slot per round trip of the genuine
+        # clients, from enough sources (docs/security.md, "Handshake lockout").
+        ip = self._source_key(addr, source)
         if (len(self.sessions) >= cfg.max_connections
-                or self._pending_count >= cfg.max_handshakes_in_flight
                 or self._pending_per_ip.get(ip, 0) >= cfg.max_handshakes_per_ip):
             stats.handshakes_rejected += 1
             return
         if body.noise in LOW_ORDER_POINTS:
             stats.packets_dropped_crypto += 1  # could never complete; refused before any DH
             return
+        if self._pending_count >= cfg.max_handshakes_in_flight:
+            oldest = self.sessions.get(next(iter(self._pending_order), 0))
+            if oldest is None:  # pragma: no cover - the order lists exactly the pending
+                stats.handshakes_rejected += 1
+                return
+            stats.handshakes_rejected += 1
+            self._remove(oldest)
         hs = ResponderHandshake.create(self._static, self._rng(KEY_LEN), body.noise)
         if hs is None:
             stats.packets_dropped_crypto += 1
@@ -302,6 +317,7 @@ class Endpoint:
         self._pending_hello[hello_key] = conn_id
         self._pending_per_ip[ip] = self._pending_per_ip.get(ip, 0) + 1
         self._pending_count += 1
+        self._pending_order[conn_id] = None
         stats.packets_sent += 1
         self._out.append((session.hs_datagram, addr))
         self._touch(session)
@@ -481,6 +497,7 @@ class Endpoint:
         if not session.pending:
             return
         session.pending = False
+        self._pending_order.pop(session.conn_id, None)
         ip = session.pending_ip
         left = self._pending_per_ip.get(ip, 0) - 1
         if left > 0:
@@ -488,6 +505,13 @@ class Endpoint:
         else:
             self._pending_per_ip.pop(ip, None)
         self._pending_count -= 1
+
+    def _source_key(self, addr: Address, source: bytes) -> object:
+        """What MAX_HANDSHAKES_PER_IP counts: an IPv4 address, or an IPv6 prefix."""
+        ip = source[:-2]
+        if len(ip) != 16 or ip.startswith(_V4_MAPPED):
+            return addr[0]
+        return str(ipaddress.IPv6Network((ip, self.config.ipv6_prefix), strict=False))
 
     def _new_conn_id(self) -> int:
         count = self._id_count
