@@ -96,6 +96,11 @@ class EndpointConfig:
     """HELLOs an initiator sends per round, one per best cookie candidate, datagrams."""
     ipv6_prefix: int = 64
     """Leading bits of an IPv6 source that MAX_HANDSHAKES_PER_IP counts as one source, bits."""
+    failed_open_pps: float = 10_000.0
+    """AEAD opens that may fail per second per session, apart from RATE_LIMIT_PPS, and
+    apart again for the session's own address and any other (forgeries spend only this)."""
+    failed_open_burst: float = 500.0
+    """Depth of each failed-open allowance, packets."""
 
     def __post_init__(self) -> None:
         for f in fields(self):

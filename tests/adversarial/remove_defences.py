@@ -81,6 +81,7 @@ def m(name: str, section: str, file: str, old: str, new: str, what: str,
 
 _FAILED_AEAD: Final = (
     "        if opened is None:\n"
+    "            self._failed_open(conn_id, home, now)\n"
     "            stats.packets_dropped_crypto += 1\n"
     "            return\n")
 
@@ -89,6 +90,7 @@ def _after_failed_aead(extra: str) -> str:
     """The failed-AEAD branch of Endpoint.receive_datagram, doing ``extra`` first."""
     return ("        if opened is None:\n"
             f"            {extra}  # mutant\n"
+            "            self._failed_open(conn_id, home, now)\n"
             "            stats.packets_dropped_crypto += 1\n"
             "            return\n")
 
@@ -171,10 +173,13 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
       "next(iter(self.sessions.values()), None)\n",
       "an unknown conn_id is not dropped as unknown but handed to some session"),
     m("s4-step3-no-rate-limit", "4", "core/endpoint.py",
-      "        if not session.bucket.take(now):\n", "        if False:\n",
-      "the per-session token bucket is gone"),
+      "        if not bucket.ready(now) or (fails is not None and not fails[not home]"
+      ".ready(now)):\n",
+      "        if False:\n",
+      "the per-session token bucket and failed-open allowances are gone"),
     Mutation("s4-step3-bucket-after-aead", "4", "core/endpoint.py", (
-        ("        if not session.bucket.take(now):\n"
+        ("        if not bucket.ready(now) or (fails is not None and not fails[not home]"
+         ".ready(now)):\n"
          "            stats.packets_dropped_rate_limit += 1\n"
          "            return\n", ""),
         ("        plaintext, moves_phase = opened\n",
@@ -183,6 +188,17 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
          "            stats.packets_dropped_rate_limit += 1\n"
          "            return\n")),
         "the token is taken after decryption: a flood costs an AEAD each"),
+    m("s4-step3-no-failed-open-limit", "4", "core/endpoint.py",
+      "(fails is not None and not fails[not home].ready(now))", "False",
+      "opens that fail are not limited: a forged flood costs an AEAD open each (issue 9 item 4)"),
+    m("s4-step3-forgery-spends-genuine-bucket", "4", "core/endpoint.py",
+      "            self._failed_open(conn_id, home, now)\n",
+      "            bucket.tokens -= 1.0  # mutant: one bucket for all, as before\n",
+      "a failed open spends the bucket genuine packets need (issue 9 item 4)"),
+    Mutation("s4-step3-one-failed-open-allowance", "4", "core/endpoint.py", (
+        ("not fails[not home].ready(now)", "not fails[0].ready(now)"),
+        ("        fails[not home].charge()\n", "        fails[0].charge()  # mutant\n")),
+        "forgeries from anywhere spend the allowance of the peer's own address too"),
     m("s4-step4-no-replay-check", "4", "core/endpoint.py",
       "        if not replay.is_fresh(pn):\n", "        if False:\n",
       "no replay pre-check"),
@@ -487,7 +503,7 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
       "            self.close(CloseReason.PROTOCOL_VIOLATION, now, send=False)\n",
       "the session closes at the threshold without sending CLOSE"),
     m("s8-bucket-burst-unbounded", "8", "core/ratelimit.py",
-      "self.tokens = min(self.burst, self.tokens + elapsed * self.rate)",
+      "self.tokens = min(self.tokens + elapsed * self.rate, self.burst)",
       "self.tokens = self.tokens + elapsed * self.rate",
       "tokens accumulate beyond RATE_LIMIT_BURST while idle"),
     m("s8-reorder-buffer-unbounded", "6/8", "core/reliable.py",

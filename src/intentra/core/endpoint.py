@@ -36,6 +36,7 @@ from intentra.constants import (
 from intentra.core.cookie import CookieJar, address_bytes
 from intentra.core.hsguard import InitiatorGuard
 from intentra.core.noise import InitiatorHandshake, ResponderHandshake
+from intentra.core.ratelimit import TokenBucket
 from intentra.core.session import Session, SessionState
 from intentra.core.stats import Stats
 from intentra.core.wire import (
@@ -125,6 +126,8 @@ class Endpoint:
         self._pending_count = 0
         self._pending_order: dict[int, None] = {}      # pending conn_ids, oldest first
         self._guards: dict[int, InitiatorGuard] = {}   # initiator handshakes in HELLO_SENT
+        # failed-open allowances per session: (from its address, from elsewhere)
+        self._failed_opens: dict[int, tuple[TokenBucket, TokenBucket]] = {}
         self._out: list[tuple[bytes, Address]] = []
         self._events: deque[Event] = deque()
         self._dirty: set[Session] = set()
@@ -176,8 +179,14 @@ class Endpoint:
         if keys is None:
             stats.packets_dropped_unknown += 1
             return
-        # 3. token bucket, before any cryptography
-        if not session.bucket.take(now):
+        # 3. rate limits, before any cryptography. The session's bucket pays only
+        # for packets that authenticate; opens that fail are paid from separate
+        # allowances (the session's own address, any other), so forgeries cannot
+        # crowd out genuine packets. Opens per second <= both (docs/security.md).
+        bucket = session.bucket
+        home = addr == session.addr
+        fails = self._failed_opens.get(conn_id)
+        if not bucket.ready(now) or (fails is not None and not fails[not home].ready(now)):
             stats.packets_dropped_rate_limit += 1
             return
         # 4. packet number recovery and replay pre-check
@@ -198,8 +207,10 @@ class Endpoint:
         opened = keys.open(conn_id, pn, key_phase, data[:HEADER_LEN],
                            memoryview(data)[HEADER_LEN:], catch_up)
         if opened is None:
+            self._failed_open(conn_id, home, now)
             stats.packets_dropped_crypto += 1
             return
+        bucket.tokens -= 1.0  # step 3's token, now that the packet authenticated
         plaintext, moves_phase = opened
         # 6. commit: replay window, then the key update this packet proved
         newest = pn > replay.highest
@@ -233,6 +244,16 @@ class Endpoint:
             self._dirty.add(session)
         if session.ack_now or session.retransmit or session.queued:
             self._flush.add(session)  # an ACK may have opened the window for queued messages
+
+    def _failed_open(self, conn_id: int, home: bool, now: float) -> None:
+        """Charge a failed AEAD open to the session's allowance for its kind of source."""
+        fails = self._failed_opens.get(conn_id)
+        if fails is None:
+            cfg = self.config
+            fails = self._failed_opens[conn_id] = (
+                TokenBucket(cfg.failed_open_pps, cfg.failed_open_burst, now),
+                TokenBucket(cfg.failed_open_pps, cfg.failed_open_burst, now))
+        fails[not home].charge()
 
     # ------------------------------------------------------------ handshake
 
@@ -527,6 +548,7 @@ class Endpoint:
     def _remove(self, session: Session) -> None:
         self._end_pending(session)
         self._guards.pop(session.conn_id, None)
+        self._failed_opens.pop(session.conn_id, None)
         if session.hello_key is not None:
             self._pending_hello.pop(session.hello_key, None)
             session.hello_key = None
