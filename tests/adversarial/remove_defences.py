@@ -429,6 +429,17 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
       "                pass  # mutant\n",
       "a second session with the same static key leaves the old one open"),
 
+    m("t-reconnect-not-pinned", "7", "aio/transport.py",
+      "peer._server_key = key if key is not None else peer.public_key.to_bytes()",
+      "peer._server_key = key",
+      "an unpinned reconnecting Peer takes whatever key answers later (issue 9 item 7)"),
+    m("t-rejected-ends-peer", "7", "aio/transport.py",
+      "                self._post(PeerEvent(\"rejected\", peer))\n",
+      "                peer._reconnecting = None  # mutant: the old end of the Peer\n"
+      "                self._finish_peer(peer, CloseReason.NORMAL, False)\n"
+      "                return\n",
+      "one wrong-key answer ends a reconnecting Peer for good (issue 9 items 2c, 7)"),
+
     # --------------------------------------------------------- section 7: authorisation
     m("s7-responder-allow-list-ignored", "7", "core/endpoint.py",
       "        if not self._authorised(result.remote_static, None):\n",

@@ -116,6 +116,9 @@ class PeerEvent:
       - ``"disconnected"``: a reconnecting peer lost its session (``reason``);
         it is reconnecting, with ``pending`` RELIABLE messages to resend;
       - ``"reconnected"``: it has a new session; ``pending`` were resent;
+      - ``"rejected"``: a reconnect attempt was answered with a static key that is
+        not the Peer's (its pinned key, or the key of its first session): the
+        answer is refused and the Peer keeps trying;
       - ``"closed"``: the peer is gone for good (``reason``).
     """
 
@@ -508,7 +511,15 @@ class Transport:
         messages not acknowledged by the old session are resent on the new one
         in order, before newer ones: exactly once within a session, at least
         once across a reconnect (a restarted responder may have delivered a
-        message whose ACK was lost).
+        message whose ACK was lost). Without ``server_key``, a reconnecting Peer
+        pins the key of its first session: every later session must be with
+        that key. An answer with another key (a responder whose key changed, or
+        someone else on its address) fails that attempt with a ``rejected``
+        :class:`PeerEvent`; the Peer keeps trying, so it resumes when the right
+        key answers again. Only ``close()`` ends it.
+
+        A refused key does not end a handshake at once (a forger could send
+        one): :class:`AuthenticationError` comes at the handshake timeout.
         """
         self._check_open()
         host, port = parse_address(address)
@@ -530,7 +541,9 @@ class Transport:
         if reconnect:
             peer.reconnect = True
             peer._target = target
-            peer._server_key = key
+            # Unpinned, the first session's key is pinned for every reconnect: the
+            # Peer is that key, not whoever answers on its address later.
+            peer._server_key = key if key is not None else peer.public_key.to_bytes()
         return peer
 
     def _horizon(self) -> float:
@@ -910,9 +923,13 @@ class Transport:
             try:
                 await self._handshake(peer._target, peer._server_key, True, peer)
             except AuthenticationError:
-                peer._reconnecting = None
-                self._finish_peer(peer, CloseReason.NORMAL, False)
-                return
+                # Another key answered: refused, reported, and tried again later
+                # (a forger's RESPONSE must not end the Peer; issue 9 items 2c, 7).
+                if self._closed or self._closing or peer._closing:
+                    return
+                self._post(PeerEvent("rejected", peer))
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                continue
             except IntentraError:
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
                 continue
