@@ -440,6 +440,13 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
       "                return\n",
       "one wrong-key answer ends a reconnecting Peer for good (issue 9 items 2c, 7)"),
 
+    m("w-short-datagram-unchecked", "5", "workers.py",
+      "        (_LD_W_LEN, 0, 0, 0),\n"
+      "        (_JGE_K, 0, 4, CONN_ID_OFFSET + 4),  # shorter than 8 bytes -> the last "
+      "instruction\n", "",
+      "datagrams under 8 bytes abort the steering program and all go to worker 0 "
+      "(issue 9 item 8)"),
+
     # --------------------------------------------------------- section 7: authorisation
     m("s7-responder-allow-list-ignored", "7", "core/endpoint.py",
       "        if not self._authorised(result.remote_static, None):\n",
