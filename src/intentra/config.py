@@ -101,11 +101,14 @@ class EndpointConfig:
     apart again for the session's own address and any other (forgeries spend only this)."""
     failed_open_burst: float = 500.0
     """Depth of each failed-open allowance, packets."""
+    message_cost: float = 0.1
+    """Tokens of the session's bucket charged per message delivered beyond a packet's first,
+    tokens (a message costs about a tenth of a packet to deliver; 0 to charge packets only)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or f.name == "key_update_catch_up":
+            if isinstance(value, bool) or f.name in ("key_update_catch_up", "message_cost"):
                 continue
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(
@@ -119,6 +122,8 @@ class EndpointConfig:
             raise ConfigError("EndpointConfig needs min_rto <= initial_rto <= max_rto")
         if self.max_reliable_in_flight >= 1 << 31:
             raise ConfigError("EndpointConfig.max_reliable_in_flight must be below 2**31")
+        if not 0 <= self.message_cost <= self.rate_limit_burst:
+            raise ConfigError("EndpointConfig.message_cost must be between 0 and rate_limit_burst")
         if not 0 <= self.key_update_catch_up <= 8:
             raise ConfigError("EndpointConfig.key_update_catch_up must be between 0 and 8")
         if not 1 <= self.ipv6_prefix <= 128:

@@ -91,6 +91,8 @@ def _family(host: str) -> socket.AddressFamily:
 
 _tuple_new = tuple.__new__
 _ACK_CHUNK = 8
+_FAIR_CHUNK: Final = 64
+"""Datagrams processed per turn of the event loop before the rest of a batch waits."""
 """Datagrams of a received batch processed between two sends of what is due."""
 
 
@@ -328,6 +330,7 @@ class Transport:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._flush_scheduled = False
+        self._rx_pending = False  # a received batch is being worked through in chunks
         self._closed = False
         self._closing = False
         self._metrics_server: Any = None
@@ -747,21 +750,40 @@ class Transport:
     # ---------------------------------------------------------------- driving
 
     def _on_readable(self) -> None:
+        if self._rx_pending:
+            return  # the rest of the last batch goes first, in order
         batch = self._datapath.receive(RECEIVE_BATCH)
         if batch:
-            now = self._loop.time()
-            endpoint = self._endpoint
-            if len(batch) <= _ACK_CHUNK:
-                endpoint.receive_datagrams(batch, now)
-            else:
-                # A large batch (a GRO buffer is up to 64 datagrams) is taken in
-                # chunks, and what is due to go out (acknowledgements above all)
-                # leaves after each: the sender refills its window while this side
-                # still works through the rest.
-                for start in range(0, len(batch), _ACK_CHUNK):
-                    endpoint.receive_datagrams(batch[start:start + _ACK_CHUNK], now)
-                    self._send_due(now)
-            self._process(now)
+            self._work_through(batch, 0)
+
+    def _work_through(self, batch: list[tuple[bytes, Address]], start: int) -> None:
+        """Process at most _FAIR_CHUNK datagrams of ``batch``, then yield to the loop.
+
+        One wake-up never holds the loop for a whole batch (512 datagrams, each
+        possibly packed with messages): after each chunk the rest is scheduled
+        behind the callbacks already waiting (timers, senders, other readers;
+        issue 9 item 1), and the socket is not read again until it is done.
+        """
+        self._rx_pending = False
+        if self._closed:
+            return
+        now = self._loop.time()
+        endpoint = self._endpoint
+        end = min(len(batch), start + _FAIR_CHUNK)
+        if end - start <= _ACK_CHUNK:
+            endpoint.receive_datagrams(batch[start:end], now)
+        else:
+            # A large batch (a GRO buffer is up to 64 datagrams) is taken in
+            # chunks, and what is due to go out (acknowledgements above all)
+            # leaves after each: the sender refills its window while this side
+            # still works through the rest.
+            for at in range(start, end, _ACK_CHUNK):
+                endpoint.receive_datagrams(batch[at:min(at + _ACK_CHUNK, end)], now)
+                self._send_due(now)
+        self._process(now)
+        if end < len(batch):
+            self._rx_pending = True
+            self._loop.call_soon(self._work_through, batch, end)
 
     def _on_timer(self) -> None:
         self._timer = None

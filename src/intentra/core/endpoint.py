@@ -231,7 +231,15 @@ class Endpoint:
             session.finish_datagram = b""
             self._events.append(HandshakeConfirmed(session.conn_id))
         # 8. act
+        events = self._events
+        before = len(events)
         session.on_packet(ptype, intent, priority, ack, plaintext, now)
+        # A packet costs per message delivered too: each one past the first is
+        # charged to the bucket as debt, so one packing many tiny messages pays
+        # for them (issue 9 item 1) and a peer's sustained message rate is bounded.
+        extra = len(events) - before - 1
+        if extra > 0:
+            bucket.tokens -= extra * self.config.message_cost
         if session.state is SessionState.CLOSED:
             self._remove(session)
             return
