@@ -101,9 +101,10 @@ class EndpointConfig:
     apart again for the session's own address and any other (forgeries spend only this)."""
     failed_open_burst: float = 500.0
     """Depth of each failed-open allowance, packets."""
-    message_cost: float = 0.1
+    message_cost: float = 0.5
     """Tokens of the session's bucket charged per message delivered beyond a packet's first,
-    tokens (a message costs about a tenth of a packet to deliver; 0 to charge packets only)."""
+    tokens: a peer gets at most about rate_limit_pps / message_cost messages a second
+    (20,000) however it packs them; 0 charges packets only."""
 
     def __post_init__(self) -> None:
         for f in fields(self):

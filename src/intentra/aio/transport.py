@@ -93,6 +93,8 @@ _tuple_new = tuple.__new__
 _ACK_CHUNK = 8
 _FAIR_CHUNK: Final = 64
 """Datagrams processed per turn of the event loop before the rest of a batch waits."""
+_FAIR_MESSAGES: Final = 1024
+"""Messages delivered per turn of the event loop after which the rest of a batch waits."""
 """Datagrams of a received batch processed between two sends of what is due."""
 
 
@@ -769,17 +771,26 @@ class Transport:
             return
         now = self._loop.time()
         endpoint = self._endpoint
-        end = min(len(batch), start + _FAIR_CHUNK)
-        if end - start <= _ACK_CHUNK:
+        limit = min(len(batch), start + _FAIR_CHUNK)
+        if limit - start <= _ACK_CHUNK:
+            end = limit
             endpoint.receive_datagrams(batch[start:end], now)
         else:
             # A large batch (a GRO buffer is up to 64 datagrams) is taken in
             # chunks, and what is due to go out (acknowledgements above all)
             # leaves after each: the sender refills its window while this side
-            # still works through the rest.
-            for at in range(start, end, _ACK_CHUNK):
-                endpoint.receive_datagrams(batch[at:min(at + _ACK_CHUNK, end)], now)
+            # still works through the rest. A turn also ends after about
+            # _FAIR_MESSAGES delivered messages: datagrams packed with tiny
+            # messages cost per message.
+            events = endpoint._events
+            delivered = len(events)
+            end = start
+            while end < limit:
+                at, end = end, min(end + _ACK_CHUNK, limit)
+                endpoint.receive_datagrams(batch[at:end], now)
                 self._send_due(now)
+                if len(events) - delivered >= _FAIR_MESSAGES:
+                    break
         self._process(now)
         if end < len(batch):
             self._rx_pending = True
