@@ -299,7 +299,7 @@ def test_pinned_server_key_mismatch_fails_with_authentication() -> None:
     link, a, b = pair()
     wrong = seeded_key("somebody else").public_key.to_bytes()
     cid_a = link.connect(a, b, server_key=wrong)
-    link.advance(1.0)
+    link.advance(a.endpoint.config.handshake_timeout + 0.1)  # refused keys fail at the timeout
 
     [failed] = a.of_type(HandshakeFailed)
     assert (failed.conn_id, failed.reason) == (cid_a, "authentication")
@@ -323,7 +323,7 @@ def test_initiator_allow_list_refuses_an_unknown_responder() -> None:
     a = link.add("a", allowed_peers=[seeded_key("friend").public_key.to_bytes()])
     b = link.add("b")
     cid_a = link.connect(a, b)
-    link.advance(1.0)
+    link.advance(a.endpoint.config.handshake_timeout + 0.1)  # refused keys fail at the timeout
 
     [failed] = a.of_type(HandshakeFailed)
     assert (failed.conn_id, failed.reason) == (cid_a, "authentication")
@@ -429,9 +429,12 @@ def test_global_handshake_limit() -> None:
     for i in range(5):
         src = (f"192.0.2.{i + 1}", 6000)
         link.deliver(valid_hello(100 + i, src, seed=i), src, b)
+    # A full table makes room by dropping its oldest pending handshake (issue 9 item 3).
     assert b.endpoint.handshakes_in_flight == 3
     assert b.endpoint.stats.handshakes_rejected == 2
-    assert len(link.sent_by(b, is_hs(HsKind.RESPONSE))) == 3
+    assert len(link.sent_by(b, is_hs(HsKind.RESPONSE))) == 5
+    assert sorted(s.addr[0] for s in b.endpoint.sessions.values()) == [
+        "192.0.2.3", "192.0.2.4", "192.0.2.5"]
 
 
 def test_max_connections_counts_pending_handshakes() -> None:

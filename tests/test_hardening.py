@@ -202,7 +202,7 @@ def garbage_finish(genuine: bytes, i: int) -> bytes:
     return bytes(forged)
 
 
-def test_failed_finishes_are_tried_at_most_once_per_half_rto(
+def test_failed_finishes_cost_no_noise_work_and_never_delay_the_genuine_one(
         monkeypatch: pytest.MonkeyPatch) -> None:
     link, a, b = pair()
     genuine = held_finish(link, a, b)
@@ -210,20 +210,16 @@ def test_failed_finishes_are_tried_at_most_once_per_half_rto(
     tried = count_calls(monkeypatch, ResponderHandshake, "consume_finish")
     crypto = eb.stats.packets_dropped_crypto
 
-    # A burst of garbage with the right ids: only the first costs Noise work.
+    # A burst of garbage with the right ids, some of it copies of the genuine
+    # FINISH with a damaged tail: none gets as far as a Noise read.
     for i in range(100):
-        link.deliver(garbage_finish(genuine, i % 40), ATTACKER, b)
-    assert tried[0] == 1
+        link.deliver(garbage_finish(genuine, i % 64), ATTACKER, b)
+    assert tried[0] == 0
     assert eb.stats.packets_dropped_crypto == crypto + 100
-    # The genuine FINISH right behind it waits too (refused without trying) ...
+    # The genuine FINISH right behind them completes at once (no lockout a
+    # forger could trigger: issue 9 item 2a).
     link.deliver(genuine, a.addr, b)
     assert tried[0] == 1
-    assert not b.of_type(HandshakeCompleted)
-    # ... and completes once half an INITIAL_RTO has passed (the initiator resends
-    # FINISH every RTO), so forgeries delay a handshake but cannot kill it.
-    link.now += eb.config.initial_rto / 2
-    link.deliver(genuine, a.addr, b)
-    assert tried[0] == 2
     assert len(b.of_type(HandshakeCompleted)) == 1
     assert eb.handshakes_in_flight == 0
 

@@ -698,11 +698,15 @@ def test_handshake_timeout_when_nothing_answers() -> None:
     run(body())
 
 
+QUICK_REFUSAL = EndpointConfig(handshake_timeout=1.0)
+"""A refused responder key fails the handshake only at its timeout (issue 9 item 2c)."""
+
+
 def test_wrong_pinned_key_fails_authentication() -> None:
     async def body() -> None:
         async with transports() as made:
             server = await bind(made)
-            client = await bind(made)
+            client = await bind(made, config=QUICK_REFUSAL)  # refused keys fail at the timeout
             wrong = PrivateKey.generate().public_key
             with pytest.raises(AuthenticationError):
                 await step(client.connect(server.local_address, wrong))
@@ -756,7 +760,8 @@ def test_allow_list_at_the_initiator_refuses_the_responder() -> None:
     async def body() -> None:
         async with transports() as made:
             server = await bind(made)
-            picky = await bind(made, allowed_peers=[PrivateKey.generate().public_key])
+            picky = await bind(made, allowed_peers=[PrivateKey.generate().public_key],
+                               config=QUICK_REFUSAL)
             with pytest.raises(AuthenticationError):
                 await step(picky.connect(server.local_address))
             with pytest.raises(AuthenticationError):  # pinning does not override the list

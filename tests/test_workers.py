@@ -80,8 +80,10 @@ def test_hello_conn_id_zero_falls_back_to_the_address_hash() -> None:
 
 def test_steering_program_shape() -> None:
     program = steering_program(5)
-    assert program[0] == (0x20, 0, 0, 4)          # load conn_id
-    assert program[2] == (0x94, 0, 0, 5)          # modulo the worker count
+    assert program[0] == (0x80, 0, 0, 0)          # load the length
+    assert program[1] == (0x35, 0, 4, 8)          # under 8 bytes: the kernel's hash
+    assert program[2] == (0x20, 0, 0, 4)          # load conn_id
+    assert program[4] == (0x94, 0, 0, 5)          # modulo the worker count
     assert program[-1] == (0x06, 0, 0, 0xFFFFFFFF)  # out of range: the kernel's hash
 
 

@@ -98,11 +98,32 @@ class EndpointConfig:
     """Messages waiting in one session's send queue; beyond it REALTIME sends are dropped."""
     initial_pn: int = 1
     """First packet number a sender uses. Testing only: start near 2**32 to test the wrap."""
+    # --- defences against forged handshake packets and floods (docs/security.md, issue 9)
+    handshake_attempt_rate: float = 16.0
+    """RESPONSE reads that failed or proved a refused key, per second per initiator handshake
+    after the burst (each costs about 0.13 ms of Noise work); forged ones cannot end it."""
+    handshake_attempt_burst: float = 8.0
+    """Depth of that per-handshake budget, RESPONSE reads."""
+    cookie_candidates: int = 8
+    """Distinct COOKIE values an initiator keeps (and counts) per handshake, cookies."""
+    cookie_hellos: int = 2
+    """HELLOs an initiator sends per round, one per best cookie candidate, datagrams."""
+    ipv6_prefix: int = 64
+    """Leading bits of an IPv6 source that MAX_HANDSHAKES_PER_IP counts as one source, bits."""
+    failed_open_pps: float = 10_000.0
+    """AEAD opens that may fail per second per session, apart from RATE_LIMIT_PPS, and
+    apart again for the session's own address and any other (forgeries spend only this)."""
+    failed_open_burst: float = 500.0
+    """Depth of each failed-open allowance, packets."""
+    message_cost: float = 0.5
+    """Tokens of the session's bucket charged per message delivered beyond a packet's first,
+    tokens: a peer gets at most about rate_limit_pps / message_cost messages a second
+    (20,000) however it packs them; 0 charges packets only."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or f.name == "key_update_catch_up":
+            if isinstance(value, bool) or f.name in ("key_update_catch_up", "message_cost"):
                 continue
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(
@@ -116,11 +137,15 @@ class EndpointConfig:
             raise ConfigError("EndpointConfig needs min_rto <= initial_rto <= max_rto")
         if self.max_reliable_in_flight >= 1 << 31:
             raise ConfigError("EndpointConfig.max_reliable_in_flight must be below 2**31")
+        if not 0 <= self.message_cost <= self.rate_limit_burst:
+            raise ConfigError("EndpointConfig.message_cost must be between 0 and rate_limit_burst")
         if not 0 <= self.key_update_catch_up <= 8:
             raise ConfigError("EndpointConfig.key_update_catch_up must be between 0 and 8")
         if self.ack_delay > ACK_DELAY:
             raise ConfigError(f"EndpointConfig.ack_delay must be at most {ACK_DELAY} s "
                               f"(ACK_DELAY, a wire constant), got {self.ack_delay}")
+        if not 1 <= self.ipv6_prefix <= 128:
+            raise ConfigError("EndpointConfig.ipv6_prefix must be between 1 and 128")
         if not 1 <= self.initial_pn < self.pn_limit:
             raise ConfigError("EndpointConfig.initial_pn must be at least 1 and below pn_limit")
 

@@ -81,6 +81,7 @@ def m(name: str, section: str, file: str, old: str, new: str, what: str,
 
 _FAILED_AEAD: Final = (
     "        if opened is None:\n"
+    "            self._failed_open(conn_id, home, now)\n"
     "            stats.packets_dropped_crypto += 1\n"
     "            return\n")
 
@@ -89,6 +90,7 @@ def _after_failed_aead(extra: str) -> str:
     """The failed-AEAD branch of Endpoint.receive_datagram, doing ``extra`` first."""
     return ("        if opened is None:\n"
             f"            {extra}  # mutant\n"
+            "            self._failed_open(conn_id, home, now)\n"
             "            stats.packets_dropped_crypto += 1\n"
             "            return\n")
 
@@ -171,10 +173,13 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
       "next(iter(self.sessions.values()), None)\n",
       "an unknown conn_id is not dropped as unknown but handed to some session"),
     m("s4-step3-no-rate-limit", "4-6", "core/endpoint.py",
-      "        if not session.bucket.take(now):\n", "        if False:\n",
-      "the per-session token bucket is gone"),
-    Mutation("s4-step3-bucket-after-aead", "4", "core/endpoint.py", (
-        ("        if not session.bucket.take(now):\n"
+      "        if not bucket.ready(now) or (fails is not None and not fails[not home]"
+      ".ready(now)):\n",
+      "        if False:\n",
+      "the per-session token bucket and failed-open allowances are gone"),
+    Mutation("s4-step3-bucket-after-aead", "4-6", "core/endpoint.py", (
+        ("        if not bucket.ready(now) or (fails is not None and not fails[not home]"
+         ".ready(now)):\n"
          "            stats.packets_dropped_rate_limit += 1\n"
          "            return\n", ""),
         ("        plaintext, moves_phase = opened\n",
@@ -183,6 +188,17 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
          "            stats.packets_dropped_rate_limit += 1\n"
          "            return\n")),
         "the token is taken after decryption: a flood costs an AEAD each"),
+    m("s4-step3-no-failed-open-limit", "4-6", "core/endpoint.py",
+      "(fails is not None and not fails[not home].ready(now))", "False",
+      "opens that fail are not limited: a forged flood costs an AEAD open each (issue 9 item 4)"),
+    m("s4-step3-forgery-spends-genuine-bucket", "4-6", "core/endpoint.py",
+      "            self._failed_open(conn_id, home, now)\n",
+      "            bucket.tokens -= 1.0  # mutant: one bucket for all, as before\n",
+      "a failed open spends the bucket genuine packets need (issue 9 item 4)"),
+    Mutation("s4-step3-one-failed-open-allowance", "4-6", "core/endpoint.py", (
+        ("not fails[not home].ready(now)", "not fails[0].ready(now)"),
+        ("        fails[not home].charge()\n", "        fails[0].charge()  # mutant\n")),
+        "forgeries from anywhere spend the allowance of the peer's own address too"),
     m("s4-step4-no-replay-check", "4-6", "core/endpoint.py",
       "        if not replay.is_fresh(pn):\n", "        if False:\n",
       "no replay pre-check"),
@@ -318,8 +334,17 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
       "if (len(self.sessions) >= cfg.max_connections", "if (False",
       "MAX_CONNECTIONS does not stop a HELLO"),
     m("s5-no-global-hs-limit", "7", "core/endpoint.py",
-      "                or self._pending_count >= cfg.max_handshakes_in_flight\n", "",
+      "        if self._pending_count >= cfg.max_handshakes_in_flight:\n",
+      "        if False:\n",
       "no MAX_HANDSHAKES_IN_FLIGHT"),
+    m("s5-full-table-refuses", "7", "core/endpoint.py",
+      "            stats.handshakes_rejected += 1\n            self._remove(oldest)\n",
+      "            stats.handshakes_rejected += 1\n            return  # mutant\n",
+      "a full pending table refuses newcomers instead of evicting its oldest (issue 9 item 3)"),
+    m("s5-ipv6-per-address", "7", "core/endpoint.py",
+      "        if len(ip) != 16 or ip.startswith(_V4_MAPPED):\n",
+      "        if True:  # mutant\n",
+      "MAX_HANDSHAKES_PER_IP counts each IPv6 address, not each /64 (issue 9 item 3)"),
     m("s5-no-per-ip-limit", "7", "core/endpoint.py",
       "                or self._pending_per_ip.get(ip, 0) >= cfg.max_handshakes_per_ip):",
       "                ):",
@@ -346,9 +371,33 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
     m("s5-conn-id-not-unique", "7", "core/endpoint.py",
       "if conn_id and conn_id not in self.sessions:", "if conn_id:",
       "a new conn_id may collide with a live session's"),
-    m("s5-finish-retry-unthrottled", "7", "core/endpoint.py",
-      "        if now < session.finish_retry_at:\n", "        if False:\n",
-      "every forged FINISH costs the responder a Noise rebuild (two DH)"),
+    m("s5-finish-no-precheck", "7", "core/endpoint.py",
+      "        if not hs.could_be_genuine(body.noise):\n", "        if False:\n",
+      "every forged FINISH costs the responder a Noise read (issue 9 item 2a)"),
+    m("s5-finish-lockout", "7", "core/endpoint.py",
+      "        result = hs.consume_finish(body.noise)\n        if result is None:\n",
+      "        if now < session.finish_retry_at:  # mutant: the old lockout\n"
+      "            stats.packets_dropped_crypto += 1\n            return\n"
+      "        if not hs.could_be_genuine(body.noise[:48] + bytes(16)):\n"
+      "            session.finish_retry_at = now + 0.125\n"
+      "        result = hs.consume_finish(body.noise)\n        if result is None:\n",
+      "a forged FINISH locks the pending handshake for 125 ms, genuine FINISH included"),
+    m("s5-refused-response-ends-handshake", "7", "core/endpoint.py",
+      "            guard.refused = True\n            stats.handshakes_rejected += 1\n"
+      "            return\n",
+      "            guard.refused = True\n            stats.handshakes_rejected += 1\n"
+      "            self._remove(session)  # mutant\n"
+      "            self._events.append(HandshakeFailed(session.conn_id, addr, "
+      "\"authentication\"))\n            return\n",
+      "one RESPONSE with a refused key ends the handshake (issue 9 item 2c)"),
+    m("s5-response-reads-unbudgeted", "7", "core/endpoint.py",
+      "        if not guard.attempts.ready(now):\n", "        if False:\n",
+      "every forged RESPONSE costs the initiator a Noise read, without limit"),
+    m("s5-cookie-single-candidate", "7", "core/endpoint.py",
+      "        guard.see_cookie(bytes(body.cookie), cfg.cookie_candidates, self._rng)\n",
+      "        guard.cookies.clear()  # mutant: only the newest cookie is kept\n"
+      "        guard.see_cookie(bytes(body.cookie), cfg.cookie_candidates, self._rng)\n",
+      "the initiator keeps one cookie, the newest: a forged flood always wins it"),
     m("s5-dup-finish-any-address", "7", "core/endpoint.py",
       "            if (session.finish_body and addr == session.addr\n",
       "            if (session.finish_body\n",
@@ -368,16 +417,35 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
       "                    and data == session.finish_body):",
       "the duplicate FINISH is compared with =="),
     m("s5-cookie-reply-any-address", "7", "core/endpoint.py",
-      "if (session.state is not SessionState.HELLO_SENT or hs is None or addr != session.addr\n",
-      "if (session.state is not SessionState.HELLO_SENT or hs is None\n",
+      "                or addr != session.addr or body.cookie == _NO_COOKIE\n",
+      "                or body.cookie == _NO_COOKIE  # mutant\n",
       "the initiator takes a COOKIE from any address"),
     m("s5-cookie-reply-unpaced", "7", "core/endpoint.py",
-      "                or now < session.cookie_taken_at + session.hs_rto\n", "",
+      "if now < session.cookie_taken_at + session.hs_rto or best == guard.sent_with:",
+      "if best == guard.sent_with:",
       "the initiator takes any number of COOKIEs per RTO"),
     m("s5-old-session-not-replaced", "7", "core/endpoint.py",
       "                old.close(CloseReason.REPLACED, now)\n                self._remove(old)\n",
       "                pass  # mutant\n",
       "a second session with the same static key leaves the old one open"),
+
+    m("t-reconnect-not-pinned", "9", "aio/transport.py",
+      "peer._server_key = key if key is not None else peer.public_key.to_bytes()",
+      "peer._server_key = key",
+      "an unpinned reconnecting Peer takes whatever key answers later (issue 9 item 7)"),
+    m("t-rejected-ends-peer", "9", "aio/transport.py",
+      "                self._post(PeerEvent(\"rejected\", peer))\n",
+      "                peer._reconnecting = None  # mutant: the old end of the Peer\n"
+      "                self._finish_peer(peer, CloseReason.NORMAL, False)\n"
+      "                return\n",
+      "one wrong-key answer ends a reconnecting Peer for good (issue 9 items 2c, 7)"),
+
+    m("w-short-datagram-unchecked", "7", "workers.py",
+      "        (_LD_W_LEN, 0, 0, 0),\n"
+      "        (_JGE_K, 0, 4, CONN_ID_OFFSET + 4),  # shorter than 8 bytes -> the last "
+      "instruction\n", "",
+      "datagrams under 8 bytes abort the steering program and all go to worker 0 "
+      "(issue 9 item 8)"),
 
     # --------------------------------------------------------- section 9: authorisation
     m("s7-responder-allow-list-ignored", "9", "core/endpoint.py",
@@ -452,8 +520,12 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
       "            self.close(CloseReason.PROTOCOL_VIOLATION, now)\n",
       "            self.close(CloseReason.PROTOCOL_VIOLATION, now, send=False)\n",
       "the session closes at the threshold without sending CLOSE"),
+    m("s8-no-message-cost", "10", "core/endpoint.py",
+      "            bucket.tokens -= extra * self.config.message_cost\n",
+      "            pass  # mutant\n",
+      "a packet of 256 tiny messages costs one token, like a packet of one (issue 9 item 1)"),
     m("s8-bucket-burst-unbounded", "10", "core/ratelimit.py",
-      "self.tokens = min(self.burst, self.tokens + elapsed * self.rate)",
+      "self.tokens = min(self.tokens + elapsed * self.rate, self.burst)",
       "self.tokens = self.tokens + elapsed * self.rate",
       "tokens accumulate beyond RATE_LIMIT_BURST while idle"),
     m("s8-reorder-buffer-unbounded", "8/10", "core/reliable.py",

@@ -50,7 +50,7 @@ from intentra.constants import (
 from intentra.core.endpoint import ConnectionLimitError, Endpoint
 from intentra.core.session import SessionState
 from intentra.core.wire import pack_header, pack_hello
-from intentra.events import Address, HandshakeCompleted, HandshakeFailed
+from intentra.events import Address, HandshakeCompleted, HandshakeConfirmed, HandshakeFailed
 from intentra.metrics import make_registry
 
 MASTER: Final = bytes(range(0x40, 0x60))
@@ -125,8 +125,16 @@ def distinct_sources(count: int, family: str) -> list[Address]:
     if family == "ipv4":
         return [(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 1024 + i % 60000)
                 for i in range(count)]
-    return [(f"2001:db8:f100:{i >> 16:x}:{i & 0xFFFF:x}::1", 1024 + i % 60000)
+    return [(f"2001:db8:{0xf100 + (i >> 16):x}:{i & 0xFFFF:x}::1", 1024 + i % 60000)
             for i in range(count)]
+
+
+def source_key(addr: Address) -> str:
+    """What MAX_HANDSHAKES_PER_IP counts: the IPv4 address, or the IPv6 /64."""
+    ip = ipaddress.ip_address(addr[0])
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((addr[0], 64), strict=False))
+    return str(addr[0])
 
 
 def server(config: EndpointConfig | None = None, wall_offset: float = 0.0,
@@ -641,19 +649,26 @@ def responses(pairs: list[tuple[bytes, bytes]]) -> int:
 
 @pytest.mark.parametrize("limit", [1, 7, DEFAULTS.max_handshakes_in_flight])
 def test_global_pending_limit_holds_exactly(limit: int) -> None:
+    """MAX_HANDSHAKES_IN_FLIGHT is never exceeded; a full table makes room by dropping
+    its oldest pending handshake (issue 9 item 3), counted as rejected."""
     config = (EndpointConfig(max_handshakes_in_flight=limit)
               if limit != DEFAULTS.max_handshakes_in_flight else None)
     ep = server(config)
-    sources = distinct_sources(limit + 1, "ipv4")
+    sources = distinct_sources(limit + 21, "ipv4")
     pairs = fill(ep, sources[:limit], T0, "global")
     assert responses(pairs) == limit  # the limit-th is accepted ...
     assert ep.handshakes_in_flight == limit
     assert metric(ep, "intentra_handshake_in_flight") == limit
     assert all(len(reply) <= len(request) for request, reply in pairs)
-    assert_refused(ep, sources[limit], T0, "one-more")  # ... the next one is not
-    for i in range(20):  # nor any other
-        assert_refused(ep, other_ip(sources[limit], 1000 + i), T0, ("more", i))
+    oldest_first = sorted(ep.sessions, key=lambda cid: ep.sessions[cid].created_at)
+    for i, src in enumerate(sources[limit:]):  # ... and each next one evicts the oldest
+        ep.handle_timer(T0 + 0.001 * (i + 1))
+        [(_, reply)] = fill(ep, [src], T0 + 0.001 * (i + 1), ("more", i))
+        assert parse_hs(reply)[0] == HsKind.RESPONSE
+        assert ep.handshakes_in_flight == limit == len(ep.sessions)
+        assert ep.datagrams_to_send(T0) == [] and ep.events() == []  # evicted silently
     assert ep.stats.handshakes_rejected == 21
+    assert not set(oldest_first[:min(21, limit)]) & set(ep.sessions)
     assert {s.state for s in ep.sessions.values()} == {SessionState.RESPONSE_SENT}
 
 
@@ -667,11 +682,16 @@ def test_per_ip_pending_limit_holds_exactly(limit: int, family: str) -> None:
     ports = [other_port(ip, k) for k in range(limit + 1)]
     pairs = fill(ep, ports[:limit], T0, "per-ip")
     assert responses(pairs) == limit
-    assert ep._pending_per_ip == {ip[0]: limit}
+    assert ep._pending_per_ip == {source_key(ip): limit}
     assert_refused(ep, ports[limit], T0, "sixth")
     assert_refused(ep, ports[0], T0, "new-key-same-port")  # a new HELLO, not a repeat
-    # Another IP is not affected, the neighbour address included.
-    [(_, reply)] = fill(ep, [other_ip(ip, 1)], T0, "neighbour")
+    if family == "ipv6":  # an IPv6 source counts per /64 (issue 9 item 3)
+        assert_refused(ep, other_ip(ip, 1), T0, "same-64")
+        assert_refused(ep, other_ip(ip, (1 << 64) - 8), T0, "same-64-far")
+        neighbour = other_ip(ip, 1 << 64)
+    else:  # another IPv4 address is not affected, the neighbour included
+        neighbour = other_ip(ip, 1)
+    [(_, reply)] = fill(ep, [neighbour], T0, "neighbour")
     assert parse_hs(reply)[0] == HsKind.RESPONSE
     assert ep.handshakes_in_flight == limit + 1
 
@@ -710,7 +730,8 @@ def test_full_limits_free_up_after_handshake_timeout(which: str) -> None:
     just_before = deadline - 1e-3
     ep.handle_timer(just_before)
     assert ep.handshakes_in_flight == len(sources)
-    assert_refused(ep, fresh, just_before, "early")
+    if which == "per-ip":  # (a full global table evicts instead: the test above)
+        assert_refused(ep, fresh, just_before, "early")
 
     ep.handle_timer(deadline)
     assert ep.datagrams_to_send(deadline) == []  # expiry sends nothing
@@ -769,7 +790,7 @@ def test_legitimate_client_completes_while_one_ip_floods(family: str) -> None:
     link.advance(0.2)
     assert srv.payloads() == [b"through the flood"]
     limit = ep.config.max_handshakes_per_ip
-    assert ep._pending_per_ip == {flooder[0]: limit}
+    assert ep._pending_per_ip == {source_key(flooder): limit}
     assert ep.stats.handshakes_rejected == 2000 - limit
     assert ep.stats.cookie_replies == 1000 + 1  # the flood's cookie-less third, the client
     assert len(ep.sessions) == limit + 1
@@ -777,6 +798,8 @@ def test_legitimate_client_completes_while_one_ip_floods(family: str) -> None:
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 def test_10000_cookie_valid_hellos_from_10000_ips_hold_100_pending(family: str) -> None:
+    """Never more than 100 pending, the newest ones: each HELLO past the limit evicts
+    the oldest (issue 9 item 3). Every reply is a RESPONSE no larger than its HELLO."""
     ep = server()
     rng = random.Random(f"valid-flood-{family}")
     sources = distinct_sources(FLOOD, family)
@@ -785,10 +808,11 @@ def test_10000_cookie_valid_hellos_from_10000_ips_hold_100_pending(family: str) 
     ep.receive_datagrams(batch, T0)
     out = ep.datagrams_to_send(T0)
     limit = ep.config.max_handshakes_in_flight
-    assert [parse_hs(d)[0] for d, _ in out] == [HsKind.RESPONSE] * limit
-    assert [dst for _, dst in out] == sources[:limit]
-    assert sum(len(d) for d, _ in out) <= sum(len(d) for d, _ in batch[:limit])
+    assert [parse_hs(d)[0] for d, _ in out] == [HsKind.RESPONSE] * FLOOD
+    assert [dst for _, dst in out] == sources
+    assert all(len(d) <= len(h) for (d, _), (h, _) in zip(out, batch, strict=True))
     assert ep.handshakes_in_flight == limit == len(ep.sessions)
+    assert sorted(s.addr for s in ep.sessions.values()) == sorted(sources[-limit:])
     assert len(ep._pending_per_ip) == limit
     assert ep.stats.handshakes_rejected == FLOOD - limit
 
@@ -886,3 +910,51 @@ def test_default_max_connections_holds_exactly_at_10000() -> None:
     with pytest.raises(ConnectionLimitError):
         ep.connect(("203.0.113.12", 443), T0)
     assert len(ep.sessions) == limit
+
+
+# ------------------------------------------- issue 9 item 3: the cheap lockout of all handshakes
+
+
+def test_cookie_valid_flood_from_20_ips_and_a_64_cannot_lock_out_new_clients() -> None:
+    """20 IPv4 addresses and one IPv6 /64 (a fresh address of it for every HELLO),
+    each with valid cookies, flood HELLOs with random msg1 at 2,000/s in all.
+
+    Before: the per-IP limit keyed on the full address, so the /64 alone held every
+    pending slot, and a full table refused every newcomer: 0 of 50 clients got in.
+    Now an IPv6 source counts per /64, and a full table drops its oldest pending
+    handshake to make room: the flood must outpace the clients' round trips."""
+    link = Link(seed=31)
+    srv = link.add("srv", cookie_master=MASTER)
+    ep = srv.endpoint
+    rng = random.Random("lockout")
+    v4 = [(f"203.0.113.{1 + i}", 20000 + i) for i in range(20)]
+    rate, start, duration = 2000.0, 0.0, 12.0
+    for k in range(int(rate * duration)):
+        at = start + k / rate
+        pick = rng.randrange(21)
+        if pick < 20:
+            src: Address = (v4[pick][0], 20000 + rng.randrange(40000))
+        else:
+            src = (f"2001:db8:66:1:{rng.randrange(1 << 16):x}:{rng.randrange(1 << 16):x}:"
+                   f"{rng.randrange(1 << 16):x}:{rng.randrange(1 << 16):x}", 30000)
+        link.inject(raw_hello(1 + k, cookie_now(ep, src, at), rng.randbytes(32)), src, srv,
+                    delay=at)
+    link.now = 0.0
+    link.advance(1.0)  # the flood has filled the table
+    assert ep.handshakes_in_flight == ep.config.max_handshakes_in_flight
+    legit = [link.add(f"cli{i}", addr=(f"192.0.2.{10 + i}", 5000 + i)) for i in range(50)]
+    started: dict[str, float] = {}
+    for i, cli in enumerate(legit):
+        link.run(1.0 + i * 0.1)
+        link.connect(cli, srv)
+        started[cli.name] = link.now
+    link.run(1.0 + 50 * 0.1 + HS_TIMEOUT)
+    done = 0
+    for cli in legit:
+        confirmed = [t for t, e in cli.timed(HandshakeConfirmed)]
+        if confirmed and confirmed[0] - started[cli.name] <= HS_TIMEOUT:
+            done += 1
+    print(f"lockout: {done} of 50 clients completed within 5 s")
+    assert done >= 45, f"only {done} of 50 clients completed a handshake within 5 s"
+    assert ep.handshakes_in_flight <= ep.config.max_handshakes_in_flight
+    assert all(n <= ep.config.max_handshakes_per_ip for n in ep._pending_per_ip.values())

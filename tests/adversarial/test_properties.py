@@ -418,8 +418,19 @@ def check_unauthenticated(ep: Endpoint, before: dict[str, object], raw: bytes, s
     assert events == [], events
     sb, sa = before["sessions"], after["sessions"]
     assert isinstance(sb, dict) and isinstance(sa, dict)
-    assert set(sb) <= set(sa), "an unauthenticated datagram removed a session"
     added = set(sa) - set(sb)
+    removed = set(sb) - set(sa)
+    if removed:
+        # Issue 9 item 3: a cookie-valid HELLO at a full MAX_HANDSHAKES_IN_FLIGHT makes
+        # room by dropping the oldest pending handshake, and nothing else.
+        assert kind is HsKind.HELLO and len(removed) == 1 and len(added) == 1, \
+            "an unauthenticated datagram removed a session"
+        [gone] = removed
+        old_gone = sb[gone]
+        assert isinstance(old_gone, dict) and old_gone["state"] is SessionState.RESPONSE_SENT
+        pending_before = before["pending"]
+        assert isinstance(pending_before, tuple)
+        assert pending_before[0] == ep.config.max_handshakes_in_flight
     if added:
         # protocol.md section 7 step 3: a HELLO whose cookie verifies opens one pending handshake.
         assert kind is HsKind.HELLO and len(added) == 1
@@ -430,10 +441,15 @@ def check_unauthenticated(ep: Endpoint, before: dict[str, object], raw: bytes, s
         assert_hello_keys_unique(ep)
     cookie_taken = False
     for cid, old in sb.items():
+        if cid in removed:
+            continue
         assert same_session(old, sa[cid], now, kind, src) == [], f"session {cid:#x} changed"
         if old["cookie"] != sa[cid]["cookie"]:
             cookie_taken = True
-            assert out == [(ep.sessions[cid].hs_datagram, src)]
+            # One HELLO per best cookie candidate (issue 9 item 2b), to the session only.
+            assert out[0] == (ep.sessions[cid].hs_datagram, src)
+            assert len(out) <= ep.config.cookie_hellos
+            assert all(dst == src and hs_kind(d) is HsKind.HELLO for d, dst in out)
     if not added:
         assert after["pending"] == before["pending"]
         if not any(keys_expire(old, now) for old in sb.values()):

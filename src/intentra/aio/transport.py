@@ -134,6 +134,10 @@ _now = time.monotonic
 for a whole loop iteration, and RTT samples, pacing and the probe timeout need
 microseconds (the same CLOCK_MONOTONIC, read when asked)."""
 _ACK_CHUNK = 8
+_FAIR_CHUNK: Final = 64
+"""Datagrams processed per turn of the event loop before the rest of a batch waits."""
+_FAIR_MESSAGES: Final = 1024
+"""Messages delivered per turn of the event loop after which the rest of a batch waits."""
 """Datagrams of a received batch processed between two sends of what is due."""
 
 
@@ -159,6 +163,9 @@ class PeerEvent:
       - ``"disconnected"``: a reconnecting peer lost its session (``reason``);
         it is reconnecting, with ``pending`` RELIABLE messages to resend;
       - ``"reconnected"``: it has a new session; ``pending`` were resent;
+      - ``"rejected"``: a reconnect attempt was answered with a static key that is
+        not the Peer's (its pinned key, or the key of its first session): the
+        answer is refused and the Peer keeps trying;
       - ``"closed"``: the peer is gone for good (``reason``).
     """
 
@@ -433,6 +440,7 @@ class Transport:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._flush_scheduled = False
+        self._rx_pending = False  # a received batch is being worked through in chunks
         self._closed = False
         self._closing = False
         self._metrics_server: Any = None
@@ -651,7 +659,15 @@ class Transport:
         messages not acknowledged by the old session are resent on the new one
         in order, before newer ones: exactly once within a session, at least
         once across a reconnect (a restarted responder may have delivered a
-        message whose ACK was lost).
+        message whose ACK was lost). Without ``server_key``, a reconnecting Peer
+        pins the key of its first session: every later session must be with
+        that key. An answer with another key (a responder whose key changed, or
+        someone else on its address) fails that attempt with a ``rejected``
+        :class:`PeerEvent`; the Peer keeps trying, so it resumes when the right
+        key answers again. Only ``close()`` ends it.
+
+        A refused key does not end a handshake at once (a forger could send
+        one): :class:`AuthenticationError` comes at the handshake timeout.
         """
         self._check_open()
         host, port = parse_address(address)
@@ -673,7 +689,9 @@ class Transport:
         if reconnect:
             peer.reconnect = True
             peer._target = target
-            peer._server_key = key
+            # Unpinned, the first session's key is pinned for every reconnect: the
+            # Peer is that key, not whoever answers on its address later.
+            peer._server_key = key if key is not None else peer.public_key.to_bytes()
         return peer
 
     def _horizon(self) -> float:
@@ -922,21 +940,49 @@ class Transport:
     # ---------------------------------------------------------------- driving
 
     def _on_readable(self) -> None:
+        if self._rx_pending:
+            return  # the rest of the last batch goes first, in order
         batch = self._datapath.receive(RECEIVE_BATCH)
         if batch:
-            now = _now()
-            endpoint = self._endpoint
-            if len(batch) <= _ACK_CHUNK:
-                endpoint.receive_datagrams(batch, now)
-            else:
-                # A large batch (a GRO buffer is up to 64 datagrams) is taken in
-                # chunks, and what is due to go out (acknowledgements above all)
-                # leaves after each: the sender refills its window while this side
-                # still works through the rest.
-                for start in range(0, len(batch), _ACK_CHUNK):
-                    endpoint.receive_datagrams(batch[start:start + _ACK_CHUNK], now)
-                    self._send_due(now)
-            self._process(now)
+            self._work_through(batch, 0)
+
+    def _work_through(self, batch: list[tuple[bytes, Address]], start: int) -> None:
+        """Process at most _FAIR_CHUNK datagrams of ``batch``, then yield to the loop.
+
+        One wake-up never holds the loop for a whole batch (512 datagrams, each
+        possibly packed with messages): after each chunk the rest is scheduled
+        behind the callbacks already waiting (timers, senders, other readers;
+        issue 9 item 1), and the socket is not read again until it is done.
+        """
+        self._rx_pending = False
+        if self._closed:
+            return
+        now = _now()
+        endpoint = self._endpoint
+        limit = min(len(batch), start + _FAIR_CHUNK)
+        if limit - start <= _ACK_CHUNK:
+            end = limit
+            endpoint.receive_datagrams(batch[start:end], now)
+        else:
+            # A large batch (a GRO buffer is up to 64 datagrams) is taken in
+            # chunks, and what is due to go out (acknowledgements above all)
+            # leaves after each: the sender refills its window while this side
+            # still works through the rest. A turn also ends after about
+            # _FAIR_MESSAGES delivered messages: datagrams packed with tiny
+            # messages cost per message.
+            events = endpoint._events
+            delivered = len(events)
+            end = start
+            while end < limit:
+                at, end = end, min(end + _ACK_CHUNK, limit)
+                endpoint.receive_datagrams(batch[at:end], now)
+                self._send_due(now)
+                if len(events) - delivered >= _FAIR_MESSAGES:
+                    break
+        self._process(now)
+        if end < len(batch):
+            self._rx_pending = True
+            self._loop.call_soon(self._work_through, batch, end)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -1120,9 +1166,13 @@ class Transport:
             try:
                 await self._handshake(peer._target, peer._server_key, True, peer)
             except AuthenticationError:
-                peer._reconnecting = None
-                self._finish_peer(peer, CloseReason.NORMAL, False)
-                return
+                # Another key answered: refused, reported, and tried again later
+                # (a forger's RESPONSE must not end the Peer; issue 9 items 2c, 7).
+                if self._closed or self._closing or peer._closing:
+                    return
+                self._post(PeerEvent("rejected", peer))
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                continue
             except IntentraError:
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
                 continue

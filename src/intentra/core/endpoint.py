@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import hmac
+import ipaddress
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -33,7 +34,9 @@ from intentra.constants import (
     PacketType,
 )
 from intentra.core.cookie import CookieJar, address_bytes
+from intentra.core.hsguard import InitiatorGuard
 from intentra.core.noise import InitiatorHandshake, ResponderHandshake
+from intentra.core.ratelimit import TokenBucket
 from intentra.core.session import Session, SessionState
 from intentra.core.stats import Stats
 from intentra.core.wire import (
@@ -71,6 +74,9 @@ _DATA: Final = int(PacketType.DATA)
 _ACK: Final = int(PacketType.ACK)
 _REALTIME: Final = int(Intent.REALTIME)
 _ESTABLISHED: Final = SessionState.ESTABLISHED
+_V4_MAPPED: Final = bytes(10) + b"\xff\xff"
+_NO_COOKIE: Final = bytes(16)
+"""The cookie of a first HELLO; a COOKIE carrying it changes nothing."""
 
 
 class ConnectionLimitError(IntentraError):
@@ -125,6 +131,10 @@ class Endpoint:
         self._pending_hello: dict[tuple[Address, bytes], int] = {}
         self._pending_per_ip: dict[object, int] = {}
         self._pending_count = 0
+        self._pending_order: dict[int, None] = {}      # pending conn_ids, oldest first
+        self._guards: dict[int, InitiatorGuard] = {}   # initiator handshakes in HELLO_SENT
+        # failed-open allowances per session: (from its address, from elsewhere)
+        self._failed_opens: dict[int, tuple[TokenBucket, TokenBucket]] = {}
         self._out: list[tuple[bytes, Address]] = []
         self._events: deque[Event] = deque()
         self._dirty: set[Session] = set()
@@ -177,8 +187,14 @@ class Endpoint:
         if keys is None:
             stats.packets_dropped_unknown += 1
             return
-        # 3. token bucket, before any cryptography
-        if not session.bucket.take(now):
+        # 3. rate limits, before any cryptography. The session's bucket pays only
+        # for packets that authenticate; opens that fail are paid from separate
+        # allowances (the session's own address, any other), so forgeries cannot
+        # crowd out genuine packets. Opens per second <= both (docs/security.md).
+        bucket = session.bucket
+        home = addr == session.addr
+        fails = self._failed_opens.get(conn_id)
+        if not bucket.ready(now) or (fails is not None and not fails[not home].ready(now)):
             stats.packets_dropped_rate_limit += 1
             return
         # 4. packet number recovery and replay pre-check
@@ -199,8 +215,10 @@ class Endpoint:
         opened = keys.open(conn_id, pn, key_phase, data[:HEADER_LEN],
                            memoryview(data)[HEADER_LEN:], catch_up)
         if opened is None:
+            self._failed_open(conn_id, home, now)
             stats.packets_dropped_crypto += 1
             return
+        bucket.tokens -= 1.0  # step 3's token, now that the packet authenticated
         plaintext, moves_phase = opened
         # 6. commit: replay window, then the key update this packet proved
         newest = pn > replay.highest
@@ -224,7 +242,15 @@ class Endpoint:
             self._events.append(HandshakeConfirmed(session.conn_id))
         # 8. act
         had_ack_at = session.ack_at is not None
+        events = self._events
+        before = len(events)
         session.on_packet(ptype, intent, priority, ack, plaintext, now, pn, eliciting)
+        # A packet costs per message delivered too: each one past the first is
+        # charged to the bucket as debt, so one packing many tiny messages pays
+        # for them and a peer's sustained message rate is bounded.
+        extra = len(events) - before - 1
+        if extra > 0:
+            bucket.tokens -= extra * self.config.message_cost
         if session.state is SessionState.CLOSED:
             self._remove(session)
             return
@@ -246,6 +272,16 @@ class Endpoint:
             self._dirty.add(session)
         if session.ack_now or session.retransmit or session.queued:
             self._flush.add(session)  # an ACK may have opened the window for queued messages
+
+    def _failed_open(self, conn_id: int, home: bool, now: float) -> None:
+        """Charge a failed AEAD open to the session's allowance for its kind of source."""
+        fails = self._failed_opens.get(conn_id)
+        if fails is None:
+            cfg = self.config
+            fails = self._failed_opens[conn_id] = (
+                TokenBucket(cfg.failed_open_pps, cfg.failed_open_burst, now),
+                TokenBucket(cfg.failed_open_pps, cfg.failed_open_burst, now))
+        fails[not home].charge()
 
     # ------------------------------------------------------------ handshake
 
@@ -293,15 +329,27 @@ class Endpoint:
                 stats.packets_sent += 1
                 self._out.append((pending.hs_datagram, addr))
             return
-        ip = addr[0]
+        # MAX_HANDSHAKES_PER_IP counts an IPv6 source per prefix (a /64 by
+        # default): one host holds a whole /64, and would otherwise have 2^64
+        # sources. A full MAX_HANDSHAKES_IN_FLIGHT makes room, as a SYN cache
+        # does, by dropping the oldest pending handshake: holding every slot then
+        # takes a fresh cookie-valid HELLO per slot per round trip of the genuine
+        # clients, from enough sources (docs/security.md, "Handshake lockout").
+        ip = self._source_key(addr, source)
         if (len(self.sessions) >= cfg.max_connections
-                or self._pending_count >= cfg.max_handshakes_in_flight
                 or self._pending_per_ip.get(ip, 0) >= cfg.max_handshakes_per_ip):
             stats.handshakes_rejected += 1
             return
         if body.noise in LOW_ORDER_POINTS:
             stats.packets_dropped_crypto += 1  # could never complete; refused before any DH
             return
+        if self._pending_count >= cfg.max_handshakes_in_flight:
+            oldest = self.sessions.get(next(iter(self._pending_order), 0))
+            if oldest is None:  # pragma: no cover - the order lists exactly the pending
+                stats.handshakes_rejected += 1
+                return
+            stats.handshakes_rejected += 1
+            self._remove(oldest)
         hs = ResponderHandshake.create(self._static, self._rng(KEY_LEN), body.noise)
         if hs is None:
             stats.packets_dropped_crypto += 1
@@ -319,29 +367,47 @@ class Endpoint:
         self._pending_hello[hello_key] = conn_id
         self._pending_per_ip[ip] = self._pending_per_ip.get(ip, 0) + 1
         self._pending_count += 1
+        self._pending_order[conn_id] = None
         stats.packets_sent += 1
         self._out.append((session.hs_datagram, addr))
         self._touch(session)
 
     def _on_cookie(self, session: Session, body: HsBody, addr: Address, now: float) -> None:
-        # COOKIE is not authenticated (SPEC section 5 gives it no MAC). Accept it
-        # only from the address the HELLO went to, for our own random conn_id, a
-        # new cookie only, and at most one per handshake RTO, without resetting
-        # the backoff: forged COOKIEs buy an attacker one HELLO per RTO, not a
-        # stream of them. No total cap: a forged cookie is replaced by the
-        # genuine one on the next round, so forgeries delay but cannot kill.
+        # COOKIE is not authenticated (SPEC section 5 gives it no MAC), and an
+        # attacker who sees our HELLO can flood forged ones. Accept them only from
+        # the address the HELLO went to, for our own random conn_id, and keep each
+        # as a counted candidate (InitiatorGuard): the genuine cookie comes back
+        # once per HELLO we send with a wrong one, so it soon leads. At most once
+        # per handshake RTO, without resetting the backoff, a COOKIE that changes
+        # the best candidates sends HELLOs with them (a bounded exception to "no
+        # reply larger than its cause": only to the session's own address).
         hs = session.initiator_hs
-        if (session.state is not SessionState.HELLO_SENT or hs is None or addr != session.addr
-                or now < session.cookie_taken_at + session.hs_rto
+        guard = self._guards.get(session.conn_id)
+        if (session.state is not SessionState.HELLO_SENT or hs is None or guard is None
+                or addr != session.addr or body.cookie == _NO_COOKIE
                 or hmac.compare_digest(body.cookie, session.cookie)):
+            self.stats.packets_dropped_unknown += 1  # the cookie in use changes nothing
+            return
+        cfg = self.config
+        guard.see_cookie(bytes(body.cookie), cfg.cookie_candidates, self._rng)
+        best = guard.best(cfg.cookie_hellos)
+        if now < session.cookie_taken_at + session.hs_rto or best == guard.sent_with:
             self.stats.packets_dropped_unknown += 1
             return
         session.cookie_taken_at = now
-        session.cookie = body.cookie
-        session.hs_datagram = pack_hello(session.conn_id, body.cookie, hs.msg1)
-        self.stats.packets_sent += 1
-        self._out.append((session.hs_datagram, addr))
+        self._send_hellos(session, hs.msg1, guard, best)
         self._touch(session)
+
+    def _send_hellos(self, session: Session, msg1: bytes, guard: InitiatorGuard,
+                     best: tuple[bytes, ...]) -> None:
+        """One HELLO per cookie candidate in ``best``; the first is the one resent alone."""
+        guard.sent_with = best
+        session.cookie = best[0]
+        hellos = [pack_hello(session.conn_id, c, msg1) for c in best]
+        session.hs_datagram = hellos[0]
+        for hello in hellos:
+            self.stats.packets_sent += 1
+            self._out.append((hello, session.addr))
 
     def _authorised(self, peer_key: bytes, pinned: bytes | None) -> bool:
         ok = True
@@ -355,19 +421,39 @@ class Endpoint:
     def _on_response(self, session: Session, body: HsBody, addr: Address, now: float) -> None:
         stats = self.stats
         hs = session.initiator_hs
-        if session.state is not SessionState.HELLO_SENT or hs is None or addr != session.addr:
+        guard = self._guards.get(session.conn_id)
+        if (session.state is not SessionState.HELLO_SENT or hs is None or guard is None
+                or addr != session.addr):
             stats.packets_dropped_unknown += 1
+            return
+        # A forged or wrong-key RESPONSE must not cost the genuine one its place:
+        # each is read on a fork of the Noise state (core/noise.py) and the
+        # handshake goes on until HANDSHAKE_TIMEOUT. The reads that fail are
+        # paid from a small budget per handshake, and a body already tried (the
+        # responder resends the same one) costs nothing more.
+        tried = bytes(body.noise) + body.sender_id.to_bytes(4, "big")
+        if guard.already_tried(tried):
+            stats.packets_dropped_crypto += 1
+            return
+        if not guard.attempts.ready(now):
+            stats.packets_dropped_rate_limit += 1
             return
         result = hs.consume_response(body.noise)
         if result is None:
+            guard.attempts.charge()
+            guard.tried_and_failed(tried)
             stats.packets_dropped_crypto += 1
             return
-        # 4. authenticated: check the responder's static key (section 7)
+        # 4. authenticated: check the responder's static key (section 7). A key we
+        # refuse is counted and remembered (the handshake then fails with
+        # "authentication" at its timeout), but the genuine RESPONSE may follow.
         if not self._authorised(result.remote_static, session.pinned_key):
+            guard.attempts.charge()
+            guard.tried_and_failed(tried)
+            guard.refused = True
             stats.handshakes_rejected += 1
-            self._remove(session)
-            self._events.append(HandshakeFailed(session.conn_id, addr, "authentication"))
             return
+        del self._guards[session.conn_id]
         session.initiator_hs = None
         session.finish_datagram = pack_finish(body.sender_id, session.conn_id, result.msg3)
         session.hs_datagram = b""  # the HELLO is never resent once RESPONSE arrived
@@ -408,16 +494,16 @@ class Endpoint:
                 or body.sender_id != session.remote_id):
             stats.packets_dropped_unknown += 1
             return
-        # Each failed FINISH costs a rebuild of the Noise state (two DH). After a
-        # failure the next try waits half an INITIAL_RTO: an attacker holding the
-        # ids gets a few DH per second per pending handshake, and the genuine
-        # FINISH, resent by the initiator every RTO, still gets through.
-        if now < session.finish_retry_at:
+        # The ids are visible in the RESPONSE, so anyone may send FINISH-shaped
+        # garbage here. No lockout (a forger would trigger it against the genuine
+        # FINISH): a forgery fails one AES-GCM open of the encrypted static key
+        # against the saved state, before any Noise state is built or any DH is
+        # done, and leaves the handshake untouched (core/noise.py).
+        if not hs.could_be_genuine(body.noise):
             stats.packets_dropped_crypto += 1
             return
         result = hs.consume_finish(body.noise)
         if result is None:
-            session.finish_retry_at = now + self.config.initial_rto / 2
             stats.packets_dropped_crypto += 1
             return
         # 5. authenticated: check the initiator's static key (section 7)
@@ -481,6 +567,7 @@ class Endpoint:
         if not session.pending:
             return
         session.pending = False
+        self._pending_order.pop(session.conn_id, None)
         ip = session.pending_ip
         left = self._pending_per_ip.get(ip, 0) - 1
         if left > 0:
@@ -488,6 +575,13 @@ class Endpoint:
         else:
             self._pending_per_ip.pop(ip, None)
         self._pending_count -= 1
+
+    def _source_key(self, addr: Address, source: bytes) -> object:
+        """What MAX_HANDSHAKES_PER_IP counts: an IPv4 address, or an IPv6 prefix."""
+        ip = source[:-2]
+        if len(ip) != 16 or ip.startswith(_V4_MAPPED):
+            return addr[0]
+        return str(ipaddress.IPv6Network((ip, self.config.ipv6_prefix), strict=False))
 
     def _new_conn_id(self) -> int:
         count = self._id_count
@@ -502,6 +596,8 @@ class Endpoint:
 
     def _remove(self, session: Session) -> None:
         self._end_pending(session)
+        self._guards.pop(session.conn_id, None)
+        self._failed_opens.pop(session.conn_id, None)
         if session.hello_key is not None:
             self._pending_hello.pop(session.hello_key, None)
             session.hello_key = None
@@ -545,6 +641,9 @@ class Endpoint:
             session.idle_limit = idle_timeout
         hs = InitiatorHandshake(self._static, self._rng(KEY_LEN))
         session.initiator_hs = hs
+        cfg = self.config
+        self._guards[conn_id] = InitiatorGuard(cfg.handshake_attempt_rate,
+                                               cfg.handshake_attempt_burst, now)
         session.hs_datagram = pack_hello(conn_id, session.cookie, hs.msg1)
         self.sessions[conn_id] = session
         self.stats.packets_sent += 1
@@ -714,14 +813,22 @@ class Endpoint:
                 self._remove(session)  # the application never knew of it
                 return
         elif state is SessionState.HELLO_SENT:
+            guard = self._guards.get(session.conn_id)
             if now >= session.hs_deadline_at:
                 self.stats.handshakes_failed += 1
+                refused = guard is not None and guard.refused
                 self._remove(session)
-                self._events.append(HandshakeFailed(session.conn_id, session.addr, "timeout"))
+                self._events.append(HandshakeFailed(session.conn_id, session.addr,
+                                                    "authentication" if refused else "timeout"))
                 return
             if session.hs_retransmit_at is not None and now >= session.hs_retransmit_at:
-                self.stats.packets_sent += 1
-                self._out.append((session.hs_datagram, session.addr))
+                hs = session.initiator_hs
+                best = guard.best(self.config.cookie_hellos) if guard is not None else ()
+                if hs is not None and guard is not None and best:
+                    self._send_hellos(session, hs.msg1, guard, best)
+                else:
+                    self.stats.packets_sent += 1
+                    self._out.append((session.hs_datagram, session.addr))
                 session.hs_rto = min(session.hs_rto * 2, self.config.handshake_max_rto)
                 session.hs_retransmit_at = now + session.hs_rto
         elif state is _ESTABLISHED:

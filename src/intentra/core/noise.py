@@ -5,10 +5,19 @@ Never: reads randomness (ephemeral keys are passed in), touches the network,
 or leaves a handshake changed by a message that failed to authenticate.
 
 ``noiseprotocol`` mutates its handshake state while it reads, even when the
-read then fails. A forged RESPONSE or FINISH must not break a live handshake
-(SPEC section 4 step 5, applied to HS), so on failure the state is rebuilt
-from its inputs: the Noise state after our last write is a pure function of
-(static key, ephemeral key, prologue, messages so far), which we keep.
+read then fails, and a read that succeeds may still bring a key we refuse. A
+forged or wrong-key RESPONSE or FINISH must not cost the genuine one its place
+(SPEC section 4 step 5, applied to HS; docs/security.md "Handshake blocking"),
+so every read happens on a *fork*: a fresh ``NoiseConnection`` given the state
+saved after our last write (chaining key, handshake hash, cipher key and nonce,
+remaining patterns, remote keys). The saved state is never touched, so a failed
+or refused attempt leaves the handshake exactly as before, able to take the
+genuine message. A fork costs no Diffie-Hellman: the key pair objects are built
+once per handshake.
+
+The responder also checks a FINISH with AES-GCM opens against saved states
+before forking (``could_be_genuine``): a forger, who lacks the keys of the ee
+exchange, is refused for the price of a forged DATA packet.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import warnings
 from typing import Any, NamedTuple
 
 from noise.backends.default.keypairs import KeyPair25519
-from noise.connection import Keypair, NoiseConnection
+from noise.connection import NoiseConnection
 
 from intentra.constants import KEY_LEN, NOISE_PROTOCOL_NAME, PROLOGUE
 
@@ -34,6 +43,7 @@ class InitiatorResult(NamedTuple):
     msg3: bytes
     send_key: bytes
     receive_key: bytes
+    handshake_hash: bytes = b""
 
 
 class ResponderResult(NamedTuple):
@@ -41,6 +51,7 @@ class ResponderResult(NamedTuple):
     peer_payload: bytes
     send_key: bytes
     receive_key: bytes
+    handshake_hash: bytes = b""
 
 
 @functools.lru_cache(maxsize=4)
@@ -53,16 +64,56 @@ def _static_keypair(static: bytes) -> Any:
     return KeyPair25519.from_private_bytes(static)
 
 
-def _new(initiator: bool, static: bytes, ephemeral: bytes, prologue: bytes) -> Any:
+def _new(initiator: bool, static: Any, ephemeral: Any, prologue: bytes) -> Any:
+    """A started connection holding the given key pair objects (no scalar multiplication)."""
     conn = NoiseConnection.from_name(NOISE_PROTOCOL_NAME)
     if initiator:
         conn.set_as_initiator()
     else:
         conn.set_as_responder()
-    conn.noise_protocol.keypairs["s"] = _static_keypair(bytes(static))
-    conn.set_keypair_from_private_bytes(Keypair.EPHEMERAL, ephemeral)
+    keypairs = conn.noise_protocol.keypairs
+    keypairs["s"] = static
+    keypairs["e"] = ephemeral
     conn.set_prologue(prologue)
     conn.start_handshake()
+    return conn
+
+
+class _Saved(NamedTuple):
+    """The Noise state after our last write: all a fork needs to go on from there."""
+
+    h: bytes
+    ck: bytes
+    k: Any
+    n: Any
+    patterns: tuple[Any, ...]
+    re: Any
+    rs: Any
+
+
+def _save(conn: Any) -> _Saved:
+    state = conn.noise_protocol.handshake_state
+    sym = state.symmetric_state
+    cs = sym.cipher_state
+    return _Saved(sym.h, sym.ck, cs.k, cs.n, tuple(state.message_patterns), state.re,
+                  state.rs)
+
+
+def _fork(initiator: bool, static: Any, ephemeral: Any, prologue: bytes,
+          saved: _Saved) -> Any:
+    """A fresh connection in the saved state, ready to read; the saved state stays as it is."""
+    conn = _new(initiator, static, ephemeral, prologue)
+    state = conn.noise_protocol.handshake_state
+    sym = state.symmetric_state
+    sym.h = saved.h
+    sym.ck = saved.ck
+    cs = sym.cipher_state
+    cs.initialize_key(saved.k)
+    cs.n = saved.n
+    state.message_patterns = list(saved.patterns)
+    state.re = saved.re
+    state.rs = saved.rs
+    conn._next_fn = conn.read_message  # we wrote last; a read comes next
     return conn
 
 
@@ -79,55 +130,55 @@ def _split(conn: Any) -> tuple[bytes, bytes]:
 class InitiatorHandshake:
     """The initiator's side: msg 1 at creation, then RESPONSE in, FINISH out."""
 
-    __slots__ = ("_conn", "_ephemeral", "_payload", "_prologue", "_static", "msg1")
+    __slots__ = ("_ephemeral", "_payload", "_prologue", "_saved", "_static", "msg1")
 
     def __init__(self, static: bytes, ephemeral: bytes, prologue: bytes = PROLOGUE,
                  payload: bytes = b"") -> None:
-        self._static = static
-        self._ephemeral = ephemeral
+        self._static = _static_keypair(bytes(static))
+        self._ephemeral = KeyPair25519.from_private_bytes(bytes(ephemeral))
         self._prologue = prologue
         self._payload = payload
-        self._conn, self.msg1 = self._start()
-
-    def _start(self) -> tuple[Any, bytes]:
-        conn = _new(True, self._static, self._ephemeral, self._prologue)
-        return conn, bytes(conn.write_message(self._payload))
+        conn = _new(True, self._static, self._ephemeral, prologue)
+        self.msg1 = bytes(conn.write_message(payload))
+        self._saved = _save(conn)
 
     def consume_response(self, msg2: bytes, payload: bytes = b"") -> InitiatorResult | None:
-        """Read msg 2 and write msg 3 carrying ``payload``.
+        """Read msg 2 and write msg 3 carrying ``payload``, on a fork.
 
         Returns:
             The peer's static key and payload, msg 3 and the Split() keys; or
-            None when msg 2 does not authenticate (the handshake is then
-            exactly as before).
+            None when msg 2 does not authenticate. Either way this handshake is
+            exactly as before: a result whose key the caller refuses, or a
+            failure, leaves it ready for another RESPONSE.
         """
-        conn = self._conn
+        conn = _fork(True, self._static, self._ephemeral, self._prologue, self._saved)
         try:
             state = conn.noise_protocol.handshake_state
             peer_payload = bytes(conn.read_message(bytes(msg2)))
             remote_static = bytes(state.rs.public_bytes)
             msg3 = bytes(conn.write_message(payload))
         except Exception:
-            self._conn, _ = self._start()
             return None
         send, recv = _split(conn)
-        return InitiatorResult(remote_static, peer_payload, msg3, send, recv)
+        return InitiatorResult(remote_static, peer_payload, msg3, send, recv,
+                               bytes(conn.noise_protocol.handshake_hash))
 
 
 class ResponderHandshake:
     """The responder's side: msg 1 in and msg 2 out at creation, then FINISH in."""
 
-    __slots__ = ("_conn", "_ephemeral", "_msg1", "_payload", "_prologue", "_static",
-                 "msg2", "peer_payload")
+    __slots__ = ("_ephemeral", "_hs_cipher", "_payload", "_prologue", "_saved", "_stage",
+                 "_static", "msg2", "peer_payload")
 
-    def __init__(self, conn: Any, static: bytes, ephemeral: bytes, prologue: bytes,
-                 payload: bytes, msg1: bytes, msg2: bytes, peer_payload: bytes) -> None:
-        self._conn = conn
+    def __init__(self, conn: Any, static: Any, ephemeral: Any, prologue: bytes,
+                 payload: bytes, msg2: bytes, peer_payload: bytes) -> None:
         self._static = static
         self._ephemeral = ephemeral
         self._prologue = prologue
         self._payload = payload
-        self._msg1 = msg1
+        self._saved = _save(conn)
+        self._hs_cipher = conn.noise_protocol.handshake_state.symmetric_state.cipher_state.cipher
+        self._stage: tuple[bytes, bytes, Any, Any, Any] | None = None
         self.msg2 = msg2
         self.peer_payload = peer_payload
 
@@ -136,30 +187,65 @@ class ResponderHandshake:
                prologue: bytes = PROLOGUE, payload: bytes = b"") -> ResponderHandshake | None:
         """Read msg 1 and write msg 2 carrying ``payload``; None if msg 1 is unusable."""
         try:
-            conn = _new(False, static, ephemeral, prologue)
+            static_kp = _static_keypair(bytes(static))
+            ephemeral_kp = KeyPair25519.from_private_bytes(bytes(ephemeral))
+            conn = _new(False, static_kp, ephemeral_kp, prologue)
             peer_payload = bytes(conn.read_message(bytes(msg1)))
             msg2 = bytes(conn.write_message(payload))
         except Exception:
             return None
-        return cls(conn, static, ephemeral, prologue, payload, bytes(msg1), msg2, peer_payload)
+        return cls(conn, static_kp, ephemeral_kp, prologue, payload, msg2, peer_payload)
+
+    def could_be_genuine(self, msg3: bytes) -> bool:
+        """Whether msg 3 can authenticate, checked with AES-GCM opens only.
+
+        First its encrypted static key is opened against the saved state: only
+        someone holding the ee secret passes, so a forgery fails here, with no
+        Noise state built and no DH done. For the static key that passed, the
+        state after ``se`` (one DH) is computed once and kept, and the payload's
+        tag is opened against it: copies of the genuine FINISH with a damaged
+        tail cost one more AES-GCM open each, not a DH.
+        """
+        saved = self._saved
+        head = bytes(msg3[:KEY_LEN + 16])
+        try:
+            self._hs_cipher.decrypt(saved.k, saved.n, saved.h, head)
+        except Exception:
+            return False
+        stage = self._stage
+        if stage is None or stage[0] != head:
+            conn = _fork(False, self._static, self._ephemeral, self._prologue, saved)
+            state = conn.noise_protocol.handshake_state
+            sym = state.symmetric_state
+            proto = conn.noise_protocol
+            try:
+                rs = proto.keypair_class.from_public_bytes(sym.decrypt_and_hash(head))
+                sym.mix_key(proto.dh_fn.dh(self._ephemeral.private, rs.public))
+            except Exception:
+                return False
+            stage = self._stage = (head, sym.h, sym.cipher_state.k, sym.cipher_state.n,
+                                   sym.cipher_state.cipher)
+        _, h, k, n, cipher = stage
+        try:
+            cipher.decrypt(k, n, h, bytes(msg3[KEY_LEN + 16:]))
+        except Exception:
+            return False
+        return True
 
     def consume_finish(self, msg3: bytes) -> ResponderResult | None:
-        """Read msg 3.
+        """Read msg 3, on a fork.
 
         Returns:
             The peer's static key and payload and the Split() keys; or None when
             msg 3 does not authenticate (the handshake is then exactly as before).
         """
-        conn = self._conn
+        conn = _fork(False, self._static, self._ephemeral, self._prologue, self._saved)
         try:
             state = conn.noise_protocol.handshake_state
             peer_payload = bytes(conn.read_message(bytes(msg3)))
             remote_static = bytes(state.rs.public_bytes)
         except Exception:
-            rebuilt = ResponderHandshake.create(self._static, self._ephemeral, self._msg1,
-                                                self._prologue, self._payload)
-            if rebuilt is not None:
-                self._conn = rebuilt._conn
             return None
         send, recv = _split(conn)
-        return ResponderResult(remote_static, peer_payload, send, recv)
+        return ResponderResult(remote_static, peer_payload, send, recv,
+                               bytes(conn.noise_protocol.handshake_hash))

@@ -24,3 +24,15 @@ class TokenBucket:
             self.tokens -= 1.0
             return True
         return False
+
+    def ready(self, now: float) -> bool:
+        """Whether a token is there, taking none: for a cost known only afterwards."""
+        elapsed = now - self.updated_at
+        if elapsed > 0:
+            self.tokens = min(self.tokens + elapsed * self.rate, self.burst)
+            self.updated_at = now
+        return self.tokens >= 1.0
+
+    def charge(self, amount: float = 1.0) -> None:
+        """Spend ``amount`` after the fact (call after ``ready``); may go below zero, as debt."""
+        self.tokens -= amount
