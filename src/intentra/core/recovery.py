@@ -54,9 +54,10 @@ class SentPacket:
 class Recovery:
     """The sender's view of its packets in flight (one session, one direction)."""
 
-    __slots__ = ("app_limited_mark", "cc", "delivered", "delivered_at", "first_sent_at",
-                 "in_flight", "in_flight_since", "largest_acked", "last_ack_at", "loss_at",
-                 "pto_count", "rtt", "sent", "skipped")
+    __slots__ = ("app_limited_mark", "cc", "delivered", "delivered_at", "eliciting",
+                 "eliciting_sent_at", "first_sent_at", "in_flight", "in_flight_since",
+                 "largest_acked", "last_ack_at", "loss_at", "pto_count", "rtt", "sent",
+                 "skipped")
 
     def __init__(self, rtt: RttEstimator, cc: Controller, now: float) -> None:
         self.rtt = rtt
@@ -64,6 +65,8 @@ class Recovery:
         self.sent: dict[int, SentPacket] = {}
         self.in_flight = 0            # bytes of DATA in flight
         self.in_flight_since = now
+        self.eliciting = 0            # ack-eliciting packets sent, not acknowledged or lost
+        self.eliciting_sent_at = now  # when the newest of them was sent
         self.delivered = 0            # bytes of DATA acknowledged, ever
         self.delivered_at = now
         self.first_sent_at = now
@@ -86,6 +89,9 @@ class Recovery:
                 self.in_flight_since = now
             self.in_flight += size
             self.cc.on_sent(size, now)
+        if eliciting:
+            self.eliciting += 1
+            self.eliciting_sent_at = now
         self.sent[pn] = SentPacket(size, now, eliciting, data, rseq, count, self.delivered,
                                    self.delivered_at, self.first_sent_at,
                                    self.app_limited_mark != 0)
@@ -139,6 +145,7 @@ class Recovery:
             self.pto_count = 0
             top: SentPacket | None = None
             for p in acked:
+                self.eliciting -= p.eliciting
                 if p.in_flight:
                     self.in_flight -= p.size
                     self.delivered += p.size
@@ -197,6 +204,7 @@ class Recovery:
                 loss_at = due
         for pn in gone:
             p = self.sent.pop(pn)
+            self.eliciting -= p.eliciting
             if p.in_flight:
                 self.in_flight -= p.size
             lost.append(p)
@@ -213,10 +221,16 @@ class Recovery:
     # ------------------------------------------------------------ probe timeout
 
     def pto_at(self) -> float | None:
-        """When to probe: DATA in flight and no ACK for PTO, doubled per unanswered probe."""
-        if self.in_flight <= 0:
+        """When to probe: a PTO after the newest ack-eliciting packet still unanswered,
+        doubled per unanswered probe (RFC 9002 section 6.2.1).
+
+        Only ack-eliciting packets arm it: a receiver owes no prompt ACK for a
+        REALTIME packet that did not ask, so a quiet sender whose packets mostly
+        do not ask would otherwise probe every PTO.
+        """
+        if self.eliciting <= 0:
             return None
-        base = max(self.last_ack_at, self.in_flight_since)
+        base = max(self.last_ack_at, self.eliciting_sent_at)
         return base + self.rtt.pto * (1 << min(self.pto_count, 16))
 
     def reset_path(self, now: float) -> None:
