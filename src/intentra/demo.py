@@ -28,6 +28,7 @@ from intentra.aio.transport import Message, Peer, Transport
 from intentra.constants import Intent
 from intentra.errors import IntentraError, SendQueueFullError
 from intentra.keys import PrivateKey
+from intentra.status import PeerStatus
 
 _STAMP = struct.Struct("!HIQ")  # sender index, sequence, send time (monotonic ns)
 _KEY_METRICS = (
@@ -122,7 +123,8 @@ class _Display:
             except ImportError:
                 self._live = None
 
-    def update(self, elapsed: float, duration: float, tally: Tally, peers: int) -> None:
+    def update(self, elapsed: float, duration: float, tally: Tally, peers: int,
+               paths: str = "") -> None:
         sent = sum(tally.sent.values())
         delivered = sum(tally.delivered.values())
         recent = tally.latencies_us[-20000:]
@@ -138,10 +140,13 @@ class _Display:
             table.add_row("sent", f"{sent:,}")
             table.add_row("delivered", f"{delivered:,}")
             table.add_row("latency p99 (recent)", p99)
+            if paths:
+                table.add_row("per peer", paths)
             self._live.update(table)
         else:
             print(f"[{elapsed:5.1f}/{duration:g} s] peers {peers}  sent {sent:,}  "
-                  f"delivered {delivered:,}  p99 {p99}", flush=True)
+                  f"delivered {delivered:,}  p99 {p99}" + (f"  | {paths}" if paths else ""),
+                  flush=True)
 
     def stop(self) -> None:
         if self._live is not None:
@@ -234,26 +239,48 @@ async def _drive(proc: asyncio.subprocess.Process, hub_address: tuple[str, int],
                     tally.send_drops += 1
             tick += 1
             if now >= next_report:
-                display.update(now - start, duration, tally, n_peers)
+                display.update(now - start, duration, tally, n_peers, _paths(links))
                 next_report = now + (0.25 if display._live else 1.0)
             await asyncio.sleep(max(0.0, start + tick * interval - loop.time()))
         await asyncio.sleep(1.0)  # let reliable retransmissions and the last fan-out land
     finally:
         display.stop()
     metrics = _scrape(metrics_url)
+    statuses = _statuses(links)
     for t in transports:
         await t.close()
     for task in receivers:
         task.cancel()
     proc.send_signal(signal.SIGINT)
     hub_status = await asyncio.wait_for(proc.wait(), 10)
-    _summary(tally, n_peers, handshake_time, metrics, hub_status)
+    _summary(tally, n_peers, handshake_time, metrics, hub_status, statuses)
     ok = hub_status == 0 and tally.reliable_order_errors == 0
     return 0 if ok else 1
 
 
+def _statuses(links: list[Peer]) -> list[PeerStatus]:
+    """Each peer's session to the hub, as ``peer.status()`` reports it (closed ones left out)."""
+    found = []
+    for link in links:
+        with contextlib.suppress(IntentraError):
+            found.append(link.status())
+    return found
+
+
+def _paths(links: list[Peer]) -> str:
+    """One line on the peers' sessions: RTT and send rate, median and worst."""
+    statuses = _statuses(links)
+    rtts = sorted(s.rtt for s in statuses if s.rtt is not None)
+    rates = sorted(s.send_rate for s in statuses)
+    if not rtts or not rates:
+        return ""
+    return (f"rtt p50 {rtts[len(rtts) // 2] * 1e3:.2f} ms, max {rtts[-1] * 1e3:.2f} ms; "
+            f"send rate p50 {rates[len(rates) // 2] / 1e3:.1f} kB/s, "
+            f"min {rates[0] / 1e3:.1f} kB/s")
+
+
 def _summary(tally: Tally, n_peers: int, handshake_time: float, metrics: dict[str, float],
-             hub_status: int | None) -> None:
+             hub_status: int | None, statuses: list[PeerStatus] | None = None) -> None:
     fan = max(n_peers - 1, 1)
     lines = ["", "intentra demo summary",
              f"  peers: {n_peers}, handshakes completed in {handshake_time * 1000:.0f} ms"]
@@ -270,6 +297,21 @@ def _summary(tally: Tally, n_peers: int, handshake_time: float, metrics: dict[st
                  f"p99 {percentile(lat, 0.99) / 1000:.2f} ms, over {len(lat):,} deliveries")
     lines.append(f"  reliable order errors: {tally.reliable_order_errors}, "
                  f"send drops (full queue): {tally.send_drops}")
+    if statuses:
+        # peer.status() of each simulated peer's session to the hub: what an
+        # application reads to lower its rate when the path is full.
+        lines.append(f"  per peer (peer.status(), {len(statuses)} sessions): "
+                     f"{'':<1}min / p50 / max")
+        for label, values, scale, unit in (
+                ("smoothed rtt", [s.rtt for s in statuses if s.rtt is not None], 1e3, "ms"),
+                ("send rate", [s.send_rate for s in statuses], 1e-3, "kB/s"),
+                ("path estimate", [s.bandwidth for s in statuses], 8e-6, "Mbit/s"),
+                ("dropped congestion", [float(s.dropped_congestion) for s in statuses], 1, "")):
+            if values:
+                values.sort()
+                lines.append(f"    {label:<20}{values[0] * scale:,.2f} / "
+                             f"{values[len(values) // 2] * scale:,.2f} / "
+                             f"{values[-1] * scale:,.2f} {unit}")
     lines.append("  hub metrics:")
     for name in _KEY_METRICS:
         if name in metrics:
