@@ -22,7 +22,7 @@ from corelink import Link, Node
 from intentra.constants import Intent, PacketType
 from intentra.core.reliable import serial_gt
 from intentra.core.session import Session
-from intentra.core.wire import U16, U32, U64, pack_header
+from intentra.core.wire import ACK_BODY, U16, U32, pack_header
 
 SEQ_MASK: Final = 0xFFFFFFFF
 
@@ -49,10 +49,12 @@ class Hostile:
     # ------------------------------------------------------------ sealing
 
     def seal(self, ptype: PacketType, intent: Intent, priority: int, ack: int,
-             plaintext: bytes, phase: int | None = None) -> bytes:
+             plaintext: bytes, phase: int | None = None,
+             eliciting: int | None = None) -> bytes:
         """One authentic datagram: header as given, body sealed with the current send key.
 
-        ``phase`` overrides the header's key phase bit (the key stays the current one).
+        ``phase`` overrides the header's key phase bit (the key stays the current one);
+        ``eliciting`` the A bit (default: what :func:`pack_header` makes usual).
         """
         session = self.session
         keys = session.send_keys
@@ -61,7 +63,7 @@ class Hostile:
         assert pn is not None
         header = pack_header(int(ptype), int(intent), priority,
                              keys.phase if phase is None else phase, len(plaintext),
-                             session.remote_id, pn & SEQ_MASK, ack)
+                             session.remote_id, pn & SEQ_MASK, ack, eliciting)
         self.sealed += 1
         return header + keys.seal(session.remote_id, pn, header, plaintext)
 
@@ -95,9 +97,16 @@ class Hostile:
         """A well-framed REALTIME DATA packet."""
         return self.data(Intent.REALTIME, frame(*messages), ack)
 
-    def ack(self, ack: int, bitmap: int = 0) -> bytes:
-        """An ACK packet with this cumulative ack and selective-ack bitmap."""
-        return self.seal(PacketType.ACK, Intent.RELIABLE, 0, ack & SEQ_MASK, U64.pack(bitmap))
+    def ack(self, ack: int, bitmap: int = 0, *, largest_pn: int = 0, pn_bitmap: int = 0,
+            ack_delay: int = 0, credit: int = 0, eliciting: int = 0) -> bytes:
+        """An ACK packet: cumulative ack and rseq bitmap, pn acknowledgements, credit.
+
+        The defaults acknowledge no pn and carry credit 0 (an edge of ``ack``, which
+        never lowers the target's limit), so only the fields a test sets say anything.
+        """
+        body = ACK_BODY.pack(bitmap, largest_pn, pn_bitmap, ack_delay, credit)
+        return self.seal(PacketType.ACK, Intent.RELIABLE, 0, ack & SEQ_MASK, body,
+                         eliciting=eliciting)
 
     def close(self, reason: int) -> bytes:
         """A CLOSE packet with this reason byte (valid or not)."""
