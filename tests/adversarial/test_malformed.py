@@ -56,7 +56,6 @@ from packets import (
     snapshot,
 )
 
-from intentra.config import EndpointConfig
 from intentra.constants import (
     HEADER_LEN,
     HS_BODY_LEN,
@@ -68,7 +67,7 @@ from intentra.constants import (
     PacketType,
 )
 from intentra.core.session import SessionState
-from intentra.core.wire import U16, U32, U64
+from intentra.core.wire import ACK_BODY, U16, U32
 from intentra.events import Address, MessageReceived, SessionClosed
 
 MALFORMED = "packets_dropped_malformed"
@@ -219,14 +218,13 @@ def _header_cases() -> list[object]:
         cases.append(pytest.param(packet, changes, id=f"{packet}-{what}"))
 
     for p in PACKETS:
-        for v in (0, 2, 15):
+        for v in (0, 1, 3, 15):  # 1: a version 1 datagram
             add(p, f"version{v}", version=v)
         for t in (4, 15):
             add(p, f"type{t}", ptype=t)
         for i in (2, 3):
             add(p, f"intent{i}", intent=i)
-        for r in (1, 2, 3):
-            add(p, f"reserved{r}", reserved=r)
+        add(p, "bit2-set", reserved=1)
         length = header_fields(P[p])["payload_len"]
         for d in (-1, 1):
             add(p, f"payload_len{d:+d}", payload_len=length + d)
@@ -238,7 +236,13 @@ def _header_cases() -> list[object]:
         add(p, "seq1", seq=1)
         add(p, "seq-max", seq=0xFFFFFFFF)
         add(p, "ack1", ack=1)
-    for p in ("ack_confirm", "ack", "close"):
+    # The A bit (docs/protocol.md section 3): HS and CLOSE never ask for an ACK,
+    # RELIABLE DATA always does.
+    for p in HS_PACKETS:
+        add(p, "ack-eliciting", ack_eliciting=1)
+    add("close", "ack-eliciting", ack_eliciting=1)
+    add("data_reliable", "not-ack-eliciting", ack_eliciting=0)
+    for p in ("ack_credit", "ack_confirm", "ack_answer", "ack", "close"):
         add(p, "realtime", intent=int(Intent.REALTIME))
         for prio in (1, 7):
             add(p, f"priority{prio}", priority=prio)
@@ -251,6 +255,7 @@ def _header_cases() -> list[object]:
     add("data_reliable", "as-close", ptype=int(PacketType.CLOSE))
     add("data_reliable", "as-hs", ptype=int(PacketType.HS))
     add("ack", "as-close", ptype=int(PacketType.CLOSE))
+    add("ack", "as-reliable-data-with-a0", ptype=int(PacketType.DATA))
     add("close", "as-data", ptype=int(PacketType.DATA))
     add("close", "as-ack", ptype=int(PacketType.ACK))
     add("finish", "as-data", ptype=int(PacketType.DATA))
@@ -267,7 +272,7 @@ def test_header_field_out_of_range_is_dropped_as_malformed(
 
 @pytest.mark.parametrize("src", [None, ATTACKER], ids=["from-peer", "from-elsewhere"])
 @pytest.mark.parametrize(("packet", "changes"), [
-    pytest.param("ack", {"ptype": int(PacketType.DATA)}, id="ack-as-reliable-data"),
+    pytest.param("ack_confirm", {"ptype": int(PacketType.DATA)}, id="ack-as-reliable-data"),
     pytest.param("data_realtime", {"intent": int(Intent.RELIABLE)}, id="realtime-as-reliable"),
     pytest.param("data_reliable", {"intent": int(Intent.REALTIME)}, id="reliable-as-realtime"),
     pytest.param("data_reliable", {"priority": 0}, id="data-priority"),
@@ -275,6 +280,10 @@ def test_header_field_out_of_range_is_dropped_as_malformed(
     pytest.param("data_reliable", {"ack": 1}, id="data-ack"),
     pytest.param("ack", {"ack": 2}, id="ack-ack"),
     pytest.param("close", {"key_phase": 1}, id="close-key-phase"),
+    # The A bit is free where section 3 leaves it free, and bound by the aad.
+    pytest.param("ack", {"ack_eliciting": 1}, id="ack-made-ack-eliciting"),
+    pytest.param("ack_confirm", {"ack_eliciting": 0}, id="ack-made-not-ack-eliciting"),
+    pytest.param("data_realtime", {"ack_eliciting": 0}, id="realtime-made-not-ack-eliciting"),
 ])
 def test_valid_header_rewrite_fails_authentication(packet: str, changes: dict[str, int],
                                                     src: Address | None) -> None:
@@ -287,8 +296,8 @@ def test_valid_header_rewrite_fails_authentication(packet: str, changes: dict[st
 SIZE_RULES = [
     *(pytest.param("data_realtime", n, id=f"realtime-payload{n}") for n in (0, 1, 2)),
     *(pytest.param("data_reliable", n, id=f"reliable-payload{n}") for n in (0, 3, 6)),
-    *(pytest.param(p, n, id=f"{p}-payload{n}") for p in ("ack_confirm", "ack")
-      for n in (0, 1, 7, 9, 16)),
+    *(pytest.param(p, n, id=f"{p}-payload{n}") for p in ("ack_credit", "ack_confirm", "ack")
+      for n in (0, 1, 8, 16, 27, 29)),
     *(pytest.param("close", n, id=f"close-payload{n}") for n in (0, 2, 8)),
 ]
 
@@ -296,7 +305,7 @@ SIZE_RULES = [
 @pytest.mark.parametrize(("packet", "payload_len"), SIZE_RULES)
 def test_sealed_packet_below_or_off_its_size_is_dropped_as_malformed(
         packet: str, payload_len: int) -> None:
-    """DATA >= 3 / >= 7, ACK == 8, CLOSE == 1, with a datagram length that agrees."""
+    """DATA >= 3 / >= 7, ACK == 28, CLOSE == 1, with a datagram length that agrees."""
     dropped(packet, resize_sealed(P[packet], payload_len), MALFORMED)
 
 
@@ -417,7 +426,7 @@ def test_hs_aimed_at_a_session_in_the_wrong_state_is_dropped_as_unknown(
 
 AUTH_MALFORMED = [
     pytest.param(PacketType.ACK, Intent.RELIABLE, bytes(n), id=f"ack-payload{n}")
-    for n in (0, 7, 9)
+    for n in (0, 8, 27, 29)
 ] + [
     pytest.param(PacketType.CLOSE, Intent.RELIABLE, bytes(n), id=f"close-payload{n}")
     for n in (0, 2)
@@ -447,7 +456,9 @@ def test_sealed_with_the_real_key_but_off_section_3_is_malformed_not_a_strike(
 
 
 def _violations() -> list[object]:
-    limit = EndpointConfig().max_reliable_in_flight
+    w = build(ESTABLISHED)
+    edge = w.session_b().recv_window.edge  # the highest credit edge b advertised
+    pn_next = w.session_b().pn_next        # b never sent this pn (nor any above it)
     nxt = len(RELIABLE_MESSAGES) + 1  # b has delivered rseq 1..3
     return [
         pytest.param(PacketType.DATA, Intent.REALTIME, b"\x00\x01a\x00\x05bc", None,
@@ -461,13 +472,19 @@ def _violations() -> list[object]:
                      id="reliable-zero-length-between"),
         pytest.param(PacketType.DATA, Intent.RELIABLE, U32.pack(nxt) + b"\x00\x01a\x00", None,
                      id="reliable-truncated-second-prefix"),
+        # v1 bounded rseq by MAX_RELIABLE_IN_FLIGHT; v2 by the credit edge advertised.
         pytest.param(PacketType.DATA, Intent.RELIABLE,
-                     U32.pack(nxt + limit - 1) + b"\x00\x01a\x00\x01b", None,
-                     id="reliable-packet-crossing-window-edge"),
+                     U32.pack(edge) + b"\x00\x01a\x00\x01b", None,
+                     id="reliable-packet-crossing-credit-edge"),
         pytest.param(PacketType.DATA, Intent.RELIABLE, U32.pack(nxt) + b"\x00\x01a", 1,
                      id="reliable-data-acks-never-sent"),
-        pytest.param(PacketType.ACK, Intent.RELIABLE, U64.pack(1 << 63), 0,
+        pytest.param(PacketType.ACK, Intent.RELIABLE, ACK_BODY.pack(1 << 63, 0, 0, 0, 0), 0,
                      id="ack-bitmap-bit63-never-sent"),
+        pytest.param(PacketType.ACK, Intent.RELIABLE, ACK_BODY.pack(0, pn_next, 0, 0, 0), 0,
+                     id="ack-largest-pn-never-sent"),
+        pytest.param(PacketType.ACK, Intent.RELIABLE,
+                     ACK_BODY.pack(0, pn_next - 1, 1 << (pn_next - 2), 0, 0), 0,
+                     id="ack-pn-bitmap-names-pn-0"),
     ]
 
 
@@ -490,7 +507,11 @@ def test_authenticated_bad_framing_is_a_strike_and_delivers_nothing(
     assert session.strikes == 1
     assert session.replay.highest == pn  # authenticated: committed at step 6
     changed = {line.split(":")[0].split(".")[1] for line in diff(state, after)}
-    assert changed <= {"strikes", "replay", "times", "bucket"}, diff(state, after)
+    # v2: the pn authenticated, so it is acknowledged like any other (pn_acks, and
+    # for DATA the ACK timer in the queue); nothing else of the packet acts.
+    assert changed <= {"strikes", "replay", "times", "bucket", "pn_acks", "queue"}, \
+        diff(state, after)
+    assert (session.queued, session.retransmit) == (0, [])
     assert session.state is SessionState.ESTABLISHED
 
 
