@@ -13,7 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from intentra.config import EndpointConfig
 from intentra.core.reliable import ReceiveWindow, SendWindow, Violation, serial_gt
+from intentra.errors import ConfigError
 
 M = 2**32
 RTO = 0.25
@@ -375,6 +377,13 @@ def test_first_credit_reserves_max_datagram_per_message() -> None:
     assert ReceiveWindow(1000, 100).advertise() == 10
     assert ReceiveWindow(1099, 100).advertise() == 10  # whole messages only
     assert ReceiveWindow(99, 100).advertise() == 0
+
+
+def test_a_reorder_buffer_below_one_reservation_is_refused() -> None:
+    """It could never advertise credit: RELIABLE would wait for ever."""
+    with pytest.raises(ConfigError, match="max_reorder_buffer"):
+        EndpointConfig(max_reorder_buffer=500, max_datagram=600)
+    EndpointConfig(max_reorder_buffer=600, max_datagram=600)  # one message of credit
 
 
 def test_credit_is_capped_by_the_16_bit_field() -> None:
