@@ -50,11 +50,12 @@ class Hostile:
 
     def seal(self, ptype: PacketType, intent: Intent, priority: int, ack: int,
              plaintext: bytes, phase: int | None = None,
-             eliciting: int | None = None) -> bytes:
+             eliciting: int | None = None, set_bits: int = 0) -> bytes:
         """One authentic datagram: header as given, body sealed with the current send key.
 
         ``phase`` overrides the header's key phase bit (the key stays the current one);
-        ``eliciting`` the A bit (default: what :func:`pack_header` makes usual).
+        ``eliciting`` the A bit (default: what :func:`pack_header` makes usual);
+        ``set_bits`` is OR-ed into header byte 1 (bit 2, say, which must be zero).
         """
         session = self.session
         keys = session.send_keys
@@ -64,6 +65,8 @@ class Hostile:
         header = pack_header(int(ptype), int(intent), priority,
                              keys.phase if phase is None else phase, len(plaintext),
                              session.remote_id, pn & SEQ_MASK, ack, eliciting)
+        if set_bits:
+            header = header[:1] + bytes([header[1] | set_bits]) + header[2:]
         self.sealed += 1
         return header + keys.seal(session.remote_id, pn, header, plaintext)
 
