@@ -371,6 +371,30 @@ def test_realtime_past_its_deadline_is_dropped(wait: float, delivered: int) -> N
     assert a.endpoint.stats.messages_dropped_deadline == 3 - delivered
 
 
+def test_realtime_behind_a_full_window_is_dropped_at_its_deadline() -> None:
+    """docs/protocol.md 6: REALTIME older than its deadline is dropped at the sender,
+    oldest first, also when no ACK comes back to open the congestion window (a
+    blackhole): it must not wait, late, until the send queue is full."""
+    link, a, b, cid_a, _ = setup()
+    link.path(b, a).loss = 1.0  # no ACK ever comes back
+    session = a.endpoint.sessions[cid_a]
+    deadline = a.endpoint.config.realtime_deadline
+    big = bytes(1100)
+    while session.recovery.in_flight < session.cc.cwnd:  # fill the window
+        link.send(a, cid_a, big, REALTIME)
+        link.advance(0.001)
+    for i in range(100):
+        link.send(a, cid_a, b"waits-%d" % i, REALTIME)
+    link.pump(a)
+    assert session.realtime_queued == 100  # held by the window
+    dropped = a.endpoint.stats.messages_dropped_deadline
+    link.advance(deadline + 0.01)
+    link.send(a, cid_a, b"new", REALTIME)  # a flush, still blocked by the window
+    link.pump(a)
+    assert a.endpoint.stats.messages_dropped_deadline == dropped + 100
+    assert session.realtime_queued == 1
+
+
 def test_backed_up_messages_leave_by_priority_fifo_within_a_level() -> None:
     link, a, b, cid_a, _ = setup(config=EndpointConfig(max_reliable_in_flight=2))
     link.send(a, cid_a, b"fill1")
