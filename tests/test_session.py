@@ -395,6 +395,27 @@ def test_realtime_behind_a_full_window_is_dropped_at_its_deadline() -> None:
     assert session.realtime_queued == 1
 
 
+def test_a_send_queue_full_of_late_realtime_takes_a_new_message() -> None:
+    """The queue is full only of messages past their deadline: they go (counted as
+    deadline drops), not the new message (a queue-full drop)."""
+    link, a, b, cid_a, _ = setup(config=EndpointConfig(max_send_queue=50))
+    link.path(b, a).loss = 1.0  # no ACK ever comes back
+    session = a.endpoint.sessions[cid_a]
+    while session.recovery.in_flight < session.cc.cwnd:  # fill the window
+        link.send(a, cid_a, bytes(1100), REALTIME)
+        link.advance(0.001)
+    for i in range(50):
+        assert link.send(a, cid_a, b"old-%d" % i, REALTIME)
+    assert not link.send(a, cid_a, b"refused", REALTIME)  # full, and none is late yet
+    link.now += a.endpoint.config.realtime_deadline + 0.01  # no flush in between
+    stats = a.endpoint.stats
+    full, late = stats.messages_dropped_queue_full, stats.messages_dropped_deadline
+    assert link.send(a, cid_a, b"new", REALTIME)
+    assert stats.messages_dropped_queue_full == full
+    assert stats.messages_dropped_deadline == late + 50
+    assert session.realtime_queued == 1
+
+
 def test_backed_up_messages_leave_by_priority_fifo_within_a_level() -> None:
     link, a, b, cid_a, _ = setup(config=EndpointConfig(max_reliable_in_flight=2))
     link.send(a, cid_a, b"fill1")

@@ -261,6 +261,8 @@ class Session:
 
     def enqueue(self, data: bytes, intent: int, priority: int, now: float) -> bool:
         """Queue a message; False when the queue is full (the caller counts the drop)."""
+        if self.queued >= self.config.max_send_queue and self.rt_bytes:
+            self._drop_late_realtime(now)  # they are late anyway: room for the new one
         if self.queued >= self.config.max_send_queue:
             self.dropped_queue_full += intent == _REALTIME
             return False
