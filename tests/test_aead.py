@@ -1,4 +1,4 @@
-"""Per-direction AEAD, nonce layout, Noise Rekey and key updates (SPEC section 4).
+"""Per-direction AEAD, nonce layout, Noise Rekey and key updates (docs/protocol.md section 4).
 
 Expected ciphertexts and keys are computed here with cryptography's AESGCM
 directly (and Rekey cross-checked against the noiseprotocol package), never with
@@ -21,7 +21,7 @@ from intentra.core.aead import ReceiveKeys, SendKeys, nonce, rekey
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(100, 132))
 CONN = 0x0A0B0C0D
-PACKETS, AGE, MIN_INTERVAL = 2**24, 120.0, 10.0  # SPEC section 2
+PACKETS, AGE, MIN_INTERVAL = 2**24, 120.0, 10.0  # docs/protocol.md section 2
 
 
 def ref_nonce(conn_id: int, pn: int) -> bytes:
@@ -34,7 +34,7 @@ def ref_rekey(key: bytes) -> bytes:
 
 
 def header(pn: int, phase: int, payload_len: int = 5) -> bytes:
-    """A DATA REALTIME header for conn CONN, built by hand (SPEC section 3)."""
+    """A DATA REALTIME header for conn CONN, built by hand (docs/protocol.md section 3)."""
     return (bytes([0x10, 0x40 | phase]) + payload_len.to_bytes(2, "big")
             + CONN.to_bytes(4, "big") + (pn & 0xFFFFFFFF).to_bytes(4, "big") + bytes(4))
 

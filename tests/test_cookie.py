@@ -1,4 +1,4 @@
-"""Stateless handshake cookies (SPEC section 5), recomputed here with hmac/hashlib.
+"""Stateless handshake cookies (docs/protocol.md section 5), recomputed here with hmac/hashlib.
 
 cookie   = HMAC-SHA256(secret_n, ip || port)[:16]
 secret_n = HMAC-SHA256(master, "intentra cookie" || n), n = floor(unix_time / 120) as 8 bytes
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from intentra.core.cookie import CookieJar, address_bytes
 
-ROTATION = 120.0  # COOKIE_ROTATION (SPEC section 2)
+ROTATION = 120.0  # COOKIE_ROTATION (docs/protocol.md section 2)
 MASTER = bytes(range(32))
 OTHER_MASTER = bytes(range(1, 33))
 T = 1000 * ROTATION + 5.0  # epoch n = 1000, 5 s into it

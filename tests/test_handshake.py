@@ -1,4 +1,4 @@
-"""The handshake of SPEC section 5, both roles, under a fake clock and a seeded link."""
+"""The handshake of docs/protocol.md section 5, both roles, under a fake clock and a seeded link."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_full_handshake_with_cookie() -> None:
     assert len(hs_sent(link, b, HsKind.RESPONSE)) == 1
     assert len(hs_sent(link, a, HsKind.FINISH)) == 1
     first, second = hs_sent(link, a, HsKind.HELLO)
-    # The second HELLO is the first one with the cookie filled in (SPEC 5 flow 2).
+    # The second HELLO is the first one with the cookie filled in (docs/protocol.md 5 flow 2).
     cookie = hs_sent(link, b, HsKind.COOKIE)[0].data[HEADER_LEN + 5:]
     assert second.data[HEADER_LEN + 5:HEADER_LEN + 21] == cookie
     assert first.data[:HEADER_LEN + 5] == second.data[:HEADER_LEN + 5]
@@ -260,7 +260,7 @@ def test_repeated_hello_with_valid_cookie_gets_the_same_response() -> None:
 
 def test_hello_repeated_after_the_handshake_completed_starts_nothing() -> None:
     """A late copy of the HELLO (network duplication, or a replay by anyone on the
-    path within the cookie's lifetime) is still a repeated HELLO (SPEC 5 flow 3):
+    path within the cookie's lifetime) is still a repeated HELLO (docs/protocol.md 5 flow 3):
     it must not open a second pending handshake."""
     link, a, b = pair()
     link.establish(a, b)

@@ -1,4 +1,4 @@
-"""Key pairs and key files (SPEC section 7): intentra.keys.PrivateKey and PublicKey."""
+"""Key pairs and key files (docs/protocol.md section 7): intentra.keys.PrivateKey and PublicKey."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_private_key_save_load_round_trip(tmp_path: Path) -> None:
     key = PrivateKey.generate()
     path = tmp_path / "id.key"
     key.save(path)
-    # SPEC 7: the base64 of the 32 raw bytes and a newline
+    # docs/protocol.md 7: the base64 of the 32 raw bytes and a newline
     assert path.read_text(encoding="ascii") == _b64(key.to_bytes()) + "\n"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a 0600 file must load without a warning

@@ -1,8 +1,8 @@
-"""ReplayWindow (SPEC section 4: REPLAY_WINDOW packet numbers below the highest seen).
+"""ReplayWindow (docs/protocol.md section 4: REPLAY_WINDOW packet numbers below the highest seen).
 
 The table follows wireguard-go's replay_test.go: a window and a list of
 ``(packet number, expected)`` steps, where each packet judged fresh is then
-marked, as a receiver does after authentication (SPEC 4 steps 4 and 6).
+marked, as a receiver does after authentication (docs/protocol.md 4 steps 4 and 6).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from intentra.core.replay import ReplayWindow
 
-W = 1024  # REPLAY_WINDOW (SPEC section 2)
+W = 1024  # REPLAY_WINDOW (docs/protocol.md section 2)
 
 
 def receive(window: ReplayWindow, pn: int) -> bool:

@@ -1,4 +1,4 @@
-"""RttEstimator: RFC 6298 with MIN_RTO / MAX_RTO bounds and doubling backoff (SPEC 6).
+"""RttEstimator: RFC 6298 with MIN_RTO / MAX_RTO bounds and doubling backoff (docs/protocol.md 6).
 
 RFC 6298 section 2 (K = 4, alpha = 1/8, beta = 1/4):
   first sample R:  SRTT = R, RTTVAR = R / 2
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from intentra.core.rtt import RttEstimator
 
-INITIAL, MIN, MAX = 0.25, 0.02, 2.0  # SPEC section 2
+INITIAL, MIN, MAX = 0.25, 0.02, 2.0  # docs/protocol.md section 2
 
 
 def est() -> RttEstimator:

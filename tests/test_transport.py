@@ -48,7 +48,7 @@ TEST_TIMEOUT = 25.0
 """Timeout of a whole test body, seconds."""
 LOCAL = "127.0.0.1:0"
 
-SPEC_METRICS = (  # SPEC section 9
+SPEC_METRICS = (  # docs/protocol.md section 9
     "intentra_packets_received_total",
     "intentra_packets_sent_total",
     "intentra_packets_dropped_malformed_total",
@@ -718,7 +718,7 @@ def test_allow_list_at_the_responder_drops_unknown_initiators() -> None:
             stranger = await bind(made, config=EndpointConfig(handshake_timeout=0.5))
             started = time.monotonic()
             # Noise XX: the initiator proves its key only in the last message, so it
-            # may count itself established (SPEC 5 step 4) before the responder drops
+            # may count itself established (docs/protocol.md 5 step 4) before the responder drops
             # it; then the session must die unconfirmed within the handshake timeout.
             try:
                 peer: Peer | None = await step(

@@ -4,7 +4,7 @@ Its endpoint is an ordinary intentra Endpoint on the in-memory link
 (:mod:`corelink`) and completes a real Noise handshake. After that the
 :class:`Hostile` seals whatever plaintext and header fields it likes with the
 session's real send keys and its next packet numbers, so the receiver sees
-authentic packets that break the rules of SPEC sections 4 and 6. Nothing here
+authentic packets that break the rules of docs/protocol.md sections 4 and 6. Nothing here
 goes around the receiver's checks: every datagram goes through
 ``Endpoint.receive_datagram`` like any other.
 
@@ -28,7 +28,7 @@ SEQ_MASK: Final = 0xFFFFFFFF
 
 
 def frame(*messages: bytes) -> bytes:
-    """``len (2) || message`` for each message (SPEC section 4, DATA plaintext)."""
+    """``len (2) || message`` for each message (docs/protocol.md section 4, DATA plaintext)."""
     return b"".join(U16.pack(len(m)) + m for m in messages)
 
 

@@ -671,7 +671,7 @@ def verdict(result: Result) -> tuple[str, bool]:
 
 
 def print_table(results: list[Result]) -> None:
-    rows = [("mutation", "SPEC", "result", "first failing test", "s")]
+    rows = [("mutation", "section", "result", "first failing test", "s")]
     for r in results:
         rows.append((r.name, r.section, verdict(r)[0], r.first_failure or "-",
                      f"{r.seconds:.0f}"))
@@ -685,7 +685,7 @@ def print_table(results: list[Result]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Remove each defence of SPEC sections 3-8 once and check that "
+        description="Remove each defence of docs/protocol.md sections 3-8 once and check that "
                     "tests/adversarial + tests/test_hardening.py go red.")
     parser.add_argument("--list", action="store_true",
                         help="list the mutations (and check that each still applies)")
@@ -720,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for mu in chosen:
             tag = " [expected survivor]" if mu.survives else ""
-            print(f"{mu.name:45} SPEC {mu.section:4} {mu.file:18} {mu.what}{tag}")
+            print(f"{mu.name:45} section {mu.section:4} {mu.file:18} {mu.what}{tag}")
         print(f"{len(chosen)} mutations")
     if stale:
         print("\n".join(["STALE mutation(s): fix the list in " + __file__, *stale]),

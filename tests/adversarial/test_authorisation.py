@@ -1,4 +1,4 @@
-"""Authorisation: who may hold a session, and who may read the key (SPEC section 7).
+"""Authorisation: who may hold a session, and who may read the key (docs/protocol.md section 7).
 
 Attacks: an initiator whose key is not on the responder's allow-list; a
 responder whose key is not the one the initiator pinned (or is one bit off);
@@ -75,7 +75,7 @@ def completed(node: Node, initiator: bool | None = None) -> list[HandshakeComple
 
 def assert_initiator_refused(link: Link, a: Node, server_addr: tuple[object, ...],
                              cid: int) -> None:
-    """SPEC 7 at the initiator: an authentication error, no session, counted."""
+    """docs/protocol.md 7 at the initiator: an authentication error, no session, counted."""
     assert a.of_type(HandshakeFailed) == [HandshakeFailed(cid, server_addr, "authentication")]
     assert completed(a) == []
     assert a.of_type(MessageReceived) == []
@@ -89,7 +89,8 @@ def assert_initiator_refused(link: Link, a: Node, server_addr: tuple[object, ...
 
 
 def assert_responder_refused(b: Node) -> None:
-    """SPEC 7 at the responder: dropped and counted, no session, no event, nothing delivered."""
+    """docs/protocol.md 7 at the responder: dropped and counted, no session, no event,
+    nothing delivered."""
     assert completed(b) == []
     assert b.of_type(MessageReceived) == []
     assert b.endpoint.sessions == {}
@@ -165,7 +166,7 @@ def test_responder_admits_only_listed_initiators(allow: str) -> None:
     cid = link.connect(a, b, server_key=b.public)
     link.advance(0.5)
     # Noise XX: the initiator proves its key last, so it counts itself established
-    # and may send at once (SPEC 5 step 4); only the responder can refuse.
+    # and may send at once (docs/protocol.md 5 step 4); only the responder can refuse.
     assert [e.conn_id for e in completed(a)] == [cid]
     for s in SECRETS:
         link.send(a, cid, s)

@@ -1,6 +1,6 @@
 """Adversarial: handshake cookies, HELLO floods and the handshake / connection limits.
 
-What an attacker sends here, and what it must buy (SPEC sections 5, 8 and 9):
+What an attacker sends here, and what it must buy (docs/protocol.md sections 5, 8 and 9):
 
 - HELLOs with forged cookies (random bytes of the right length, the wrong length,
   the HMAC of another master, other epochs), genuine cookies presented from another
@@ -16,7 +16,7 @@ What an attacker sends here, and what it must buy (SPEC sections 5, 8 and 9):
   exactly (small configured values and the default 10,000); the refused HELLO is
   dropped and counted (``intentra_handshakes_rejected_total``), nothing is sent.
 
-Cookies are recomputed here from the SPEC formula with hmac/hashlib (an oracle that
+Cookies are recomputed here from the docs/protocol.md formula with hmac/hashlib (an oracle that
 does not use ``intentra.core.cookie``). Everything runs in the sans-I/O core with a
 fake clock, or on the seeded in-memory link of ``corelink``.
 """
@@ -73,14 +73,14 @@ FAMILY_IDS: Final = list(FAMILIES)
 
 
 def spec_cookie(master: bytes, addr: Address, epoch: int) -> bytes:
-    """SPEC section 5, from scratch: HMAC-SHA256(secret_n, ip || port)[:16]."""
+    """docs/protocol.md section 5, from scratch: HMAC-SHA256(secret_n, ip || port)[:16]."""
     secret = hmac.new(master, b"intentra cookie" + epoch.to_bytes(8, "big"),
                       hashlib.sha256).digest()
     return hmac.new(secret, ip_port(addr), hashlib.sha256).digest()[:16]
 
 
 def ip_port(addr: Address) -> bytes:
-    """``ip (4 or 16 bytes) || port (2)`` of SPEC section 5, with the socket module."""
+    """``ip (4 or 16 bytes) || port (2)`` of docs/protocol.md section 5, with the socket module."""
     host = str(addr[0])
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return socket.inet_pton(family, host) + int(addr[1]).to_bytes(2, "big")
@@ -148,7 +148,7 @@ def stats_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]
 
 
 def metric(ep: Endpoint, name: str) -> float:
-    """One sample of the endpoint's Prometheus exposition (SPEC section 9 names)."""
+    """One sample of the endpoint's Prometheus exposition (docs/protocol.md section 9 names)."""
     value = make_registry(ep).get_sample_value(name)
     assert value is not None, f"{name} is not exported"
     return value
@@ -401,7 +401,7 @@ def test_valid_cookie_presented_from_another_address_is_refused(case: str) -> No
 
 
 # (seconds into an epoch when the cookie is issued, seconds later it is presented,
-#  whether SPEC accepts it: epochs n and n - 1 only)
+#  whether docs/protocol.md accepts it: epochs n and n - 1 only)
 ROTATION_CASES: Final = [
     ("same-epoch-at-once", 0.5, 0.0, True),
     ("same-epoch-end", 0.5, ROTATION - 0.5 - 1e-6, True),
@@ -434,7 +434,7 @@ def test_cookie_from_the_current_and_previous_secret_only(
     cookie = parse_hs(reply)[3]
     assert cookie == spec_cookie(MASTER, src, first_epoch)
     now = issued_at + later
-    assert (epoch_at(ep, now) - first_epoch in (0, 1)) == accepted  # the SPEC rule itself
+    assert (epoch_at(ep, now) - first_epoch in (0, 1)) == accepted  # the rule itself
     baseline = warmed(ep, now)
     stats = ep.stats.as_dict()
 

@@ -1,6 +1,6 @@
 """Defences that no other adversarial test caught when removed (see remove_defences.py).
 
-``tests/adversarial/remove_defences.py`` removes each defence of SPEC sections
+``tests/adversarial/remove_defences.py`` removes each defence of docs/protocol.md sections
 4, 5, 7 and 8 from a copy of ``src`` and runs the adversarial suite against it.
 Every mutant that stayed green was a defence nothing checked; the tests here
 close those gaps, one attack each. (Two of them, the idle timeout under
@@ -8,31 +8,31 @@ forgeries and the responder's randomness before a cookie, guard defences that
 other tests kill only as a side effect of a state snapshot; they check the
 defence itself.)
 
-- constant-time comparison (SPEC 5 cookies, 7 keys): timing differences of a
+- constant-time comparison (docs/protocol.md 5 cookies, 7 keys): timing differences of a
   few nanoseconds cannot be measured reliably by a unit test, so instead the
   test checks that every comparison of a secret against attacker input goes
   through ``hmac.compare_digest`` (a spy that records and delegates to the real
   function; nothing of the core is replaced). Replacing one of them by ``==``
   turns the test red.
-- the idle timeout (SPEC 2, 8) against a peer gone silent while an attacker
+- the idle timeout (docs/protocol.md 2, 8) against a peer gone silent while an attacker
   keeps sending forgeries from its address: the session still closes with
   TIMEOUT exactly IDLE_TIMEOUT after the last authenticated packet;
-- PN_LIMIT (SPEC 4): a victim made to send without end closes with
+- PN_LIMIT (docs/protocol.md 4): a victim made to send without end closes with
   KEY_EXHAUSTED and never seals a packet number at or beyond the limit;
-- stateless cookies (SPEC 5 step 2): a flood of cookie-less HELLOs makes the
+- stateless cookies (docs/protocol.md 5 step 2): a flood of cookie-less HELLOs makes the
   responder draw no randomness at all (no ephemeral key, no Noise work);
-- conn_id uniqueness (SPEC 5): a new handshake whose random conn_id collides
+- conn_id uniqueness (docs/protocol.md 5): a new handshake whose random conn_id collides
   with a live session's must not take that session over;
-- replacement (SPEC 5 step 5): one static key re-handshaking again and again
+- replacement (docs/protocol.md 5 step 5): one static key re-handshaking again and again
   holds one session on the responder, not one per handshake;
-- the replay window of SPEC 2/4 is 1024 by default (the reference design's was
+- the replay window of docs/protocol.md 2/4 is 1024 by default (the reference design's was
   capped at 64): the other tests read the size from the code under test, so a
   smaller default went unnoticed;
-- one AEAD open per forgery while a session is live (SPEC 4 step 5): the
+- one AEAD open per forgery while a session is live (docs/protocol.md 4 step 5): the
   catch-up keys (a documented departure) are tried only after a silence;
-- strike decay (SPEC 8) runs from the *previous* strike: violations paced just
+- strike decay (docs/protocol.md 8) runs from the *previous* strike: violations paced just
   under STRIKE_DECAY still add up to STRIKE_THRESHOLD;
-- the defaults of every limit are SPEC section 2's: the other tests take most
+- the defaults of every limit are docs/protocol.md section 2's: the other tests take most
   limits from ``EndpointConfig()``, so a weaker default (say 100 strikes, or
   2**40 packets under one key) would pass them all.
 """
@@ -80,7 +80,7 @@ def compared(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Pair]]:
 
 
 def spec_cookie(master: bytes, addr: Address, epoch: int) -> bytes:
-    """SPEC section 5 from scratch (IPv4 only here)."""
+    """docs/protocol.md section 5 from scratch (IPv4 only here)."""
     secret = hmac.new(master, b"intentra cookie" + epoch.to_bytes(8, "big"),
                       hashlib.sha256).digest()
     ip = bytes(int(part) for part in str(addr[0]).split("."))
@@ -155,7 +155,7 @@ CHECKS: Final[dict[str, Callable[[list[Pair]], list[Pair]]]] = {
 
 @pytest.mark.parametrize("site", list(CHECKS))
 def test_secrets_are_compared_with_compare_digest(site: str, compared: list[Pair]) -> None:
-    """SPEC 5 ("compares in constant time") and the key comparisons of section 7:
+    """docs/protocol.md 5 ("compares in constant time") and the key comparisons of section 7:
     the attacker-supplied value meets the secret only inside hmac.compare_digest."""
     expected = CHECKS[site](compared)
     missing = [sorted(p.hex()[:16] for p in pair) for pair in expected if pair not in compared]
@@ -385,7 +385,7 @@ def test_the_default_replay_window_is_1024_packets_deep(behind: int) -> None:
 def test_a_forgery_to_a_live_session_costs_exactly_one_aead_open(
         phase: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Forged DATA (random body, fresh packet numbers) to a session that heard
-    from its peer a moment ago: SPEC 4 step 5 opens each with the one key its
+    from its peer a moment ago: docs/protocol.md 4 step 5 opens each with the one key its
     phase names. The catch-up keys (two and more updates ahead) are for a peer
     silent for KEY_UPDATE_MIN_INTERVAL only; tried on every packet, they would
     let each forgery buy two or three AEAD opens."""
@@ -437,8 +437,8 @@ SPEC_STRIKE_DECAY: Final = 5.0
 
 def test_violations_paced_just_under_strike_decay_still_close_the_session() -> None:
     """A hostile peer waits 0.9 x STRIKE_DECAY between violations, hoping the
-    count decays. SPEC 8 measures the decay from the previous strike, so the
-    count only grows: the 10th violation (SPEC 2, default configuration) closes
+    count decays. docs/protocol.md 8 measures the decay from the previous strike, so the
+    count only grows: the 10th violation (docs/protocol.md 2, default configuration) closes
     the session."""
     link = Link(59)
     a, b = link.add("attacker"), link.add("victim")
@@ -455,7 +455,7 @@ def test_violations_paced_just_under_strike_decay_still_close_the_session() -> N
     assert b.endpoint.stats.strike_events == SPEC_STRIKE_THRESHOLD
 
 
-# ------------------------------------------------------------------ SPEC section 2 defaults
+# ---------------------------------------------------- docs/protocol.md section 2 defaults
 
 
 SPEC_SECTION_2: Final[dict[str, object]] = {
@@ -473,7 +473,8 @@ SPEC_SECTION_2: Final[dict[str, object]] = {
     "max_reorder_buffer": 262_144,
     "replay_window": 1024,
     "cookie_rotation": 120.0,
-    "require_cookie": True,  # SPEC 5: "a responder that requires a cookie (default: always)"
+    # docs/protocol.md 5: "a responder that requires a cookie (default: always)"
+    "require_cookie": True,
     "initial_rto": 0.25,
     "min_rto": 0.02,
     "max_rto": 2.0,
@@ -484,13 +485,13 @@ SPEC_SECTION_2: Final[dict[str, object]] = {
     "key_update_time": 120.0,
     "key_update_min_interval": 10.0,
     "pn_limit": 2**62,
-    "initial_pn": 1,  # SPEC 4: "starting at 1"
+    "initial_pn": 1,  # docs/protocol.md 4: "starting at 1"
 }
-"""SPEC section 2's table, written out (tests never read the SPEC file)."""
+"""docs/protocol.md section 2's table, written out (tests never read the spec file)."""
 
 
 @pytest.mark.parametrize("name", list(SPEC_SECTION_2))
 def test_the_default_limits_are_spec_section_2(name: str) -> None:
-    """An endpoint configured with nothing gets every limit SPEC section 2 sets;
+    """An endpoint configured with nothing gets every limit docs/protocol.md section 2 sets;
     a weaker default would weaken every deployment that trusts the defaults."""
     assert getattr(EndpointConfig(), name) == SPEC_SECTION_2[name]

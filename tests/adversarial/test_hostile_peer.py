@@ -337,7 +337,7 @@ def test_strikes_reset_after_strike_decay(kind: str) -> None:
     pytest.param(0.001, True, id="just-over-decay"),
 ])
 def test_strike_decay_boundary(gap: float, resets: bool) -> None:
-    """SPEC 8: only a strike *more than* STRIKE_DECAY after the previous one resets."""
+    """docs/protocol.md 8: only a strike *more than* STRIKE_DECAY after the previous one resets."""
     arena = make_arena(honest=1, withheld=False)
     link, victim, h = arena.link, arena.victim, arena.hostile
     cfg = victim.endpoint.config
@@ -434,7 +434,7 @@ def test_rule_bending_that_is_not_a_violation_earns_no_strike(kind: str) -> None
     assert vs.strikes == 0
     assert victim.established(arena.bid)
     assert closes_sent(arena) == []
-    assert effect(arena), f"{kind}: the packet was not acted on as SPEC says"
+    assert effect(arena), f"{kind}: the packet was not acted on as docs/protocol.md says"
     link.advance(1.0)
     arena.assert_honest_unharmed()
 
@@ -494,7 +494,7 @@ def test_flood_above_the_rate_limit_is_shed_before_decryption_and_costs_others_n
     if shape == "one-instant":
         assert passed == burst, "one instant lets exactly the burst through"
     else:
-        # SPEC 8 token bucket: burst + rate x elapsed, within one token of rounding.
+        # docs/protocol.md 8 token bucket: burst + rate x elapsed, within one token of rounding.
         allowed = burst + rate * (waves - 1) * TICK
         assert abs(passed - allowed) <= 1, (passed, allowed)
     assert shed >= flood - passed > 0

@@ -1,14 +1,15 @@
-"""Malformed datagrams against the receive path of the sans-I/O core (SPEC sections 3-5, 8).
+"""Malformed datagrams against the receive path of the sans-I/O core
+(docs/protocol.md sections 3-5, 8).
 
 The attacker sends real datagrams, captured from a real handshake and exchange
-(``packets.py``), damaged in every way SPEC section 3 (and the size rules of
+(``packets.py``), damaged in every way docs/protocol.md section 3 (and the size rules of
 sections 4 and 5) lists: truncated at every byte offset, extended, oversize,
 empty, every header field out of range, every HS kind with every wrong body
 size, unknown kinds and types, bad ids, unknown conn_ids, HS kinds aimed at a
 session in the wrong state. Each goes to the endpoint that would receive the
 genuine datagram, in the very state in which it would receive it. Each must be:
 
-- dropped, with exactly ``packets_received`` and the one counter SPEC section 9
+- dropped, with exactly ``packets_received`` and the one counter docs/protocol.md section 9
   names (malformed, unknown, crypto) moved, nothing else;
 - never answered, and no event reported;
 - without effect on any session or on the pending-handshake bookkeeping
@@ -102,7 +103,7 @@ def dropped(stage: str, data: bytes, counter: str, *, target: str | None = None,
     """Send ``data`` where the genuine ``stage`` datagram goes and check it changes nothing.
 
     The token bucket is part of the snapshot unless the drop is ``crypto``:
-    SPEC section 4 takes the token at step 3, before the AEAD of step 5.
+    docs/protocol.md section 4 takes the token at step 3, before the AEAD of step 5.
     ``later`` delays the datagram (and the genuine one after it) by that many seconds.
     """
     w = build(stage)
@@ -150,7 +151,7 @@ TRUNCATIONS = [pytest.param(p, n, id=f"{p}-len{n}") for p in PACKETS for n in ra
 
 @pytest.mark.parametrize(("packet", "length"), TRUNCATIONS)
 def test_truncated_datagram_is_dropped_as_malformed(packet: str, length: int) -> None:
-    """Every prefix of every real datagram, the empty one included (SPEC 3: lengths)."""
+    """Every prefix of every real datagram, the empty one included (docs/protocol.md 3: lengths)."""
     dropped(packet, P[packet][:length], MALFORMED)
 
 
@@ -173,7 +174,7 @@ def oversize(packet: str, size: int) -> bytes:
 @pytest.mark.parametrize("packet", PACKETS)
 @pytest.mark.parametrize("size", [MAX_PACKET_SIZE + 1, 65507], ids=["2049", "65507"])
 def test_oversize_datagram_is_dropped_as_malformed(packet: str, size: int) -> None:
-    """Longer than MAX_PACKET_SIZE, even with a payload_len that agrees (SPEC 3)."""
+    """Longer than MAX_PACKET_SIZE, even with a payload_len that agrees (docs/protocol.md 3)."""
     dropped(packet, oversize(packet, size), MALFORMED)
 
 
@@ -266,7 +267,7 @@ def _header_cases() -> list[object]:
 @pytest.mark.parametrize(("packet", "changes"), _header_cases())
 def test_header_field_out_of_range_is_dropped_as_malformed(
         packet: str, changes: dict[str, int]) -> None:
-    """One header field of a real datagram breaks a rule of SPEC section 3."""
+    """One header field of a real datagram breaks a rule of docs/protocol.md section 3."""
     dropped(packet, rewrite(P[packet], **changes), MALFORMED)
 
 
@@ -288,7 +289,7 @@ def test_header_field_out_of_range_is_dropped_as_malformed(
 def test_valid_header_rewrite_fails_authentication(packet: str, changes: dict[str, int],
                                                     src: Address | None) -> None:
     """A rewrite that still satisfies section 3 reaches the AEAD, which binds the
-    header (aad): dropped as crypto, nothing in the session changes (SPEC 4 step 5),
+    header (aad): dropped as crypto, nothing in the session changes (docs/protocol.md 4 step 5),
     its address included (no roaming on a forged packet)."""
     dropped(packet, rewrite(P[packet], **changes), CRYPTO, src=src)
 
@@ -323,7 +324,7 @@ def _hs_size_cases() -> list[object]:
 @pytest.mark.parametrize(("packet", "size"), _hs_size_cases())
 def test_hs_body_of_the_wrong_size_for_its_kind_is_dropped_as_malformed(
         packet: str, size: int) -> None:
-    """SPEC 5: a body length that does not match the kind (payload_len agrees)."""
+    """docs/protocol.md 5: a body length that does not match the kind (payload_len agrees)."""
     dropped(packet, resize_body(P[packet], size), MALFORMED)
 
 
@@ -363,7 +364,7 @@ HS_BAD_IDS: list[tuple[str, Callable[[bytes], bytes]]] = [
 @pytest.mark.parametrize(("case", "damage"), HS_BAD_IDS, ids=[c for c, _ in HS_BAD_IDS])
 def test_hs_with_an_id_of_zero_where_it_must_not_be_is_dropped(
         case: str, damage: Callable[[bytes], bytes]) -> None:
-    """SPEC 3/5: conn_id 0 only in HELLO; sender_id 0 only in COOKIE."""
+    """docs/protocol.md 3/5: conn_id 0 only in HELLO; sender_id 0 only in COOKIE."""
     packet = case.split("-", maxsplit=1)[0]
     dropped(packet, damage(P[packet]), MALFORMED)
 
@@ -371,7 +372,7 @@ def test_hs_with_an_id_of_zero_where_it_must_not_be_is_dropped(
 @pytest.mark.parametrize("src", [("not-an-ip", 4001), ("10.0.0.1", 70000), ("10.0.0.1",)],
                          ids=["hostname", "port-70000", "no-port"])
 def test_hello_from_a_source_that_is_not_an_ip_address_is_dropped(src: Address) -> None:
-    """No cookie can be bound to it (SPEC 5 cookie input): malformed, not answered."""
+    """No cookie can be bound to it (docs/protocol.md 5 cookie input): malformed, not answered."""
     dropped("hello0", P["hello0"], MALFORMED, src=src)
 
 
@@ -384,14 +385,15 @@ def test_datagram_for_an_unknown_conn_id_is_dropped_as_unknown(packet: str) -> N
 
 @pytest.mark.parametrize("packet", ["data_reliable", "data_realtime", "close"])
 def test_sealed_packet_for_a_pending_handshake_is_dropped_as_unknown(packet: str) -> None:
-    """SPEC 4 step 2: a session not yet able to decrypt (the responder before FINISH)."""
+    """docs/protocol.md 4 step 2: a session not yet able to decrypt (the responder
+    before FINISH)."""
     dropped("finish", P[packet], UNKNOWN)
 
 
 WRONG_STATE = [
     # (stage, receiver, datagram, source, delay): an HS kind the session's state does not
     # expect. The delay puts a replayed FINISH past one RTO, when a FINISH from the
-    # session's own address would be answered (SPEC 5 flow 6).
+    # session's own address would be answered (docs/protocol.md 5 flow 6).
     pytest.param("finish", "b", rewrite(P["cookie"], conn_id=CID_B), A_ADDR, 0.0,
                  id="cookie-to-pending-responder"),
     pytest.param("finish", "b", rewrite(P["response"], conn_id=CID_B), A_ADDR, 0.0,
@@ -491,7 +493,7 @@ def _violations() -> list[object]:
 @pytest.mark.parametrize(("ptype", "intent", "plaintext", "ack"), _violations())
 def test_authenticated_bad_framing_is_a_strike_and_delivers_nothing(
         ptype: PacketType, intent: Intent, plaintext: bytes, ack: int | None) -> None:
-    """SPEC 4/6/8: an authenticated packet whose framing or acknowledgement is wrong is
+    """docs/protocol.md 4/6/8: an authenticated packet whose framing or acknowledgement is wrong is
     a violation: one strike; none of its messages (even well-framed ones before the
     error) is delivered; the windows do not move; the pn is spent (it authenticated)."""
     w = build(ESTABLISHED)

@@ -1,4 +1,4 @@
-"""Nonces and keys: AES-GCM must never see one (key, nonce) twice (SPEC section 4).
+"""Nonces and keys: AES-GCM must never see one (key, nonce) twice (docs/protocol.md section 4).
 
 Attacks and hazards: a long session with many key updates, loss, duplication,
 reordering and retransmissions, and packet numbers crossing the 32-bit wrap
@@ -367,7 +367,7 @@ def test_forged_or_replayed_packets_never_move_the_receivers_keys(
     datagram, when = prepare(lab)
     if timing == "after-silence":
         # Catch-up mode: after KEY_UPDATE_MIN_INTERVAL of silence the receiver also
-        # tries keys further ahead (a departure from SPEC); forgeries still fail.
+        # tries keys further ahead (a departure from docs/protocol.md); forgeries still fail.
         when = max(when, lab.session.last_recv_at + MIN_INTERVAL + 0.01)
     # An expired previous key is erased before the attack is looked at; that is
     # no move of the keys, so the fingerprint is taken after it.

@@ -14,15 +14,15 @@ re-packs to the same bytes; they never raise, on bytes or memoryviews.
 Endpoint, for every input that is not byte-identical to a genuine datagram:
 
 (a) no exception escapes ``receive_datagram(s)`` or ``handle_timer``;
-(b) the replies it causes are no larger in total than it (SPEC section 8),
+(b) the replies it causes are no larger in total than it (docs/protocol.md section 8),
     the one exception being the protocol's own: a COOKIE from the address a
     HELLO went to is answered by that HELLO, to that address only;
-(c) no session changes, beyond its token bucket (SPEC 4 step 3) and the
+(c) no session changes, beyond its token bucket (docs/protocol.md 4 step 3) and the
     documented side effects of unauthenticated handshake packets: a HELLO whose
     cookie verifies may open one pending handshake; a failed FINISH delays the
     next try; a COOKIE (as above) replaces the initiator's cookie; and a previous
     key past its lifetime is erased, as its timer would have;
-(d) the bounds of SPEC hold throughout: reliable in flight <= MAX_RELIABLE_IN_FLIGHT,
+(d) the bounds of docs/protocol.md hold throughout: reliable in flight <= MAX_RELIABLE_IN_FLIGHT,
     reorder bytes <= MAX_REORDER_BUFFER, pending handshakes within
     MAX_HANDSHAKES_IN_FLIGHT and MAX_HANDSHAKES_PER_IP, sessions <= MAX_CONNECTIONS,
     replay window within REPLAY_WINDOW; and no forged message is ever delivered:
@@ -110,7 +110,7 @@ inputs get past the header checks and the lookup, to the token bucket and the AE
 DROPS: Final = frozenset({"packets_dropped_malformed", "packets_dropped_unknown",
                           "packets_dropped_rate_limit", "packets_dropped_crypto",
                           "replay_rejections", "handshakes_rejected"})
-"""Counters that say a datagram was dropped (SPEC section 9)."""
+"""Counters that say a datagram was dropped (docs/protocol.md section 9)."""
 
 
 # ------------------------------------------------------------------ strategies
@@ -217,11 +217,11 @@ def spec_header_ok(d: bytes) -> bool:
     return payload_len == 1 and ack == 0
 
 
-SPEC_HS_BODY: Final = {1: 112, 2: 21, 3: 101, 4: 69}  # the SPEC section 5 table
+SPEC_HS_BODY: Final = {1: 112, 2: 21, 3: 101, 4: 69}  # the docs/protocol.md section 5 table
 
 
 def spec_hs_ok(d: bytes) -> bool:
-    """SPEC section 5 for a datagram that passed section 3 as HS."""
+    """docs/protocol.md section 5 for a datagram that passed section 3 as HS."""
     body = d[HEADER_LEN:]
     if len(body) < 5:
         return False
@@ -354,9 +354,10 @@ def same_session(old_snap: dict[str, object], new_snap: dict[str, object], now: 
         del old["finish_retry_at"], new["finish_retry_at"]
     rk = old["recv_keys"]
     if keys_expire(old, now) and isinstance(rk, tuple):
-        old["recv_keys"] = (rk[0], rk[1], None, False)  # erased on expiry (SPEC 4 step 5)
+        # erased on expiry (docs/protocol.md 4 step 5)
+        old["recv_keys"] = (rk[0], rk[1], None, False)
     if old["state"] is SessionState.HELLO_SENT and kind is HsKind.COOKIE and src == old["addr"]:
-        # SPEC 5 flow 2: COOKIE is unauthenticated by design; a new one changes the
+        # docs/protocol.md 5 flow 2: COOKIE is unauthenticated by design; a new one changes the
         # HELLO, which goes back to the responder's address only (once per RTO:
         # docs/protocol.md 12, tests/test_hardening.py).
         for k in ("cookie", "hs_datagram"):
@@ -370,7 +371,7 @@ def may_authenticate(ep: Endpoint, raw: bytes, src: Address, genuine: Collection
     Only a genuine datagram can: a sealed one (DATA, ACK, CLOSE), or of the
     handshake kinds a RESPONSE to an initiator waiting for it from the address its
     HELLO went to, and a FINISH to a pending responder or, from the session's own
-    address, the FINISH that established it (answered by an ACK, SPEC 5 flow 6).
+    address, the FINISH that established it (answered by an ACK, docs/protocol.md 5 flow 6).
     A genuine HELLO or COOKIE, or a replay from elsewhere, is judged like a forgery.
     """
     if raw not in genuine:
@@ -394,7 +395,7 @@ def may_authenticate(ep: Endpoint, raw: bytes, src: Address, genuine: Collection
 
 
 def assert_hello_keys_unique(ep: Endpoint) -> None:
-    """SPEC 5 step 3: one HELLO (address, ephemeral key) opens at most one handshake."""
+    """docs/protocol.md 5 step 3: one HELLO (address, ephemeral key) opens at most one handshake."""
     keys = [s.hello_key for s in ep.sessions.values() if s.hello_key is not None]
     assert len(keys) == len(set(keys)), "one HELLO opened two handshakes"
 
@@ -430,7 +431,7 @@ def check_unauthenticated(ep: Endpoint, before: dict[str, object], raw: bytes, s
     assert set(sb) <= set(sa), "an unauthenticated datagram removed a session"
     added = set(sa) - set(sb)
     if added:
-        # SPEC 5 step 3: a HELLO whose cookie verifies opens one pending handshake.
+        # docs/protocol.md 5 step 3: a HELLO whose cookie verifies opens one pending handshake.
         assert kind is HsKind.HELLO and len(added) == 1
         [new_id] = added
         new = ep.sessions[new_id]
@@ -630,7 +631,8 @@ class ReceivePathUnderAttack(RuleBasedStateMachine):
     def cookie_verified_hello(self, node: str, host: int, port: int, ephemeral: bytes,
                               sender: int, again: bool) -> None:
         """An attacker that receives at its addresses completes the cookie exchange:
-        each such HELLO opens a pending handshake until a limit is reached (SPEC 5 step 3)."""
+        each such HELLO opens a pending handshake until a limit is reached
+        (docs/protocol.md 5 step 3)."""
         ep = self.w.endpoint(node)
         src: Address = (f"198.51.100.{host}", port)
         hello0 = pack_hello(sender, bytes(16), ephemeral)
@@ -651,7 +653,7 @@ class ReceivePathUnderAttack(RuleBasedStateMachine):
         moved = delta(before, counters(ep))
         for new_id in set(ep.sessions) - ids_before:
             self.hellos[(node, src, ephemeral)] = new_id
-        if again:  # SPEC 5 step 3: the same RESPONSE again, not a second handshake
+        if again:  # docs/protocol.md 5 step 3: the same RESPONSE again, not a second handshake
             opened = len(ep.sessions)
             assert self.attack_one(node, hello, src) == response
             assert len(ep.sessions) == opened
@@ -719,7 +721,7 @@ class ReceivePathUnderAttack(RuleBasedStateMachine):
             self.check_bounds()
 
     def check_bounds(self) -> None:
-        """(d): the limits of SPEC sections 2, 5 and 6, on both endpoints."""
+        """(d): the limits of docs/protocol.md sections 2, 5 and 6, on both endpoints."""
         cfg = self.cfg
         for ep in (self.w.a, self.w.b):
             assert len(ep.sessions) <= cfg.max_connections

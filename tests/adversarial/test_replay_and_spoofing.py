@@ -1,6 +1,6 @@
 """Adversarial: replayed packets of every kind, and forged packets aimed at a live session.
 
-Replay (SPEC sections 4 and 5). An on-path attacker records every datagram of a real
+Replay (docs/protocol.md sections 4 and 5). An on-path attacker records every datagram of a real
 exchange (HELLO with and without cookie, COOKIE, RESPONSE, FINISH, reliable and
 realtime DATA, ACK both ways, CLOSE) and plays each one back to its receiver:
 at once, 30 s later, after the replay window has moved (more than REPLAY_WINDOW
@@ -9,10 +9,10 @@ packets later), after both sides updated their keys, and to a restarted endpoint
 the attacker's own address. Whatever the case, the copy delivers nothing, changes no
 state of the receiver (a deep snapshot of the endpoint and all its sessions, taken
 before and after, is equal; only the token bucket and the counters may move), is
-counted under the SPEC section 9 counter that names its fate, and is answered with
+counted under the docs/protocol.md section 9 counter that names its fate, and is answered with
 nothing larger than itself.
 
-Spoofing (SPEC sections 4 and 8). 10,000 forged packets carrying a live session's
+Spoofing (docs/protocol.md sections 4 and 8). 10,000 forged packets carrying a live session's
 conn_id, with valid headers, plausible packet numbers and random bodies, from the
 peer's address and from elsewhere. The session survives with zero strikes, keeps
 delivering real traffic interleaved with the forgeries, and ends in exactly the state
@@ -229,14 +229,14 @@ def record(on_first: Callable[[Exchange, str], None] | None = None) -> Exchange:
     return ex
 
 
-# Fates a replayed datagram may have, as SPEC sections 4, 5 and 9 name them:
+# Fates a replayed datagram may have, as docs/protocol.md sections 4, 5 and 9 name them:
 # counters that rise by one besides packets_received, and what may be sent back.
 FATES: Final[dict[str, tuple[dict[str, int], str]]] = {
     "replay": ({"replay_rejections": 1}, "nothing"),                 # 4 step 4
     "unknown": ({"packets_dropped_unknown": 1}, "nothing"),          # 4 step 2, 5
     "cookie": ({"cookie_replies": 1, "packets_sent": 1}, "cookie"),  # 5 flow 2, stateless
     "same-response": ({"packets_sent": 1}, "same-response"),         # 5 flow 3
-    # The HELLO of a handshake whose session is still alive: SPEC is silent; the
+    # The HELLO of a handshake whose session is still alive: docs/protocol.md is silent; the
     # implementation remembers it for the session's life (protocol.md 12) and
     # drops it, under no counter.
     "ignored": ({}, "nothing"),
@@ -244,7 +244,7 @@ FATES: Final[dict[str, tuple[dict[str, int], str]]] = {
 
 
 def fate(kind: str, timing: str, source: str) -> str:
-    """What SPEC says becomes of the replayed copy: the oracle of the replay tests."""
+    """What docs/protocol.md says becomes of the replayed copy: the oracle of the replay tests."""
     if kind == "hello":
         return "cookie"  # its cookie is all-zero: a COOKIE and never any state
     if kind == "hello+cookie":
@@ -278,7 +278,7 @@ def prepare(ex: Exchange, timing: str, receiver: Node) -> None:
         link.advance(30.0)
     elif timing == "window-moved":
         # Past HANDSHAKE_TIMEOUT first (a FINISH copy is then no longer answered,
-        # SPEC 5 flow 6), then more than REPLAY_WINDOW packets each way.
+        # docs/protocol.md 5 flow 6), then more than REPLAY_WINDOW packets each way.
         link.advance(DEFAULTS.handshake_timeout + 1.0)
         sa, sb = session_between(a, b), session_between(b, a)
         for i in range(REPLAY_WINDOW + 76):
@@ -329,7 +329,7 @@ def replay_once(ex: Exchange, kind: str, source: str, expected: str) -> None:
     assert len(receiver.messages) == delivered
     assert freeze(ep) == before, "a replayed datagram changed the receiver's state"
     assert stats_delta(stats, ep.stats.as_dict()) == {"packets_received": 1, **counters}
-    for cid, tokens in buckets.items():  # at most the one token of SPEC 4 step 3
+    for cid, tokens in buckets.items():  # at most the one token of docs/protocol.md 4 step 3
         assert ep.sessions[cid].bucket.tokens >= tokens - 1.0
     assert all(len(r) <= len(d.data) and dst == src for r, dst in out)
     if reply == "nothing":
@@ -390,7 +390,7 @@ def test_replaying_the_whole_recording_delivers_nothing_and_counts_everything(
 
     After two rotations every copy has a counted fate and no state appears. Within
     the cookie's life one thing does appear, and this test pins it as the limit of
-    SPEC 5: the cookie-valid HELLO of the first, closed session opens ONE pending
+    docs/protocol.md 5: the cookie-valid HELLO of the first, closed session opens ONE pending
     handshake (the cookie proves only the address, and nothing else remembers a
     finished handshake). It can never complete (the attacker lacks the initiator's
     ephemeral key), its RESPONSE goes to the initiator, which drops it, and it is
@@ -442,7 +442,7 @@ def test_replaying_the_whole_recording_delivers_nothing_and_counts_everything(
                                    REPLAY_WINDOW + 1, 2 * REPLAY_WINDOW, 5000])
 def test_withheld_packet_released_after_the_window_moved(later: int, intent: Intent) -> None:
     """The attacker withholds one genuine DATA packet (never delivered) and releases
-    it once ``later`` newer packets have been authenticated. SPEC 4: the window
+    it once ``later`` newer packets have been authenticated. docs/protocol.md 4: the window
     remembers the highest pn and the REPLAY_WINDOW - 1 below it, so up to 1023
     behind the packet is still new and delivered once; from 1024 on it is refused
     as a replay, counted, and changes nothing (a reliable message in it then
@@ -513,7 +513,7 @@ FORGE_SOURCES: Final = ["peer", "peer-ip-other-port", "other-ips"]
 
 def forge(rng: random.Random, kind: str, conn_id: int, peer_id: int, pn_hint: int) -> bytes:
     """One forged datagram for the session ``conn_id``: a header that passes every
-    check of SPEC section 3, a plausible packet number, a random body."""
+    check of docs/protocol.md section 3, a plausible packet number, a random body."""
     if kind == "mixed":
         kind = rng.choice(FORGE_KINDS[:-1])
     if kind == "hs":  # COOKIE / RESPONSE / FINISH with the session's ids
