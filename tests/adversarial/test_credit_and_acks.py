@@ -259,8 +259,9 @@ def test_an_ack_naming_pns_never_sent_is_a_strike_and_acknowledges_nothing(kind:
     for _ in range(3):  # the first and repeated ones: one strike each
         largest, bitmap = NEVER_SENT[kind](p.vs)
         before, strikes = victim_state(p.vs), p.strikes()
+        # (with a credit that would raise the edge: a refused ACK gives none)
         p.hostile.deliver(p.hostile.ack(p.hs.recv_window.ack, largest_pn=largest,
-                                        pn_bitmap=bitmap))
+                                        pn_bitmap=bitmap, credit=0xFFFF))
         assert p.strikes() == strikes + 1
         assert victim_state(p.vs) == before
     assert p.victim.established(p.bid)
@@ -293,9 +294,9 @@ def test_an_optimistic_ack_of_a_skipped_pn_is_a_strike(how: str) -> None:
     assert p.strikes() == strikes
     before = victim_state(p.vs)
     if how == "as-largest":
-        lie = p.hostile.ack(ack, largest_pn=skipped)
+        lie = p.hostile.ack(ack, largest_pn=skipped, credit=0xFFFF)
     else:
-        lie = p.hostile.ack(ack, largest_pn=skipped + 1, pn_bitmap=0b11)
+        lie = p.hostile.ack(ack, largest_pn=skipped + 1, pn_bitmap=0b11, credit=0xFFFF)
     p.hostile.deliver(lie)
     assert p.strikes() == strikes + 1
     assert victim_state(p.vs) == before
