@@ -34,8 +34,9 @@ def ref_rekey(key: bytes) -> bytes:
 
 
 def header(pn: int, phase: int, payload_len: int = 5) -> bytes:
-    """A DATA REALTIME header for conn CONN, built by hand (docs/protocol.md section 3)."""
-    return (bytes([0x10, 0x40 | phase]) + payload_len.to_bytes(2, "big")
+    """A DATA REALTIME header (version 2, A = 1) for conn CONN, built by hand
+    (docs/protocol.md section 3)."""
+    return (bytes([0x20, 0x40 | 0x02 | phase]) + payload_len.to_bytes(2, "big")
             + CONN.to_bytes(4, "big") + (pn & 0xFFFFFFFF).to_bytes(4, "big") + bytes(4))
 
 
