@@ -623,3 +623,36 @@ def test_receiver_acknowledges_at_once_after_ack_every_messages(ack_every: int) 
     assert prompt and prompt[0] == pytest.approx(LATENCY, abs=0.001), \
         "the turn that brings the ack_every-th pn sends the ACK"
     assert len(b.payloads(RELIABLE)) == 2 * ack_every
+
+
+def test_reading_moves_the_credit_edge_and_an_ack_tells_the_sender() -> None:
+    """docs/protocol.md 6: unread messages hold the receiver's credit; when the
+    application reads, the edge moves, and once it can move by a quarter of
+    max_reliable_in_flight an ACK says so at once, and the waiting sender goes on."""
+    link = Link(1)
+    a, b = link.add("a"), link.add("b", release_on_take=False)
+    cid, bid = link.establish(a, b)
+    link.advance(0.1)
+    rs, ss = b.endpoint.sessions[bid], a.endpoint.sessions[cid]
+    for _ in range(300):
+        link.send(a, cid, bytes(1000))
+    link.advance(1.0)
+    edge = rs.recv_window.edge
+    assert ss.send_window.edge == edge
+    assert ss.queued_reliable > 0, "the sender waits for credit"
+    quarter = b.endpoint.config.max_reliable_in_flight // 4
+
+    def acks() -> int:
+        return len(link.sent_by(b, is_ack))
+
+    before = acks()
+    gain = 0
+    while acks() == before:
+        gain = rs.recv_window.edge_gain()
+        assert gain < quarter, "the edge could move by a quarter and no ACK said so"
+        b.endpoint.release(bid, 1000)  # the application reads one message
+        link.pump(b)
+    assert rs.recv_window.edge - edge >= quarter
+    link.advance(0.5)
+    assert ss.send_window.edge >= edge + quarter  # the ACK reached the sender
+    assert ss.send_window.next_rseq - 1 > edge, "the sender did not go on"
