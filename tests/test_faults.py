@@ -366,8 +366,10 @@ def test_realtime_at_most_once_never_late_and_delivery_matches_loss() -> None:
             assert worst <= deadline + FAULTS.jitter + slack, f"delivered {worst:.3f} s late"
             # v2 paces, so a few messages share a datagram (v1: one each); the loss of
             # one then costs each of them, which leaves the expected ratio unchanged.
+            # Shared datagrams are lost together, which widens the spread of the ratio
+            # around 1 - loss (seen up to 2.3 points over a few runs, v1: within 2).
             assert datagrams >= 0.5 * left, "messages were packed: the ratio would be skewed"
-            assert abs(ratio - (1 - loss)) <= 0.02
+            assert abs(ratio - (1 - loss)) <= 0.03
             assert abs(ratio - (1 - FAULTS.loss - FAULTS.corrupt)) <= 0.03
             assert not ln.cpeer.closed and not ln.speer.closed
 
