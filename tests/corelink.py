@@ -191,13 +191,18 @@ class Link:
     def add(self, name: str, config: EndpointConfig | None = None,
             allowed_peers: Iterable[bytes] | None = None, key: PrivateKey | None = None,
             cookie_master: bytes | None = None, addr: Address | None = None,
-            wall_offset: float = 0.0) -> Node:
-        """Create an endpoint with a seeded rng and key, at a fake address."""
+            wall_offset: float = 0.0, release_on_take: bool = True) -> Node:
+        """Create an endpoint with a seeded rng and key, at a fake address.
+
+        ``release_on_take=False`` makes an application that never reads: taking
+        events gives no credit back (call ``endpoint.release`` to read).
+        """
         index = len(self.nodes) + 1
         key = key if key is not None else seeded_key(f"{self.seed}-{name}")
         addr = addr if addr is not None else (f"10.0.0.{index}", 4000 + index)
         endpoint = Endpoint(key.to_bytes(), seeded_rng(f"{self.seed}-{name}"), config,
-                            allowed_peers, cookie_master, wall_offset)
+                            allowed_peers, cookie_master, wall_offset,
+                            release_on_take=release_on_take)
         node = Node(name, endpoint, addr, key)
         self.nodes.append(node)
         self._by_addr[addr] = node

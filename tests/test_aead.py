@@ -1,4 +1,4 @@
-"""Per-direction AEAD, nonce layout, Noise Rekey and key updates (docs/protocol.md section 5).
+"""Per-direction AEAD, nonce layout, Noise Rekey and key updates (docs/protocol.md section 4).
 
 Expected ciphertexts and keys are computed here with cryptography's AESGCM
 directly (and Rekey cross-checked against the noiseprotocol package), never with
@@ -34,8 +34,9 @@ def ref_rekey(key: bytes) -> bytes:
 
 
 def header(pn: int, phase: int, payload_len: int = 5) -> bytes:
-    """A DATA REALTIME header for conn CONN, built by hand (docs/protocol.md section 3)."""
-    return (bytes([0x10, 0x40 | phase]) + payload_len.to_bytes(2, "big")
+    """A DATA REALTIME header (version 2, A = 1) for conn CONN, built by hand
+    (docs/protocol.md section 3)."""
+    return (bytes([0x20, 0x40 | 0x02 | phase]) + payload_len.to_bytes(2, "big")
             + CONN.to_bytes(4, "big") + (pn & 0xFFFFFFFF).to_bytes(4, "big") + bytes(4))
 
 

@@ -1,4 +1,4 @@
-"""Stateless handshake cookies (docs/protocol.md section 7), recomputed here with hmac/hashlib.
+"""Stateless handshake cookies (docs/protocol.md section 5), recomputed here with hmac/hashlib.
 
 cookie   = HMAC-SHA256(secret_n, ip || port)[:16]
 secret_n = HMAC-SHA256(master, "intentra cookie" || n), n = floor(unix_time / 120) as 8 bytes

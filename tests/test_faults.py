@@ -196,10 +196,10 @@ def accounting(monkeypatch: pytest.MonkeyPatch) -> Iterator[DataAccounting]:
     acc = DataAccounting()
     flush_retransmits = Session._flush_retransmits
 
-    def counting_flush(self: Session, now: float, limit: int, ack: int) -> bool:
+    def counting_flush(self: Session, now: float, limit: int, ack: int) -> None:
         before = self.stats.packets_sent
         try:
-            return flush_retransmits(self, now, limit, ack)
+            flush_retransmits(self, now, limit, ack)
         finally:
             key = id(self.stats)
             acc.resent_packets[key] = acc.resent_packets.get(key, 0) + (
@@ -274,7 +274,7 @@ def test_reliable_exactly_once_in_order_under_loss_dup_jitter_corruption(
             await watched(asyncio.gather(send_all(ln.cpeer, up), send_all(ln.speer, down),
                                          collect(ln.server, n, at_server),
                                          collect(ln.client, n, at_client)),
-                          sample(), 45.0, progress)
+                          sample(), 120.0, progress)  # v2: ~50 s (jitter slows its cc)
             elapsed = time.monotonic() - started
 
             assert_exactly_once_in_order(at_server, up, "client -> server")
@@ -306,7 +306,7 @@ def test_reliable_exactly_once_in_order_under_loss_dup_jitter_corruption(
                 # Resending the whole window on every timeout would resend far more.
                 assert resent_msgs < 0.8 * n, f"{name}: {resent_msgs} messages resent"
 
-    run(body(), 90.0)
+    run(body(), 180.0)
 
 
 # ------------------------------------------------------------ 2. REALTIME
@@ -349,18 +349,27 @@ def test_realtime_at_most_once_never_late_and_delivery_matches_loss() -> None:
             counts = {k: ln.proxy.counts["forward"][k] - before[k] for k in before}
             datagrams = counts["received"]
             loss = sum(counts[k] for k in LOST) / datagrams
-            ratio = len(latency) / n
-            worst = max(latency.values())
             stats = ln.client.endpoint.stats
-            print(f"\nREALTIME {n}: delivered {len(latency)} ({ratio:.2%}) in {datagrams} "
+            # v2 drops at the sender what cannot leave in time (congestion control
+            # backs off on this loss), so delivery is measured against what left.
+            at_sender = (stats.messages_dropped_congestion + stats.messages_dropped_deadline
+                         + stats.messages_dropped_queue_full)
+            left = n - at_sender
+            ratio = len(latency) / left
+            worst = max(latency.values())
+            print(f"\nREALTIME {n}: {at_sender} dropped at the sender, delivered "
+                  f"{len(latency)} of the {left} that left ({ratio:.2%}) in {datagrams} "
                   f"datagrams; proxy lost {loss:.2%} of them (1 - loss = {1 - loss:.2%}); "
-                  f"nominal 1 - 0.2 - 0.01 = 79%; latency max {worst * 1000:.1f} ms, "
-                  f"deadline drops {stats.messages_dropped_deadline}")
+                  f"nominal 1 - 0.2 - 0.01 = 79%; latency max {worst * 1000:.1f} ms")
             assert not duplicates, f"delivered twice: {duplicates[:10]}"
             assert set(latency) <= set(range(n))
             assert worst <= deadline + FAULTS.jitter + slack, f"delivered {worst:.3f} s late"
-            assert datagrams >= 0.95 * n, "messages were packed: the ratio would be skewed"
-            assert abs(ratio - (1 - loss)) <= 0.02
+            # v2 paces, so a few messages share a datagram (v1: one each); the loss of
+            # one then costs each of them, which leaves the expected ratio unchanged.
+            # Shared datagrams are lost together, which widens the spread of the ratio
+            # around 1 - loss (seen up to 2.3 points over a few runs, v1: within 2).
+            assert datagrams >= 0.5 * left, "messages were packed: the ratio would be skewed"
+            assert abs(ratio - (1 - loss)) <= 0.03
             assert abs(ratio - (1 - FAULTS.loss - FAULTS.corrupt)) <= 0.03
             assert not ln.cpeer.closed and not ln.speer.closed
 
@@ -376,10 +385,13 @@ def test_send_waits_on_a_full_window_and_resumes_when_acks_return() -> None:
     async def body() -> None:
         async with network() as net:
             ln = await link(net)
-            window = ln.client.endpoint.config.max_reliable_in_flight
             max_rto = ln.client.endpoint.config.max_rto
             session = session_of(ln.client, ln.cpeer)
             await asyncio.sleep(0.05)  # the server's confirming ACK is through
+            # v2: what may be in flight is the lower of max_reliable_in_flight and the
+            # server's credit (its first ACK gave 262144 // 1200 = 218 messages).
+            window = session.send_window.room
+            assert 0 < window <= ln.client.endpoint.config.max_reliable_in_flight
             msgs = numbered(window + 50)
 
             ln.proxy.blackhole("backward", blackhole)  # no ACK comes back
@@ -441,20 +453,41 @@ def test_realtime_send_nowait_never_blocks_and_the_queue_stays_bounded() -> None
 
             await asyncio.sleep(0.01)  # the flush empties the queue into the blackhole
             assert session.queued == 0
-            for i in range(n):  # with the loop turning: never blocks, never fills
+            # With the loop turning: never blocks, stays bounded. v2: no ACK comes back
+            # from the blackhole, so the congestion window fills and holds the rest
+            # (v1 had no window and sent everything); beyond max_send_queue a send is
+            # refused and counted, and what waits past its deadline is dropped.
+            refused = 0
+            for i in range(n):
                 t0 = time.perf_counter()
-                assert ln.cpeer.send_nowait(SEQ.pack(i), Intent.REALTIME)
+                refused += not ln.cpeer.send_nowait(SEQ.pack(i), Intent.REALTIME)
                 slowest = max(slowest, time.perf_counter() - t0)
                 peak = max(peak, session.queued)
                 if i % 64 == 63:
                     await asyncio.sleep(0)
             assert slowest < 0.02 and peak <= cfg.max_send_queue
+            stats = ln.client.endpoint.stats
+            assert stats.messages_dropped_queue_full == dropped + refused
+            late = stats.messages_dropped_deadline
+            await asyncio.sleep(cfg.realtime_deadline + 0.05)
+            assert ln.cpeer.send_nowait(SEQ.pack(n), Intent.REALTIME)
+            await asyncio.sleep(0.01)
+            assert session.realtime_queued <= 1, "late REALTIME still waits in the queue"
+            assert stats.messages_dropped_deadline > late
+            print(f"blackhole, loop turning: {refused} of {n} refused on a full queue; "
+                  f"{stats.messages_dropped_deadline - late} dropped at their deadline")
             assert not ln.cpeer.closed
 
     run(body(), 20.0)
 
 
 def test_sender_memory_stays_bounded_when_the_receiver_never_reads() -> None:
+    """v2: what the application has not read counts against the credit the server
+    gives (docs/protocol.md 6), so a receiver that never reads stops the sender at
+    its credit edge: the server holds at most max_reorder_buffer bytes, the sender at
+    most max_reliable_in_flight messages, and send() waits. Once the application
+    reads, the rest follows, exactly once and in order. (v1 acknowledged everything
+    and let the messages pile up in the server's receive queue.)"""
     n = 3_000
 
     async def body() -> None:
@@ -463,38 +496,65 @@ def test_sender_memory_stays_bounded_when_the_receiver_never_reads() -> None:
             ln = await link(net, faults, faults, seed=3)
             cfg = ln.client.endpoint.config
             session = session_of(ln.client, ln.cpeer)
+            server_session = session_of(ln.server, ln.speer)
             msgs = numbered(n, lambda i: 100 + i % 400)
-            held_peak = 0
-            bytes_peak = 0
+            peaks = {"held": 0, "bytes": 0, "server": 0}
             rt_dropped = 0
-            for i, data in enumerate(msgs):
-                if i == n // 3:
-                    ln.proxy.blackhole("backward", 0.5)  # no ACK for a while: the window fills
-                await step(ln.cpeer.send(data, Intent.RELIABLE))
-                if not ln.cpeer.send_nowait(data[:50], Intent.REALTIME):
-                    rt_dropped += 1
-                held = session.queued_reliable + session.send_window.in_flight
-                held_peak = max(held_peak, held)
-                bytes_peak = max(bytes_peak, sum(
-                    len(e.data) for e in session.send_window.outstanding.values()))
-                assert held <= cfg.max_reliable_in_flight, f"{held} reliable held at {i}"
-                assert session.queued <= cfg.max_send_queue
-            # The application never called receive(): the server still acknowledged
-            # everything, so the sender drains; the messages wait in the server's queue.
-            await wait_until(lambda: session.send_window.in_flight == 0, 10.0,
-                             "every message to be acknowledged")
-            reliable: list[bytes] = []
-            while (msg := ln.server.receive_nowait()) is not None:
-                if msg.intent is Intent.RELIABLE:
-                    reliable.append(msg.data)
-            assert_exactly_once_in_order(reliable, msgs, "client -> server")
-            print(f"\nreceiver never read: sender held at most {held_peak} reliable messages "
-                  f"({bytes_peak} bytes), window {cfg.max_reliable_in_flight}; "
-                  f"{rt_dropped} realtime dropped at the sender")
-            assert held_peak == cfg.max_reliable_in_flight  # the window did fill
-            assert bytes_peak <= cfg.max_reliable_in_flight * cfg.max_message_size
+            sent = 0
 
-    run(body(), 40.0)
+            def check() -> None:
+                held = session.queued_reliable + session.send_window.in_flight
+                peaks["held"] = max(peaks["held"], held)
+                peaks["bytes"] = max(peaks["bytes"], sum(
+                    len(e.data) for e in session.send_window.outstanding.values()))
+                rw = server_session.recv_window
+                peaks["server"] = max(peaks["server"], rw.buffered_bytes + rw.unread_bytes)
+                assert held <= cfg.max_reliable_in_flight, f"{held} reliable held"
+                assert session.queued <= cfg.max_send_queue
+                assert rw.buffered_bytes + rw.unread_bytes <= cfg.max_reorder_buffer
+
+            async def sender() -> None:
+                nonlocal rt_dropped, sent
+                for i, data in enumerate(msgs):
+                    if i == n // 3:
+                        ln.proxy.blackhole("backward", 0.5)  # no ACK for a while
+                    await ln.cpeer.send(data, Intent.RELIABLE)  # waits for credit
+                    sent += 1
+                    if not ln.cpeer.send_nowait(data[:50], Intent.REALTIME):
+                        rt_dropped += 1
+                    check()
+
+            task = asyncio.create_task(sender())
+            # The application reads nothing: the sender stops at the server's edge.
+            await wait_until(lambda: session.send_window.credit == 0
+                             and session.send_window.in_flight == 0
+                             and session.queued_reliable == 0 and sent > 0, 20.0,
+                             "the sender to stop at the server's credit")
+            await asyncio.sleep(0.3)
+            check()
+            assert not task.done(), "the sender finished although nothing was read"
+            stopped_at = sent
+            assert stopped_at < n
+            assert sum(map(len, msgs[:stopped_at])) <= cfg.max_reorder_buffer
+
+            # Now the application reads: everything follows.
+            reliable: list[bytes] = []
+
+            async def reader() -> None:
+                while len(reliable) < n:
+                    msg = await ln.server.receive()
+                    if msg.intent is Intent.RELIABLE:
+                        reliable.append(msg.data)
+
+            await step(asyncio.gather(task, reader()), 30.0)
+            assert_exactly_once_in_order(reliable, msgs, "client -> server")
+            print(f"\nreceiver did not read: the sender stopped after {stopped_at} of {n} "
+                  f"messages; it held at most {peaks['held']} reliable messages "
+                  f"({peaks['bytes']} bytes), the server {peaks['server']} bytes; "
+                  f"{rt_dropped} realtime dropped at the sender")
+            assert peaks["bytes"] <= cfg.max_reliable_in_flight * cfg.max_message_size
+
+    run(body(), 60.0)
 
 
 # ------------------------------------------------------------ 4. handshake under loss
@@ -634,7 +694,7 @@ def test_key_updates_under_reordering_and_loss() -> None:
             started = time.monotonic()
             await step(asyncio.gather(send_all(ln.cpeer, up), send_all(ln.speer, down),
                                       collect(ln.server, n, at_server),
-                                      collect(ln.client, n, at_client)), 40.0)
+                                      collect(ln.client, n, at_client)), 120.0)
             assert_exactly_once_in_order(at_server, up, "client -> server")
             assert_exactly_once_in_order(at_client, down, "server -> client")
             assert not ln.cpeer.closed and not ln.speer.closed
@@ -647,7 +707,9 @@ def test_key_updates_under_reordering_and_loss() -> None:
                 assert stats.key_updates_send >= 10
                 assert stats.key_updates_receive >= 10
 
-    run(body(), 60.0)
+    # v2's congestion control takes 20 ms of jitter for queueing and reordering for
+    # loss: this transfer takes about 70 s where v1 took under 40 (see the bounds).
+    run(body(), 150.0)
 
 
 def test_packet_numbers_wrap_past_2_to_the_32() -> None:

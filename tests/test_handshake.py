@@ -6,9 +6,9 @@ import pytest
 
 from corelink import Datagram, DropFirst, Link, Node, is_hs, is_type, seeded_key
 from intentra.config import EndpointConfig
-from intentra.constants import HEADER_LEN, CloseReason, HsKind, Intent, PacketType
+from intentra.constants import HEADER_LEN, PROLOGUE, CloseReason, HsKind, Intent, PacketType
 from intentra.core.cookie import CookieJar, address_bytes
-from intentra.core.noise import InitiatorHandshake
+from intentra.core.noise import InitiatorHandshake, ResponderHandshake
 from intentra.core.session import SessionState
 from intentra.core.wire import pack_cookie_reply, pack_hello, pack_response
 from intentra.events import Address, HandshakeCompleted, HandshakeFailed, SessionClosed
@@ -503,3 +503,23 @@ def test_session_that_closes_while_confirming_finish_is_removed() -> None:
     assert closed_a is not None and closed_a.by_peer
     assert b.endpoint.sessions == {}
     assert b.endpoint.get_timer() is None
+
+
+def test_version_1_and_version_2_never_complete_a_handshake() -> None:
+    """docs/protocol.md 5 and 11: the Noise prologue is ``intentra/2``; it is bound
+    into the handshake hash, so msg 2 (or msg 3) made under version 1's prologue does
+    not authenticate at a version 2 endpoint, nor the other way round."""
+    assert PROLOGUE == b"intentra/2"
+    keys = [bytes([i]) * 32 for i in (1, 2, 3, 4)]
+    for ini_prologue, resp_prologue in ((b"intentra/1", PROLOGUE), (PROLOGUE, b"intentra/1")):
+        ini = InitiatorHandshake(keys[0], keys[1], prologue=ini_prologue)
+        resp = ResponderHandshake.create(keys[2], keys[3], ini.msg1, prologue=resp_prologue)
+        assert resp is not None  # msg 1 (an ephemeral key) carries no authentication
+        assert ini.consume_response(resp.msg2) is None
+    # Control: the same prologue on both sides completes.
+    ini = InitiatorHandshake(keys[0], keys[1])
+    resp = ResponderHandshake.create(keys[2], keys[3], ini.msg1)
+    assert resp is not None
+    done = ini.consume_response(resp.msg2)
+    assert done is not None
+    assert resp.consume_finish(done.msg3) is not None

@@ -1,6 +1,7 @@
-"""A receiver catches up with a sender two or more key updates ahead (beyond protocol.md §5).
+"""A receiver catches up with a sender two or more key updates ahead
+(departure from docs/protocol.md 4).
 
-docs/protocol.md section 5 has the receiver hold only the current and the next key. A sender
+docs/protocol.md 4 has the receiver hold only the current and the next key. A sender
 whose packets under its next key were all lost (a black-holed direction) can
 update again after KEY_UPDATE_MIN_INTERVAL, and would then never be understood
 again. intentra's receiver also tries up to ``key_update_catch_up`` keys
@@ -36,7 +37,7 @@ def test_receiver_opens_and_commits_a_key_several_updates_ahead(ahead: int) -> N
     for _ in range(ahead):
         sender.update(0.0)
     header, body = sealed(sender, 10)
-    assert receiver.open(CONN, 10, header[1] & 1, header, body) is None  # section 5 alone: stuck
+    assert receiver.open(CONN, 10, header[1] & 1, header, body) is None  # the protocol alone: stuck
     opened = receiver.open(CONN, 10, header[1] & 1, header, body, catch_up=3)
     assert opened == (b"hi", ahead)
     receiver.commit_update(10, now=1.0, prev_lifetime=1.0, steps=ahead)
@@ -107,7 +108,7 @@ def test_a_blackholed_direction_across_several_updates_recovers() -> None:
 
 
 def test_with_catch_up_disabled_the_same_session_stays_deaf() -> None:
-    """protocol.md §5 alone, kept as a setting: it proves the scenario above is real."""
+    """The docs/protocol.md's behaviour, kept as a setting: it proves the scenario above is real."""
     config = EndpointConfig(key_update_packets=4, key_update_min_interval=0.25,
                             idle_timeout=30.0, key_update_catch_up=0)
     link = Link(seed=3)

@@ -1,4 +1,4 @@
-"""TokenBucket (docs/protocol.md section 6 step 3 and 8): per-session rate limit, fake clock.
+"""TokenBucket (docs/protocol.md sections 4 step 3 and 8): per-session rate limit, fake clock.
 
 Rates and intervals are powers of two so that the float arithmetic is exact.
 """

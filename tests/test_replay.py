@@ -2,7 +2,7 @@
 
 The table follows wireguard-go's replay_test.go: a window and a list of
 ``(packet number, expected)`` steps, where each packet judged fresh is then
-marked, as a receiver does after authentication (docs/protocol.md section 6 steps 4 and 6).
+marked, as a receiver does after authentication (docs/protocol.md 4 steps 4 and 6).
 """
 
 from __future__ import annotations

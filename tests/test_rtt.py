@@ -1,4 +1,4 @@
-"""RttEstimator: RFC 6298 with MIN_RTO / MAX_RTO bounds and doubling backoff (protocol.md §8).
+"""RttEstimator: RFC 6298 with MIN_RTO / MAX_RTO bounds and doubling backoff (docs/protocol.md 6).
 
 RFC 6298 section 2 (K = 4, alpha = 1/8, beta = 1/4):
   first sample R:  SRTT = R, RTTVAR = R / 2

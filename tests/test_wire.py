@@ -1,4 +1,4 @@
-"""Header and HS body codec (protocol.md sections 3 and 7) and packet-number recovery (section 4).
+"""Header and HS body codec (docs/protocol.md sections 3 and 5) and pn recovery (section 4).
 
 Expected bytes are never computed with the code under test: golden vectors come from
 tests/vectors/header_vectors.json (worked out by hand, see its ``derivation``), and
@@ -53,17 +53,21 @@ def parts(spec: list[list[Any]]) -> bytes:
 
 def datagram(ptype: int, *, intent: int = 0, priority: int = 0, key_phase: int = 0,
              payload_len: int | None = None, conn_id: int = 1, seq: int = 1, ack: int = 0,
-             version: int = 1, reserved: int = 0, extra: int = 0,
-             byte0: int | None = None) -> bytes:
+             version: int = 2, reserved: int = 0, ack_eliciting: int | None = None,
+             extra: int = 0, byte0: int | None = None) -> bytes:
     """A datagram built independently of intentra: header, then zeros.
 
     The zeros stand for payload and tag: payload_len + 16 bytes for DATA/ACK/CLOSE
     (and any unknown type), payload_len for HS, plus ``extra`` (may be negative).
+    ``reserved`` is bit 2 of byte 1; ``ack_eliciting`` (bit 1, A) defaults to 1 for
+    DATA and 0 otherwise.
     """
     if payload_len is None:
-        payload_len = {DATA: 7 if intent == RELIABLE else 3, ACK: 8, HS: 112, CLOSE: 1}[ptype]
+        payload_len = {DATA: 7 if intent == RELIABLE else 3, ACK: 28, HS: 112, CLOSE: 1}[ptype]
+    if ack_eliciting is None:
+        ack_eliciting = 1 if ptype == DATA else 0
     b0 = (version << 4 | ptype) if byte0 is None else byte0
-    b1 = intent << 6 | priority << 3 | reserved << 1 | key_phase
+    b1 = intent << 6 | priority << 3 | reserved << 2 | ack_eliciting << 1 | key_phase
     header = bytes([b0, b1]) + u(payload_len, 2) + u(conn_id, 4) + u(seq, 4) + u(ack, 4)
     body = payload_len + (0 if ptype == HS else TAG) + extra
     return header + bytes(max(body, 0))
@@ -76,7 +80,7 @@ def hs_datagram(kind: int, *, conn_id: int = 0, sender_id: int = 0, body_len: in
         body_len = BODY_LEN[kind]
     body = (bytes([kind]) + u(sender_id, 4))[:body_len]
     body += bytes(body_len - len(body))
-    header = bytes([0x12, 0]) + u(body_len, 2) + u(conn_id, 4) + bytes(8)
+    header = bytes([0x22, 0]) + u(body_len, 2) + u(conn_id, 4) + bytes(8)
     return header + body
 
 
@@ -87,7 +91,7 @@ HEADER_VECTORS = [pytest.param(v, id=v["name"]) for v in VECTORS["headers"]]
 
 def fields(v: dict[str, Any]) -> tuple[int, ...]:
     return tuple(int(v[k]) for k in ("ptype", "intent", "priority", "key_phase", "payload_len",
-                                     "conn_id", "seq", "ack"))
+                                     "conn_id", "seq", "ack", "ack_eliciting"))
 
 
 @pytest.mark.parametrize("vector", HEADER_VECTORS)
@@ -108,9 +112,22 @@ def test_unpack_header_golden(vector: dict[str, Any]) -> None:
 def test_golden_vectors_cover_every_type_and_phase() -> None:
     seen = {(v["ptype"], v["key_phase"]) for v in VECTORS["headers"]}
     assert {(DATA, 0), (DATA, 1), (ACK, 0), (ACK, 1), (CLOSE, 0), (CLOSE, 1), (HS, 0)} <= seen
+    # and both values of the A bit where section 3 leaves it free
+    eliciting = {(v["ptype"], v["intent"], v["ack_eliciting"]) for v in VECTORS["headers"]}
+    assert {(DATA, REALTIME, 0), (DATA, REALTIME, 1), (ACK, RELIABLE, 0),
+            (ACK, RELIABLE, 1), (DATA, RELIABLE, 1)} <= eliciting
 
 
-# --- (b) rejection rules of protocol.md section 3 ---------------------------------------------
+@pytest.mark.parametrize(("ptype", "intent", "a_bit"), [
+    (DATA, RELIABLE, 0x02), (DATA, REALTIME, 0x02), (ACK, RELIABLE, 0), (CLOSE, RELIABLE, 0),
+    (HS, RELIABLE, 0)])
+def test_pack_header_a_bit_defaults_to_the_usual_value(ptype: int, intent: int,
+                                                       a_bit: int) -> None:
+    """Without ``ack_eliciting``: A = 1 for DATA, 0 for ACK, CLOSE and HS."""
+    assert pack_header(ptype, intent, 0, 0, 28, 1, 1, 0)[1] & 0x02 == a_bit
+
+
+# --- (b) rejection rules of docs/protocol.md section 3 --------------------------------
 
 BASELINES = {
     "data_reliable": {"ptype": DATA, "intent": RELIABLE},
@@ -136,20 +153,26 @@ def case(base: str, case_id: str, **changes: int) -> Any:
 REJECT = [
     # datagram length outside [HEADER_LEN, MAX_PACKET_SIZE]
     pytest.param(b"", id="empty"),
-    pytest.param(bytes([0x10, 0x00]) + bytes(13), id="len15"),
+    pytest.param(bytes([0x20, 0x00]) + bytes(13), id="len15"),
     pytest.param(datagram(DATA, payload_len=2049 - 32), id="data-len2049-consistent"),
     pytest.param(datagram(HS, conn_id=0, seq=0, payload_len=2049 - 16), id="hs-len2049-consistent"),
     pytest.param(datagram(DATA, payload_len=MAX - 32) + bytes(100), id="data-len2148"),
 ]
 REJECT_CASES = [
-    # version != 1
-    *(case(b, f"version{v}", version=v) for b in BASELINES for v in (0, 2, 15)),
+    # version != 2 (1: a version 1 datagram)
+    *(case(b, f"version{v}", version=v) for b in BASELINES for v in (0, 1, 3, 15)),
     # type > 3
-    *(case("data_reliable", f"type{t}", byte0=0x10 | t) for t in (4, 5, 15)),
+    *(case("data_reliable", f"type{t}", byte0=0x20 | t) for t in (4, 5, 15)),
     # intent > 1
     *(case("data_reliable", f"intent{i}", intent=i) for i in (2, 3)),
-    # reserved bits 2..1 of byte 1
-    *(case(b, f"reserved{r}", reserved=r) for b in BASELINES for r in (1, 2, 3)),
+    # bit 2 of byte 1 is zero, with A either way
+    *(case(b, f"bit2-a{a}", reserved=1, ack_eliciting=a) for b in BASELINES for a in (0, 1)),
+    # the A bit: HS and CLOSE have A = 0, RELIABLE DATA has A = 1
+    case("hs", "ack-eliciting", ack_eliciting=1),
+    case("close", "ack-eliciting", ack_eliciting=1),
+    case("data_reliable", "not-ack-eliciting", ack_eliciting=0),
+    case("data_reliable", "not-ack-eliciting-prio7-phase1", ack_eliciting=0, priority=7,
+         key_phase=1),
     # HS, ACK, CLOSE: intent RELIABLE and priority 0 only
     *(case(b, "realtime", intent=REALTIME) for b in ("ack", "close", "hs")),
     *(case(b, f"priority{p}", priority=p) for b in ("ack", "close", "hs") for p in (1, 4, 7)),
@@ -168,13 +191,13 @@ REJECT_CASES = [
     # DATA minimum payloads
     *(case("data_realtime", f"payload{n}", payload_len=n) for n in (0, 1, 2)),
     *(case("data_reliable", f"payload{n}", payload_len=n) for n in (0, 3, 6)),
-    # ACK payload_len == 8
-    *(case("ack", f"payload{n}", payload_len=n) for n in (0, 7, 9, 16)),
+    # ACK payload_len == 28 (8 was version 1's)
+    *(case("ack", f"payload{n}", payload_len=n) for n in (0, 7, 8, 9, 16, 27, 29)),
     # CLOSE payload_len == 1, ack == 0
     *(case("close", f"payload{n}", payload_len=n) for n in (0, 2, 8)),
     case("close", "ack1", ack=1),
     case("close", "ack-max", ack=U32 - 1),
-    # conn_id 0 only in HS (docs/protocol.md section 3: "0 only where 5 says so")
+    # conn_id 0 only in HS (docs/protocol.md 3: "0 only where 5 says so")
     *(case(b, "conn_id0", conn_id=0) for b in ("data_reliable", "data_realtime", "ack", "close")),
 ]
 
@@ -199,7 +222,9 @@ ACCEPT = [
     pytest.param(datagram(DATA, intent=REALTIME, payload_len=MAX - 32), MAX, id="realtime-2048"),
     pytest.param(datagram(DATA, intent=RELIABLE, payload_len=MAX - 32, priority=7, key_phase=1),
                  MAX, id="reliable-2048"),
-    pytest.param(datagram(ACK, key_phase=1, seq=U32 - 1, ack=U32 - 1), 40, id="ack-40"),
+    pytest.param(datagram(ACK, key_phase=1, seq=U32 - 1, ack=U32 - 1), 60, id="ack-60"),
+    pytest.param(datagram(ACK, ack_eliciting=1), 60, id="ack-eliciting-60"),
+    pytest.param(datagram(DATA, intent=REALTIME, ack_eliciting=0), 35, id="realtime-a0-35"),
     pytest.param(datagram(CLOSE, key_phase=1), 33, id="close-33"),
     pytest.param(datagram(HS, conn_id=0, seq=0, payload_len=MAX - 16), MAX, id="hs-2048"),
     pytest.param(datagram(HS, conn_id=7, seq=0, payload_len=21), 37, id="hs-37"),
@@ -211,14 +236,17 @@ def test_unpack_header_accepts_boundaries(raw: bytes, length: int) -> None:
     assert len(raw) == length
     header = unpack_header(raw)
     assert header is not None
-    assert header.payload_len == length - HDR - (0 if raw[0] == 0x12 else TAG)
+    assert header.payload_len == length - HDR - (0 if raw[0] == 0x22 else TAG)
+    assert header.ack_eliciting == (raw[1] >> 1) & 1
 
 
 def test_unpack_header_decodes_fields_of_built_datagram() -> None:
     raw = datagram(DATA, intent=REALTIME, priority=6, key_phase=1, payload_len=10,
                    conn_id=0xFEDCBA98, seq=0x01020304, ack=0x7FFFFFFF)
     assert unpack_header(raw) == Header(DATA, REALTIME, 6, 1, 10, 0xFEDCBA98, 0x01020304,
-                                        0x7FFFFFFF)
+                                        0x7FFFFFFF, 1)
+    raw = datagram(ACK, key_phase=1, conn_id=5, seq=6, ack=7, ack_eliciting=1)
+    assert unpack_header(raw) == Header(ACK, RELIABLE, 0, 1, 28, 5, 6, 7, 1)
 
 
 # --- (c) HS bodies ------------------------------------------------------------------
@@ -267,7 +295,7 @@ def test_hs_unpack_from_memoryview(vector: dict[str, Any]) -> None:
 
 
 def hs_ids(kind: int) -> dict[str, int]:
-    """Valid header conn_id and sender_id for each kind (docs/protocol.md section 7 table)."""
+    """Valid header conn_id and sender_id for each kind (docs/protocol.md 5 table)."""
     return {HELLO: {"conn_id": 0, "sender_id": 9}, COOKIE: {"conn_id": 9, "sender_id": 0},
             RESPONSE: {"conn_id": 9, "sender_id": 10},
             FINISH: {"conn_id": 10, "sender_id": 9}}[kind]
@@ -295,7 +323,7 @@ WRONG_SIZES = [
 def test_hs_wrong_body_size_rejected(kind: int, size: int) -> None:
     raw = hs_datagram(kind, body_len=size, **hs_ids(kind))
     header = unpack_header(raw)
-    # Section 3 alone does not know kinds; section 7 makes the datagram malformed.
+    # Section 3 alone does not know kinds; section 5 makes the datagram malformed.
     assert header is None or unpack_hs(raw, header) is None
 
 
@@ -354,7 +382,7 @@ def near_valid(draw: st.DrawFn) -> bytes:
     conn_id = draw(st.sampled_from([0, 1, U32 - 1]))
     seq = draw(st.sampled_from([0, 1, U32 - 1]))
     ack = draw(st.sampled_from([0, 1, U32 - 1]))
-    version = draw(st.sampled_from([1, 1, 1, 0, 2]))
+    version = draw(st.sampled_from([2, 2, 2, 0, 1]))
     return (bytes([version << 4 | ptype, b1]) + u(n, 2) + u(conn_id, 4) + u(seq, 4)
             + u(ack, 4) + body)
 
@@ -388,7 +416,7 @@ def test_parse_header_golden(vector: dict[str, Any]) -> None:
 def test_hs_bodies_never_raise_and_respect_table(kind: int, conn_id: int, sender_id: int,
                                                  rest: bytes) -> None:
     body = bytes([kind]) + u(sender_id, 4) + rest
-    raw = bytes([0x12, 0]) + u(len(body), 2) + u(conn_id, 4) + bytes(8) + body
+    raw = bytes([0x22, 0]) + u(len(body), 2) + u(conn_id, 4) + bytes(8) + body
     header = unpack_header(raw)
     assert header is not None
     decoded = unpack_hs(raw, header)
@@ -409,20 +437,22 @@ def valid_header_fields(draw: st.DrawFn) -> tuple[int, ...]:
     if ptype == DATA:
         intent = draw(st.sampled_from([RELIABLE, REALTIME]))
         low = 7 if intent == RELIABLE else 3
+        a = 1 if intent == RELIABLE else draw(st.integers(0, 1))
         return (DATA, intent, draw(st.integers(0, 7)), draw(st.integers(0, 1)),
-                draw(st.integers(low, MAX - 32)), draw(nonzero), draw(u32), draw(u32))
+                draw(st.integers(low, MAX - 32)), draw(nonzero), draw(u32), draw(u32), a)
     if ptype == ACK:
-        return (ACK, 0, 0, draw(st.integers(0, 1)), 8, draw(nonzero), draw(u32), draw(u32))
+        return (ACK, 0, 0, draw(st.integers(0, 1)), 28, draw(nonzero), draw(u32), draw(u32),
+                draw(st.integers(0, 1)))
     if ptype == CLOSE:
-        return (CLOSE, 0, 0, draw(st.integers(0, 1)), 1, draw(nonzero), draw(u32), 0)
-    return (HS, 0, 0, 0, draw(st.integers(0, MAX - 16)), draw(u32), 0, 0)
+        return (CLOSE, 0, 0, draw(st.integers(0, 1)), 1, draw(nonzero), draw(u32), 0, 0)
+    return (HS, 0, 0, 0, draw(st.integers(0, MAX - 16)), draw(u32), 0, 0, 0)
 
 
 @FAST
 @given(valid_header_fields())
 def test_valid_header_round_trip(f: tuple[int, ...]) -> None:
-    ptype, intent, priority, key_phase, payload_len, conn_id, seq, ack = f
-    expected = (bytes([0x10 | ptype, intent << 6 | priority << 3 | key_phase])
+    ptype, intent, priority, key_phase, payload_len, conn_id, seq, ack, a = f
+    expected = (bytes([0x20 | ptype, intent << 6 | priority << 3 | a << 1 | key_phase])
                 + u(payload_len, 2) + u(conn_id, 4) + u(seq, 4) + u(ack, 4))
     raw = pack_header(*f)
     assert raw == expected

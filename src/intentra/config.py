@@ -133,6 +133,13 @@ class EndpointConfig:
                 f"EndpointConfig.max_datagram must be between {HEADER_LEN + TAG_LEN + 7} and "
                 f"{MAX_PACKET_SIZE}, got {self.max_datagram}"
             )
+        if self.max_reorder_buffer < self.max_datagram:
+            # The credit reserves max_datagram bytes per message (docs/protocol.md 6):
+            # a smaller buffer would advertise no credit ever, and RELIABLE would wait
+            # for ever instead of failing here.
+            raise ConfigError(
+                f"EndpointConfig.max_reorder_buffer must be at least max_datagram "
+                f"({self.max_datagram}), got {self.max_reorder_buffer}")
         if not self.min_rto <= self.initial_rto <= self.max_rto:
             raise ConfigError("EndpointConfig needs min_rto <= initial_rto <= max_rto")
         if self.max_reliable_in_flight >= 1 << 31:

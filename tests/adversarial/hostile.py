@@ -4,7 +4,7 @@ Its endpoint is an ordinary intentra Endpoint on the in-memory link
 (:mod:`corelink`) and completes a real Noise handshake. After that the
 :class:`Hostile` seals whatever plaintext and header fields it likes with the
 session's real send keys and its next packet numbers, so the receiver sees
-authentic packets that break the rules of docs/protocol.md sections 5 and 8. Nothing here
+authentic packets that break the rules of docs/protocol.md sections 4 and 6. Nothing here
 goes around the receiver's checks: every datagram goes through
 ``Endpoint.receive_datagram`` like any other.
 
@@ -22,13 +22,13 @@ from corelink import Link, Node
 from intentra.constants import Intent, PacketType
 from intentra.core.reliable import serial_gt
 from intentra.core.session import Session
-from intentra.core.wire import U16, U32, U64, pack_header
+from intentra.core.wire import ACK_BODY, U16, U32, pack_header
 
 SEQ_MASK: Final = 0xFFFFFFFF
 
 
 def frame(*messages: bytes) -> bytes:
-    """``len (2) || message`` for each message (docs/protocol.md section 5, DATA plaintext)."""
+    """``len (2) || message`` for each message (docs/protocol.md section 4, DATA plaintext)."""
     return b"".join(U16.pack(len(m)) + m for m in messages)
 
 
@@ -49,10 +49,13 @@ class Hostile:
     # ------------------------------------------------------------ sealing
 
     def seal(self, ptype: PacketType, intent: Intent, priority: int, ack: int,
-             plaintext: bytes, phase: int | None = None) -> bytes:
+             plaintext: bytes, phase: int | None = None,
+             eliciting: int | None = None, set_bits: int = 0) -> bytes:
         """One authentic datagram: header as given, body sealed with the current send key.
 
-        ``phase`` overrides the header's key phase bit (the key stays the current one).
+        ``phase`` overrides the header's key phase bit (the key stays the current one);
+        ``eliciting`` the A bit (default: what :func:`pack_header` makes usual);
+        ``set_bits`` is OR-ed into header byte 1 (bit 2, say, which must be zero).
         """
         session = self.session
         keys = session.send_keys
@@ -61,7 +64,9 @@ class Hostile:
         assert pn is not None
         header = pack_header(int(ptype), int(intent), priority,
                              keys.phase if phase is None else phase, len(plaintext),
-                             session.remote_id, pn & SEQ_MASK, ack)
+                             session.remote_id, pn & SEQ_MASK, ack, eliciting)
+        if set_bits:
+            header = header[:1] + bytes([header[1] | set_bits]) + header[2:]
         self.sealed += 1
         return header + keys.seal(session.remote_id, pn, header, plaintext)
 
@@ -95,9 +100,16 @@ class Hostile:
         """A well-framed REALTIME DATA packet."""
         return self.data(Intent.REALTIME, frame(*messages), ack)
 
-    def ack(self, ack: int, bitmap: int = 0) -> bytes:
-        """An ACK packet with this cumulative ack and selective-ack bitmap."""
-        return self.seal(PacketType.ACK, Intent.RELIABLE, 0, ack & SEQ_MASK, U64.pack(bitmap))
+    def ack(self, ack: int, bitmap: int = 0, *, largest_pn: int = 0, pn_bitmap: int = 0,
+            ack_delay: int = 0, credit: int = 0, eliciting: int = 0) -> bytes:
+        """An ACK packet: cumulative ack and rseq bitmap, pn acknowledgements, credit.
+
+        The defaults acknowledge no pn and carry credit 0 (an edge of ``ack``, which
+        never lowers the target's limit), so only the fields a test sets say anything.
+        """
+        body = ACK_BODY.pack(bitmap, largest_pn, pn_bitmap, ack_delay, credit)
+        return self.seal(PacketType.ACK, Intent.RELIABLE, 0, ack & SEQ_MASK, body,
+                         eliciting=eliciting)
 
     def close(self, reason: int) -> bytes:
         """A CLOSE packet with this reason byte (valid or not)."""

@@ -12,7 +12,9 @@ cookie         a      COOKIE
 hello          b      HELLO with the cookie
 response       a      RESPONSE
 finish         b      FINISH
-ack_confirm    a      the responder's confirming ACK
+ack_credit     b      the initiator's first ACK, right after FINISH (its credit)
+ack_confirm    a      the responder's confirming ACK (ack-eliciting: its credit)
+ack_answer     b      the initiator's answer to that ACK (A = 0)
 data_reliable  b      DATA, RELIABLE, three messages packed
 data_realtime  b      DATA, REALTIME, three messages packed
 ack            a      ACK of the three reliable messages
@@ -41,7 +43,7 @@ from typing import Final
 
 from corelink import seeded_key, seeded_rng
 from intentra.config import EndpointConfig
-from intentra.constants import HEADER_LEN, TAG_LEN, Intent
+from intentra.constants import HEADER_LEN, TAG_LEN, Intent, PacketType
 from intentra.core.endpoint import Endpoint
 from intentra.core.session import Session
 from intentra.core.wire import pack_header
@@ -56,14 +58,16 @@ STEP: Final = 0.005
 RELIABLE_MESSAGES: Final = ((b"rel-1", 1), (b"rel-22", 5), (b"rel-333", 0))
 REALTIME_MESSAGES: Final = ((b"rt-1", 2), (b"rt-22", 7), (b"rt-333", 0))
 
-PACKETS: Final = ("hello0", "cookie", "hello", "response", "finish", "ack_confirm",
-                  "data_reliable", "data_realtime", "ack", "close")
+PACKETS: Final = ("hello0", "cookie", "hello", "response", "finish", "ack_credit",
+                  "ack_confirm", "ack_answer", "data_reliable", "data_realtime", "ack", "close")
 """Every recorded datagram, in the order they went on the wire."""
 RECEIVER: Final = {"hello0": "b", "cookie": "a", "hello": "b", "response": "a",
-                   "finish": "b", "ack_confirm": "a", "data_reliable": "b",
+                   "finish": "b", "ack_credit": "b", "ack_confirm": "a", "ack_answer": "b",
+                   "data_reliable": "b",
                    "data_realtime": "b", "ack": "a", "close": "b"}
 HS_PACKETS: Final = ("hello0", "cookie", "hello", "response", "finish")
-SEALED_PACKETS: Final = ("ack_confirm", "data_reliable", "data_realtime", "ack", "close")
+SEALED_PACKETS: Final = ("ack_credit", "ack_confirm", "ack_answer", "data_reliable",
+                         "data_realtime", "ack", "close")
 
 ESTABLISHED: Final = "established"
 """A stop of :func:`build`: both sides established, everything acknowledged, quiet
@@ -112,19 +116,42 @@ class Stop(Exception):
     """Internal: the script reached the datagram it was asked to stop before."""
 
 
-def _record(w: World, name: str, sender: str, stop: str | None) -> None:
+def _record(w: World, name: str, sender: str, stop: str | None, *also: str) -> None:
+    """Record the datagrams ``sender`` sends now: ``name`` then, in order, ``also``.
+
+    Stops (when asked) only for ``name``: the script stops for the others where
+    their receiver is ready for them.
+    """
     out = w.drain(sender)
-    assert len(out) == 1, f"{name}: expected one datagram from {sender}, got {len(out)}"
-    data, dst = out[0]
-    assert dst == (B_ADDR if sender == "a" else A_ADDR)
-    w.packets[name] = data
-    if name == stop:
+    names = (name, *also)
+    assert len(out) == len(names), \
+        f"{name}: expected {len(names)} datagrams from {sender}, got {len(out)}"
+    for n, (data, dst) in zip(names, out, strict=True):
+        assert dst == (B_ADDR if sender == "a" else A_ADDR)
+        w.packets[n] = data
+    if stop == name:
         raise Stop
 
 
 def _deliver(w: World, name: str) -> None:
     w.now += STEP
     w.receiver(name).receive_datagram(w.packets[name], w.source(name), w.now)
+
+
+def _settle(w: World, name: str, strict: bool) -> None:
+    """``name`` has nothing to send (``strict``), or only ACKs, which reach the peer.
+
+    With a small ``max_reliable_in_flight`` the application's read moves the credit
+    edge by a quarter of it at once, and the receiver says so in an ACK (section 6).
+    """
+    out = w.drain(name)
+    if strict:
+        assert out == []
+    other = "b" if name == "a" else "a"
+    for data, _ in out:
+        assert data[0] & 0x0F == int(PacketType.ACK), "only a credit update may go here"
+        w.endpoint(other).receive_datagram(data, B_ADDR if name == "b" else A_ADDR, w.now)
+        assert w.drain(other) == []
 
 
 def new_world(seed: int = 1, config: EndpointConfig | None = None) -> World:
@@ -156,24 +183,43 @@ def _script(w: World, stop: str | None) -> None:
     _record(w, "response", "b", stop)
     [w.cid_b] = w.b.sessions
     _deliver(w, "response")
-    _record(w, "finish", "a", stop)
+    # The initiator sends FINISH and at once its first ACK, which carries its credit.
+    _record(w, "finish", "a", stop, "ack_credit")
     _deliver(w, "finish")
     _record(w, "ack_confirm", "b", stop)
+    if stop == "ack_credit":
+        raise Stop
+    _deliver(w, "ack_credit")
+    assert w.drain("b") == []
     _deliver(w, "ack_confirm")
-    assert w.drain("a") == []
+    # The responder's ACK is ack-eliciting: the initiator answers it at once (A = 0).
+    _record(w, "ack_answer", "a", stop)
+    _deliver(w, "ack_answer")
+    assert w.drain("b") == []
     for data, prio in RELIABLE_MESSAGES:
         w.a.send(w.cid_a, data, Intent.RELIABLE, prio, w.now)
     _record(w, "data_reliable", "a", stop)
     _deliver(w, "data_reliable")
-    assert w.drain("b") == []  # acknowledged after ACK_DELAY
+    strict = w.b.config == EndpointConfig()
+    _settle(w, "b", strict)  # acknowledged after ACK_DELAY
     for data, prio in REALTIME_MESSAGES:
         w.a.send(w.cid_a, data, Intent.REALTIME, prio, w.now)
     _record(w, "data_realtime", "a", stop)
     _deliver(w, "data_realtime")
-    assert w.drain("b") == []
-    w.now += w.b.config.ack_delay
-    w.b.handle_timer(w.now)
-    _record(w, "ack", "b", stop)
+    out = w.b.datagrams_to_send(w.now)
+    if out:
+        # A credit update (small max_reliable_in_flight: see _settle) that went out
+        # with the read: it acknowledges everything, so it is the script's "ack".
+        assert not strict and len(out) == 1 and out[0][0][0] & 0x0F == int(PacketType.ACK)
+        w.packets["ack"] = out[0][0]
+        w.events["b"].extend(w.b.events())
+        if stop == "ack":
+            raise Stop
+    else:
+        w.events["b"].extend(w.b.events())
+        w.now += w.b.config.ack_delay
+        w.b.handle_timer(w.now)
+        _record(w, "ack", "b", stop)
     _deliver(w, "ack")
     assert w.drain("a") == []
     if stop == ESTABLISHED:
@@ -197,7 +243,8 @@ def header_fields(data: bytes) -> dict[str, int]:
     """The raw header bytes of a datagram as named integers (no checks)."""
     b0, b1, payload_len, conn_id, seq, ack = _HEADER.unpack_from(data)
     return {"version": b0 >> 4, "ptype": b0 & 0x0F, "intent": b1 >> 6,
-            "priority": (b1 >> 3) & 0x07, "reserved": (b1 >> 1) & 0x03, "key_phase": b1 & 1,
+            "priority": (b1 >> 3) & 0x07, "reserved": (b1 >> 2) & 0x01,
+            "ack_eliciting": (b1 >> 1) & 0x01, "key_phase": b1 & 1,
             "payload_len": payload_len, "conn_id": conn_id, "seq": seq, "ack": ack}
 
 
@@ -209,8 +256,8 @@ def rewrite(data: bytes, **changes: int) -> bytes:
         raise ValueError(f"unknown header fields {sorted(unknown)}")
     f.update(changes)
     header = _HEADER.pack((f["version"] << 4) | f["ptype"],
-                          (f["intent"] << 6) | (f["priority"] << 3) | (f["reserved"] << 1)
-                          | f["key_phase"],
+                          (f["intent"] << 6) | (f["priority"] << 3) | (f["reserved"] << 2)
+                          | (f["ack_eliciting"] << 1) | f["key_phase"],
                           f["payload_len"], f["conn_id"], f["seq"], f["ack"])
     return header + data[HEADER_LEN:]
 
@@ -233,7 +280,8 @@ def resize_sealed(data: bytes, payload_len: int) -> bytes:
 
 def seal(endpoint: Endpoint, conn_id: int, ptype: int, plaintext: bytes, *,
          intent: int = Intent.RELIABLE, priority: int = 0, ack: int | None = None,
-         payload_len: int | None = None, key_phase: int | None = None) -> bytes:
+         payload_len: int | None = None, key_phase: int | None = None,
+         ack_eliciting: int | None = None) -> bytes:
     """A datagram sealed with the session's real send key and its next packet number.
 
     What a peer holding the session's keys (or a buggy one) can send: every
@@ -249,7 +297,7 @@ def seal(endpoint: Endpoint, conn_id: int, ptype: int, plaintext: bytes, *,
                          keys.phase if key_phase is None else key_phase,
                          len(plaintext) if payload_len is None else payload_len,
                          session.remote_id, pn & 0xFFFFFFFF,
-                         session.recv_window.ack if ack is None else ack)
+                         session.recv_window.ack if ack is None else ack, ack_eliciting)
     return header + keys.seal(session.remote_id, pn, header, plaintext)
 
 
@@ -269,9 +317,16 @@ def session_snapshot(s: Session, bucket: bool = True) -> dict[str, object]:
                                               rk.prev_expires_at, rk._prev is not None),
         "send_keys": None if sk is None else (sk.phase, sk.packets_under_key, sk.updated_at),
         "replay": (s.replay.highest, s.replay._bits),
-        "recv_window": (rw.next_rseq, tuple(sorted(rw.buffer.items())), rw.buffered_bytes),
-        "send_window": (sw.acked, sw.next_rseq, tuple(sw.outstanding), sw.rto_at,
-                        sw.dup_acks, sw.sack_reach),
+        "recv_window": (rw.next_rseq, tuple(sorted(rw.buffer.items())), rw.buffered_bytes,
+                        rw.unread_bytes, rw.edge, rw.gap_since),
+        "send_window": (sw.acked, sw.next_rseq, tuple(sw.outstanding), sw.rto_at, sw.edge),
+        "pn_acks": (s.rx_largest, s.rx_bits, s.rx_largest_at, s.last_ack_largest, s.skip_at),
+        "recovery": None if s.recovery is None else (
+            tuple(s.recovery.sent), s.recovery.in_flight, s.recovery.largest_acked,
+            s.recovery.loss_at, s.recovery.pto_count, s.recovery.last_ack_at,
+            tuple(s.recovery.skipped)),
+        "cc": None if s.cc is None else (s.cc.cwnd, s.cc.btl_bw, s.cc.min_rtt, s.cc.mode,
+                                         s.cc.loss_cap),
         "strikes": (s.strikes, s.last_strike_at),
         "times": (s.last_recv_at, s.last_send_at, s.idle_limit),
         "rtt": (s.rtt.rto, s.rtt.srtt, s.rtt.rttvar),
@@ -282,7 +337,8 @@ def session_snapshot(s: Session, bucket: bool = True) -> dict[str, object]:
                       s.finish_answer_until, s.hs_rto, s.hs_retransmit_at, s.hs_deadline_at,
                       s.pending, s.pending_ip, s.hello_key, s.initiator_hs is not None,
                       s.responder_hs is not None),
-        "queue": (s.queued, s.queued_reliable, tuple(s.retransmit), s.ack_at, s.ack_now),
+        "queue": (s.queued, s.queued_reliable, tuple(s.retransmit), s.ack_at, s.ack_now,
+                  s.ack_probe, s.pace_at, s.credit_probe_at),
     }
     if bucket:
         snap["bucket"] = (s.bucket.tokens, s.bucket.updated_at)

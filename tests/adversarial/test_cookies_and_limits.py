@@ -146,7 +146,7 @@ def server(config: EndpointConfig | None = None, wall_offset: float = 0.0,
 
 def parse_hs(data: bytes) -> tuple[int, int, int, bytes]:
     """(kind, header conn_id, sender_id, rest) of an HS datagram, parsed by hand."""
-    assert data[0] == (1 << 4) | PacketType.HS
+    assert data[0] == (2 << 4) | PacketType.HS  # version 2
     return (data[HEADER_LEN], int.from_bytes(data[4:8], "big"),
             int.from_bytes(data[HEADER_LEN + 1:HEADER_LEN + 5], "big"), data[HEADER_LEN + 5:])
 

@@ -1,12 +1,12 @@
-"""An authenticated but hostile peer (docs/protocol.md sections 5, 8 and 10).
+"""An authenticated but hostile peer (docs/protocol.md sections 4, 6 and 8).
 
 The attacker completed a real handshake, so it holds valid session keys; it
 then breaks the rules with authentic packets sealed by :class:`hostile.Hostile`:
 acknowledgements of messages never sent, selective-ack bits beyond what was
-sent, rseq at or beyond the reliable window, broken inner framing, a packet
+sent, rseq beyond the advertised credit edge, broken inner framing, a packet
 flood above the token bucket, reorder-buffer exhaustion, bogus CLOSE reasons.
 
-What must happen, per docs/protocol.md section 10: every authenticated violation earns
+What must happen, per docs/protocol.md section 8: every authenticated violation earns
 exactly one strike and nothing of its packet is delivered; strikes reset after
 STRIKE_DECAY of quiet; at STRIKE_THRESHOLD the session is closed with
 PROTOCOL_VIOLATION and the attacker is told so in a CLOSE. What breaks a rule
@@ -21,7 +21,7 @@ strikes). Everything runs on the sans-I/O core with the link's fake clock.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from hostile import Hostile, frame
@@ -122,7 +122,15 @@ def make_arena(seed: int = 7, honest: int = 3, config: EndpointConfig | None = N
     arrive and are acknowledged, then WITHHELD more that the link loses, so the
     victim's send window has something outstanding (acked 3, last sent 6):
     acknowledgement rules then have a real edge to test.
+
+    v2: the link drops the victim's DATA to the attacker but lets its ACKs through,
+    so the attacker answers the victim's probes and loss detection by pn resends the
+    withheld messages every PTO, without backoff: at the default MAX_RETRANSMISSIONS
+    the victim would close with TIMEOUT within half a second. A withheld arena lets
+    the victim try far longer, so that the outstanding messages outlive the test.
     """
+    if withheld:
+        config = replace(config or EndpointConfig(), max_retransmissions=10_000)
     link = Link(seed)
     victim = link.add("victim", config)
     bad = link.add("hostile", config)
@@ -160,8 +168,9 @@ def last_sent(v: Session) -> int:
     return (v.send_window.next_rseq - 1) & MASK
 
 
-def window(v: Session) -> int:
-    return v.config.max_reliable_in_flight
+def edge(v: Session) -> int:
+    """The highest credit edge the victim advertised: the last rseq it accepts."""
+    return v.recv_window.edge
 
 
 def _sack_edge(h: Hostile, v: Session) -> bytes:
@@ -176,7 +185,7 @@ def _rel(v: Session, body: bytes) -> bytes:
 
 
 STRIKES: dict[str, Builder] = {
-    # docs/protocol.md section 8: "An ack or a bitmap bit for an rseq never sent is a violation."
+    # docs/protocol.md 6: "An ack or a bitmap bit for an rseq never sent is a violation."
     "ack-just-beyond-sent/ACK": lambda h, v: h.ack(last_sent(v) + 1),
     "ack-far-beyond-sent/ACK": lambda h, v: h.ack(last_sent(v) + (1 << 31) - 1),
     "ack-beyond-sent/reliable-DATA": lambda h, v: h.reliable(
@@ -184,14 +193,17 @@ STRIKES: dict[str, Builder] = {
     "ack-beyond-sent/realtime-DATA": lambda h, v: h.realtime(b"evil", ack=last_sent(v) + 1),
     "sack-first-bit-beyond-sent": _sack_edge,
     "sack-bit-63": lambda h, v: h.ack(v.send_window.acked, 1 << 63),
-    # docs/protocol.md section 8: "rseq at or beyond next + MAX_RELIABLE_IN_FLIGHT is a violation."
-    "rseq-at-window-edge": lambda h, v: h.reliable(
-        v.recv_window.next_rseq + window(v), b"evil", track=False),
+    # An honest ACK, however late, names only rseqs sent before it: v2 checks the
+    # bitmap of a stale ACK too.
+    "stale-ack-bitmap-never-sent": lambda h, v: h.ack(v.send_window.acked - 1, 1 << 63),
+    # docs/protocol.md 6: "An rseq beyond the highest edge it has advertised is a
+    # violation and is not delivered." (v1: at or beyond next + MAX_RELIABLE_IN_FLIGHT.)
+    "rseq-just-beyond-credit-edge": lambda h, v: h.reliable(edge(v) + 1, b"evil", track=False),
     "rseq-far-ahead": lambda h, v: h.reliable(
         v.recv_window.next_rseq + (1 << 31) - 1, b"evil", track=False),
-    "rseq-run-crosses-window-edge": lambda h, v: h.reliable(
-        v.recv_window.next_rseq + window(v) - 2, b"ok1", b"ok2", b"evil", track=False),
-    # protocol.md section 5: "a len of 0, or lengths that do not add up to the plaintext exactly"
+    "rseq-run-crosses-credit-edge": lambda h, v: h.reliable(
+        edge(v) - 1, b"ok1", b"ok2", b"evil", track=False),
+    # docs/protocol.md 4: "a len of 0, or lengths that do not add up to the plaintext exactly"
     "reliable/len-zero": lambda h, v: h.data(RELIABLE, _rel(v, b"\x00\x00x")),
     "reliable/len-beyond-end": lambda h, v: h.data(RELIABLE, _rel(v, b"\x00\x09evil")),
     "reliable/trailing-byte": lambda h, v: h.data(RELIABLE, _rel(v, frame(b"ok") + b"\x00")),
@@ -325,7 +337,7 @@ def test_strikes_reset_after_strike_decay(kind: str) -> None:
     pytest.param(0.001, True, id="just-over-decay"),
 ])
 def test_strike_decay_boundary(gap: float, resets: bool) -> None:
-    """protocol.md §10: only a strike *more than* STRIKE_DECAY after the previous one resets."""
+    """docs/protocol.md 8: only a strike *more than* STRIKE_DECAY after the previous one resets."""
     arena = make_arena(honest=1, withheld=False)
     link, victim, h = arena.link, arena.victim, arena.hostile
     cfg = victim.endpoint.config
@@ -377,23 +389,28 @@ def test_configured_strike_threshold_is_exact(threshold: int) -> None:
 
 NO_STRIKE: dict[str, tuple[Builder, Callable[[Arena], bool]]] = {
     # The edges of the violations above, one step inside: not violations.
-    "rseq-last-inside-window": (
-        lambda h, v: h.reliable(v.recv_window.next_rseq + window(v) - 1, b"held"),
-        lambda a: len(a.vsession.recv_window.buffer) == 1),
-    "run-ends-at-window-edge": (
-        lambda h, v: h.reliable(v.recv_window.next_rseq + window(v) - 2, b"held1", b"held2"),
-        lambda a: len(a.vsession.recv_window.buffer) == 2),
+    "rseq-at-credit-edge": (
+        # (each held message frees a little reservation, so the edge creeps up and
+        # each injection lands at a new edge: at least one is held)
+        lambda h, v: h.reliable(edge(v), b"held"),
+        lambda a: len(a.vsession.recv_window.buffer) >= 1),
+    "run-ends-at-credit-edge": (
+        lambda h, v: h.reliable(edge(v) - 1, b"held1", b"held2"),
+        lambda a: len(a.vsession.recv_window.buffer) >= 2),
     "ack-of-last-sent-unreceived": (
         # The attacker acknowledges what it never received: indistinguishable from
         # an honest ack, so it is applied (the victim stops resending), no strike.
         lambda h, v: h.ack(last_sent(v)),
         lambda a: a.vsession.send_window.outstanding == {}),
     "sack-of-last-sent": (
+        # v1 marked it SACKed; v2 acknowledges it (docs/protocol.md 6).
         lambda h, v: h.ack(v.send_window.acked, 1 << (last_sent(v) - v.send_window.acked - 2)),
-        lambda a: a.vsession.send_window.outstanding[last_sent(a.vsession)].sacked),
+        lambda a: last_sent(a.vsession) not in a.vsession.send_window.outstanding),
     "stale-ack": (
-        # protocol.md section 8: an ack below one already applied is stale and ignored, bitmap too.
-        lambda h, v: h.ack(v.send_window.acked - 1, 1 << 63),
+        # docs/protocol.md 6: an ack below one already applied is stale and ignored,
+        # bitmap too. (v1 ignored even a stale ACK's bitmap bit 63, an rseq never
+        # sent; v2 checks the bitmap first: STRIKES["stale-ack-bitmap-never-sent"].)
+        lambda h, v: h.ack(v.send_window.acked - 1, 1 << (last_sent(v) - v.send_window.acked - 1)),
         lambda a: len(a.vsession.send_window.outstanding) == WITHHELD),
     "duplicate-rseq": (
         # rseq 0 counts as received at the start; a duplicate is dropped and acknowledged.
@@ -477,7 +494,7 @@ def test_flood_above_the_rate_limit_is_shed_before_decryption_and_costs_others_n
     if shape == "one-instant":
         assert passed == burst, "one instant lets exactly the burst through"
     else:
-        # protocol.md section 10 token bucket: burst + rate x elapsed, within one token of rounding.
+        # docs/protocol.md 8 token bucket: burst + rate x elapsed, within one token of rounding.
         allowed = burst + rate * (waves - 1) * TICK
         assert abs(passed - allowed) <= 1, (passed, allowed)
     assert shed >= flood - passed > 0
@@ -496,6 +513,11 @@ def test_flood_above_the_rate_limit_is_shed_before_decryption_and_costs_others_n
 
 
 def test_reorder_buffer_exhaustion_is_bounded_per_session_without_strike() -> None:
+    """v2: the attacker holds the hole at next and fills everything its credit allows,
+    reading each new edge as it is advertised. Whatever it does within the edge is
+    held (the receiver reserved room for it: no drop, no strike), and the edge stops
+    where max_reorder_buffer is used up; beyond it is a violation (STRIKES above).
+    v1 dropped what overflowed a 256-message window's buffer instead."""
     arena = make_arena(honest=3, withheld=False, reorder=0.3)
     link, victim, h = arena.link, arena.victim, arena.hostile
     stats = victim.endpoint.stats
@@ -503,32 +525,43 @@ def test_reorder_buffer_exhaustion_is_bounded_per_session_without_strike() -> No
     vs = arena.vsession
     nxt = vs.recv_window.next_rseq
     size = 1100
-    ahead = cfg.max_reliable_in_flight - 1  # rseq next+1 .. next+255: all inside the window
-    fits = cfg.max_reorder_buffer // size
-    assert fits < ahead, "the attack must overflow the buffer"
-    for i in range(ahead):
-        if i % 16 == 0:
-            arena.tick(i // 16)
+    rseq = nxt + 1
+    tick = 0
+    stalled = 0
+    while stalled < 3:
+        if rseq <= vs.recv_window.edge:
+            h.inject(h.reliable(rseq, bytes([rseq & 0xFF]) * size))
+            rseq += 1
+            stalled = 0
+        else:
+            stalled += 1
+        if rseq % 16 == 0 or stalled:
+            arena.tick(tick)
+            tick += 1
             link.advance(TICK)
-        h.inject(h.reliable(nxt + 1 + i, bytes([i & 0xFF]) * size))
         assert vs.recv_window.buffered_bytes <= cfg.max_reorder_buffer
+    held = rseq - nxt - 1
     for i in range(20):
-        arena.tick(100 + i)
+        arena.tick(tick + i)
         link.advance(TICK)
 
-    assert vs.recv_window.buffered_bytes == fits * size
-    assert stats.messages_dropped_reorder_full == ahead - fits
+    assert vs.recv_window.buffered_bytes == held * size
+    # Used up but for one reservation: the hole at next (rseq nxt), which must still fit.
+    assert cfg.max_datagram <= cfg.max_reorder_buffer - held * size < 2 * cfg.max_datagram
+    assert vs.recv_window.edge == nxt + held  # and the edge stopped there
+    assert stats.messages_dropped_reorder_full == 0
     assert stats.strike_events == 0
     assert victim.established(arena.bid)
     assert hostile_payloads(arena) == []
     # Honest sessions with a reordering path still had room of their own.
     link.advance(1.0)
     arena.assert_honest_unharmed()
-    assert victim.endpoint.reorder_buffer_bytes == fits * size
+    assert victim.endpoint.reorder_buffer_bytes == held * size
 
     # Filling the hole delivers the held run in order and frees the buffer.
     h.inject(h.reliable(nxt, b"hole"))
     link.advance(0.05)
-    assert hostile_payloads(arena) == [b"hole"] + [bytes([i]) * size for i in range(fits)]
+    assert hostile_payloads(arena) == [b"hole"] + [bytes([(nxt + 1 + i) & 0xFF]) * size
+                                                   for i in range(held)]
     assert vs.recv_window.buffered_bytes == 0
     assert victim.endpoint.reorder_buffer_bytes == 0

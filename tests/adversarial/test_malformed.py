@@ -1,4 +1,5 @@
-"""Malformed datagrams against the receive path of the sans-I/O core (protocol.md sections 3-7, 10).
+"""Malformed datagrams against the receive path of the sans-I/O core
+(docs/protocol.md sections 3-5, 8).
 
 The attacker sends real datagrams, captured from a real handshake and exchange
 (``packets.py``), damaged in every way docs/protocol.md section 3 (and the size rules of
@@ -8,7 +9,7 @@ size, unknown kinds and types, bad ids, unknown conn_ids, HS kinds aimed at a
 session in the wrong state. Each goes to the endpoint that would receive the
 genuine datagram, in the very state in which it would receive it. Each must be:
 
-- dropped, with exactly ``packets_received`` and the one counter docs/protocol.md section 11
+- dropped, with exactly ``packets_received`` and the one counter docs/protocol.md section 9
   names (malformed, unknown, crypto) moved, nothing else;
 - never answered, and no event reported;
 - without effect on any session or on the pending-handshake bookkeeping
@@ -19,8 +20,8 @@ genuine datagram, in the very state in which it would receive it. Each must be:
 Packets sealed with the session's real keys are the other half: one whose
 header breaks section 3 is malformed like any other (dropped before any
 cryptography: no strike, the replay window does not move), while one whose
-header is right but whose plaintext breaks the framing of section 5 or the
-rules of section 8 is an authenticated violation: one strike, nothing of it
+header is right but whose plaintext breaks the framing of section 4 or the
+rules of section 6 is an authenticated violation: one strike, nothing of it
 delivered. Control cases show each genuine datagram is accepted where it is
 sent, so every drop below is the damage's doing.
 """
@@ -56,7 +57,6 @@ from packets import (
     snapshot,
 )
 
-from intentra.config import EndpointConfig
 from intentra.constants import (
     HEADER_LEN,
     HS_BODY_LEN,
@@ -68,7 +68,7 @@ from intentra.constants import (
     PacketType,
 )
 from intentra.core.session import SessionState
-from intentra.core.wire import U16, U32, U64
+from intentra.core.wire import ACK_BODY, U16, U32
 from intentra.events import Address, MessageReceived, SessionClosed
 
 MALFORMED = "packets_dropped_malformed"
@@ -103,7 +103,7 @@ def dropped(stage: str, data: bytes, counter: str, *, target: str | None = None,
     """Send ``data`` where the genuine ``stage`` datagram goes and check it changes nothing.
 
     The token bucket is part of the snapshot unless the drop is ``crypto``:
-    docs/protocol.md section 5 takes the token at step 3, before the AEAD of step 5.
+    docs/protocol.md section 4 takes the token at step 3, before the AEAD of step 5.
     ``later`` delays the datagram (and the genuine one after it) by that many seconds.
     """
     w = build(stage)
@@ -151,7 +151,7 @@ TRUNCATIONS = [pytest.param(p, n, id=f"{p}-len{n}") for p in PACKETS for n in ra
 
 @pytest.mark.parametrize(("packet", "length"), TRUNCATIONS)
 def test_truncated_datagram_is_dropped_as_malformed(packet: str, length: int) -> None:
-    """Every prefix of every real datagram, the empty one included (protocol.md §3: lengths)."""
+    """Every prefix of every real datagram, the empty one included (docs/protocol.md 3: lengths)."""
     dropped(packet, P[packet][:length], MALFORMED)
 
 
@@ -174,7 +174,7 @@ def oversize(packet: str, size: int) -> bytes:
 @pytest.mark.parametrize("packet", PACKETS)
 @pytest.mark.parametrize("size", [MAX_PACKET_SIZE + 1, 65507], ids=["2049", "65507"])
 def test_oversize_datagram_is_dropped_as_malformed(packet: str, size: int) -> None:
-    """Longer than MAX_PACKET_SIZE, even with a payload_len that agrees (protocol.md section 3)."""
+    """Longer than MAX_PACKET_SIZE, even with a payload_len that agrees (docs/protocol.md 3)."""
     dropped(packet, oversize(packet, size), MALFORMED)
 
 
@@ -219,14 +219,13 @@ def _header_cases() -> list[object]:
         cases.append(pytest.param(packet, changes, id=f"{packet}-{what}"))
 
     for p in PACKETS:
-        for v in (0, 2, 15):
+        for v in (0, 1, 3, 15):  # 1: a version 1 datagram
             add(p, f"version{v}", version=v)
         for t in (4, 15):
             add(p, f"type{t}", ptype=t)
         for i in (2, 3):
             add(p, f"intent{i}", intent=i)
-        for r in (1, 2, 3):
-            add(p, f"reserved{r}", reserved=r)
+        add(p, "bit2-set", reserved=1)
         length = header_fields(P[p])["payload_len"]
         for d in (-1, 1):
             add(p, f"payload_len{d:+d}", payload_len=length + d)
@@ -238,7 +237,13 @@ def _header_cases() -> list[object]:
         add(p, "seq1", seq=1)
         add(p, "seq-max", seq=0xFFFFFFFF)
         add(p, "ack1", ack=1)
-    for p in ("ack_confirm", "ack", "close"):
+    # The A bit (docs/protocol.md section 3): HS and CLOSE never ask for an ACK,
+    # RELIABLE DATA always does.
+    for p in HS_PACKETS:
+        add(p, "ack-eliciting", ack_eliciting=1)
+    add("close", "ack-eliciting", ack_eliciting=1)
+    add("data_reliable", "not-ack-eliciting", ack_eliciting=0)
+    for p in ("ack_credit", "ack_confirm", "ack_answer", "ack", "close"):
         add(p, "realtime", intent=int(Intent.REALTIME))
         for prio in (1, 7):
             add(p, f"priority{prio}", priority=prio)
@@ -251,6 +256,7 @@ def _header_cases() -> list[object]:
     add("data_reliable", "as-close", ptype=int(PacketType.CLOSE))
     add("data_reliable", "as-hs", ptype=int(PacketType.HS))
     add("ack", "as-close", ptype=int(PacketType.CLOSE))
+    add("ack", "as-reliable-data-with-a0", ptype=int(PacketType.DATA))
     add("close", "as-data", ptype=int(PacketType.DATA))
     add("close", "as-ack", ptype=int(PacketType.ACK))
     add("finish", "as-data", ptype=int(PacketType.DATA))
@@ -267,7 +273,7 @@ def test_header_field_out_of_range_is_dropped_as_malformed(
 
 @pytest.mark.parametrize("src", [None, ATTACKER], ids=["from-peer", "from-elsewhere"])
 @pytest.mark.parametrize(("packet", "changes"), [
-    pytest.param("ack", {"ptype": int(PacketType.DATA)}, id="ack-as-reliable-data"),
+    pytest.param("ack_confirm", {"ptype": int(PacketType.DATA)}, id="ack-as-reliable-data"),
     pytest.param("data_realtime", {"intent": int(Intent.RELIABLE)}, id="realtime-as-reliable"),
     pytest.param("data_reliable", {"intent": int(Intent.REALTIME)}, id="reliable-as-realtime"),
     pytest.param("data_reliable", {"priority": 0}, id="data-priority"),
@@ -275,11 +281,15 @@ def test_header_field_out_of_range_is_dropped_as_malformed(
     pytest.param("data_reliable", {"ack": 1}, id="data-ack"),
     pytest.param("ack", {"ack": 2}, id="ack-ack"),
     pytest.param("close", {"key_phase": 1}, id="close-key-phase"),
+    # The A bit is free where section 3 leaves it free, and bound by the aad.
+    pytest.param("ack", {"ack_eliciting": 1}, id="ack-made-ack-eliciting"),
+    pytest.param("ack_confirm", {"ack_eliciting": 0}, id="ack-made-not-ack-eliciting"),
+    pytest.param("data_realtime", {"ack_eliciting": 0}, id="realtime-made-not-ack-eliciting"),
 ])
 def test_valid_header_rewrite_fails_authentication(packet: str, changes: dict[str, int],
                                                     src: Address | None) -> None:
     """A rewrite that still satisfies section 3 reaches the AEAD, which binds the
-    header (aad): dropped as crypto, nothing in the session changes (protocol.md section 6 step 5),
+    header (aad): dropped as crypto, nothing in the session changes (docs/protocol.md 4 step 5),
     its address included (no roaming on a forged packet)."""
     dropped(packet, rewrite(P[packet], **changes), CRYPTO, src=src)
 
@@ -287,8 +297,8 @@ def test_valid_header_rewrite_fails_authentication(packet: str, changes: dict[st
 SIZE_RULES = [
     *(pytest.param("data_realtime", n, id=f"realtime-payload{n}") for n in (0, 1, 2)),
     *(pytest.param("data_reliable", n, id=f"reliable-payload{n}") for n in (0, 3, 6)),
-    *(pytest.param(p, n, id=f"{p}-payload{n}") for p in ("ack_confirm", "ack")
-      for n in (0, 1, 7, 9, 16)),
+    *(pytest.param(p, n, id=f"{p}-payload{n}") for p in ("ack_credit", "ack_confirm", "ack")
+      for n in (0, 1, 8, 16, 27, 29)),
     *(pytest.param("close", n, id=f"close-payload{n}") for n in (0, 2, 8)),
 ]
 
@@ -296,7 +306,7 @@ SIZE_RULES = [
 @pytest.mark.parametrize(("packet", "payload_len"), SIZE_RULES)
 def test_sealed_packet_below_or_off_its_size_is_dropped_as_malformed(
         packet: str, payload_len: int) -> None:
-    """DATA >= 3 / >= 7, ACK == 8, CLOSE == 1, with a datagram length that agrees."""
+    """DATA >= 3 / >= 7, ACK == 28, CLOSE == 1, with a datagram length that agrees."""
     dropped(packet, resize_sealed(P[packet], payload_len), MALFORMED)
 
 
@@ -314,7 +324,7 @@ def _hs_size_cases() -> list[object]:
 @pytest.mark.parametrize(("packet", "size"), _hs_size_cases())
 def test_hs_body_of_the_wrong_size_for_its_kind_is_dropped_as_malformed(
         packet: str, size: int) -> None:
-    """protocol.md section 7: a body length that does not match the kind (payload_len agrees)."""
+    """docs/protocol.md 5: a body length that does not match the kind (payload_len agrees)."""
     dropped(packet, resize_body(P[packet], size), MALFORMED)
 
 
@@ -354,7 +364,7 @@ HS_BAD_IDS: list[tuple[str, Callable[[bytes], bytes]]] = [
 @pytest.mark.parametrize(("case", "damage"), HS_BAD_IDS, ids=[c for c, _ in HS_BAD_IDS])
 def test_hs_with_an_id_of_zero_where_it_must_not_be_is_dropped(
         case: str, damage: Callable[[bytes], bytes]) -> None:
-    """docs/protocol.md sections 3/7: conn_id 0 only in HELLO; sender_id 0 only in COOKIE."""
+    """docs/protocol.md 3/5: conn_id 0 only in HELLO; sender_id 0 only in COOKIE."""
     packet = case.split("-", maxsplit=1)[0]
     dropped(packet, damage(P[packet]), MALFORMED)
 
@@ -362,7 +372,7 @@ def test_hs_with_an_id_of_zero_where_it_must_not_be_is_dropped(
 @pytest.mark.parametrize("src", [("not-an-ip", 4001), ("10.0.0.1", 70000), ("10.0.0.1",)],
                          ids=["hostname", "port-70000", "no-port"])
 def test_hello_from_a_source_that_is_not_an_ip_address_is_dropped(src: Address) -> None:
-    """No cookie can be bound to it (protocol.md §7 cookie input): malformed, not answered."""
+    """No cookie can be bound to it (docs/protocol.md 5 cookie input): malformed, not answered."""
     dropped("hello0", P["hello0"], MALFORMED, src=src)
 
 
@@ -375,14 +385,15 @@ def test_datagram_for_an_unknown_conn_id_is_dropped_as_unknown(packet: str) -> N
 
 @pytest.mark.parametrize("packet", ["data_reliable", "data_realtime", "close"])
 def test_sealed_packet_for_a_pending_handshake_is_dropped_as_unknown(packet: str) -> None:
-    """protocol.md §6 step 2: a session not yet able to decrypt (the responder before FINISH)."""
+    """docs/protocol.md 4 step 2: a session not yet able to decrypt (the responder
+    before FINISH)."""
     dropped("finish", P[packet], UNKNOWN)
 
 
 WRONG_STATE = [
     # (stage, receiver, datagram, source, delay): an HS kind the session's state does not
     # expect. The delay puts a replayed FINISH past one RTO, when a FINISH from the
-    # session's own address would be answered (docs/protocol.md section 7 step 6).
+    # session's own address would be answered (docs/protocol.md 5 flow 6).
     pytest.param("finish", "b", rewrite(P["cookie"], conn_id=CID_B), A_ADDR, 0.0,
                  id="cookie-to-pending-responder"),
     pytest.param("finish", "b", rewrite(P["response"], conn_id=CID_B), A_ADDR, 0.0,
@@ -417,7 +428,7 @@ def test_hs_aimed_at_a_session_in_the_wrong_state_is_dropped_as_unknown(
 
 AUTH_MALFORMED = [
     pytest.param(PacketType.ACK, Intent.RELIABLE, bytes(n), id=f"ack-payload{n}")
-    for n in (0, 7, 9)
+    for n in (0, 8, 27, 29)
 ] + [
     pytest.param(PacketType.CLOSE, Intent.RELIABLE, bytes(n), id=f"close-payload{n}")
     for n in (0, 2)
@@ -447,7 +458,9 @@ def test_sealed_with_the_real_key_but_off_section_3_is_malformed_not_a_strike(
 
 
 def _violations() -> list[object]:
-    limit = EndpointConfig().max_reliable_in_flight
+    w = build(ESTABLISHED)
+    edge = w.session_b().recv_window.edge  # the highest credit edge b advertised
+    pn_next = w.session_b().pn_next        # b never sent this pn (nor any above it)
     nxt = len(RELIABLE_MESSAGES) + 1  # b has delivered rseq 1..3
     return [
         pytest.param(PacketType.DATA, Intent.REALTIME, b"\x00\x01a\x00\x05bc", None,
@@ -461,20 +474,26 @@ def _violations() -> list[object]:
                      id="reliable-zero-length-between"),
         pytest.param(PacketType.DATA, Intent.RELIABLE, U32.pack(nxt) + b"\x00\x01a\x00", None,
                      id="reliable-truncated-second-prefix"),
+        # v1 bounded rseq by MAX_RELIABLE_IN_FLIGHT; v2 by the credit edge advertised.
         pytest.param(PacketType.DATA, Intent.RELIABLE,
-                     U32.pack(nxt + limit - 1) + b"\x00\x01a\x00\x01b", None,
-                     id="reliable-packet-crossing-window-edge"),
+                     U32.pack(edge) + b"\x00\x01a\x00\x01b", None,
+                     id="reliable-packet-crossing-credit-edge"),
         pytest.param(PacketType.DATA, Intent.RELIABLE, U32.pack(nxt) + b"\x00\x01a", 1,
                      id="reliable-data-acks-never-sent"),
-        pytest.param(PacketType.ACK, Intent.RELIABLE, U64.pack(1 << 63), 0,
+        pytest.param(PacketType.ACK, Intent.RELIABLE, ACK_BODY.pack(1 << 63, 0, 0, 0, 0), 0,
                      id="ack-bitmap-bit63-never-sent"),
+        pytest.param(PacketType.ACK, Intent.RELIABLE, ACK_BODY.pack(0, pn_next, 0, 0, 0), 0,
+                     id="ack-largest-pn-never-sent"),
+        pytest.param(PacketType.ACK, Intent.RELIABLE,
+                     ACK_BODY.pack(0, pn_next - 1, 1 << (pn_next - 2), 0, 0), 0,
+                     id="ack-pn-bitmap-names-pn-0"),
     ]
 
 
 @pytest.mark.parametrize(("ptype", "intent", "plaintext", "ack"), _violations())
 def test_authenticated_bad_framing_is_a_strike_and_delivers_nothing(
         ptype: PacketType, intent: Intent, plaintext: bytes, ack: int | None) -> None:
-    """protocol.md §5/8/10: an authenticated packet whose framing or acknowledgement is wrong is
+    """docs/protocol.md 4/6/8: an authenticated packet whose framing or acknowledgement is wrong is
     a violation: one strike; none of its messages (even well-framed ones before the
     error) is delivered; the windows do not move; the pn is spent (it authenticated)."""
     w = build(ESTABLISHED)
@@ -490,7 +509,11 @@ def test_authenticated_bad_framing_is_a_strike_and_delivers_nothing(
     assert session.strikes == 1
     assert session.replay.highest == pn  # authenticated: committed at step 6
     changed = {line.split(":")[0].split(".")[1] for line in diff(state, after)}
-    assert changed <= {"strikes", "replay", "times", "bucket"}, diff(state, after)
+    # v2: the pn authenticated, so it is acknowledged like any other (pn_acks, and
+    # for DATA the ACK timer in the queue); nothing else of the packet acts.
+    assert changed <= {"strikes", "replay", "times", "bucket", "pn_acks", "queue"}, \
+        diff(state, after)
+    assert (session.queued, session.retransmit) == (0, [])
     assert session.state is SessionState.ESTABLISHED
 
 

@@ -100,8 +100,9 @@ LIVE_IDS: Final = (header_fields(captured()["cookie"])["conn_id"],
 ADDRESSES: Final[tuple[Address, ...]] = (
     A_ADDR, B_ADDR, ATTACKER, ("10.0.0.1", 4999), ("10.0.0.2", 4001),
     ("203.0.113.77", 53), ("2001:db8::5", 4433, 0, 0))
-FIELD_BITS: Final = {"version": 4, "ptype": 4, "intent": 2, "priority": 3, "reserved": 2,
-                     "key_phase": 1, "payload_len": 16, "conn_id": 32, "seq": 32, "ack": 32}
+FIELD_BITS: Final = {"version": 4, "ptype": 4, "intent": 2, "priority": 3, "reserved": 1,
+                     "ack_eliciting": 1, "key_phase": 1, "payload_len": 16, "conn_id": 32,
+                     "seq": 32, "ack": 32}
 MUTATIONS: Final = ("flip", "truncate", "extend", "splice", "field", "hs_field", "retarget",
                     "retarget", "forge", "forge", "random")
 """How a datagram is made; conn_ids aimed at live sessions count twice, so that many
@@ -123,12 +124,15 @@ def forged(draw: st.DrawFn, conn_ids: Sequence[int]) -> bytes:
     if ptype == DATA:
         payload_len = draw(st.integers(7 if intent == 0 else 3, 120))
     else:
-        payload_len = 8 if ptype == ACK else 1
+        payload_len = 28 if ptype == ACK else 1
+    # the A bit: 1 in RELIABLE DATA, 0 in CLOSE, free in REALTIME DATA and ACK
+    eliciting = (1 if intent == 0 else draw(st.integers(0, 1))) if ptype == DATA else \
+        (draw(st.integers(0, 1)) if ptype == ACK else 0)
     conn_id = draw(st.sampled_from(conn_ids)) if conn_ids else draw(st.integers(1, U32_MAX))
     seq = draw(st.one_of(st.integers(0, 16), st.integers(0, U32_MAX)))
     ack = 0 if ptype == CLOSE else draw(st.one_of(st.integers(0, 8), st.integers(0, U32_MAX)))
     header = pack_header(ptype, intent, priority, draw(st.integers(0, 1)), payload_len,
-                         conn_id, seq, ack)
+                         conn_id, seq, ack, eliciting)
     size = payload_len + TAG_LEN
     return header + draw(st.binary(min_size=size, max_size=size))
 
@@ -192,12 +196,15 @@ def spec_header_ok(d: bytes) -> bool:
     if not HEADER_LEN <= n <= MAX_PACKET_SIZE:
         return False
     version, ptype = d[0] >> 4, d[0] & 0x0F
-    intent, priority, reserved, phase = d[1] >> 6, (d[1] >> 3) & 7, (d[1] >> 1) & 3, d[1] & 1
+    intent, priority, phase = d[1] >> 6, (d[1] >> 3) & 7, d[1] & 1
+    reserved, eliciting = (d[1] >> 2) & 1, (d[1] >> 1) & 1
     payload_len = int.from_bytes(d[2:4], "big")
     conn_id, seq, ack = (int.from_bytes(d[i:i + 4], "big") for i in (4, 8, 12))
-    if version != 1 or ptype > 3 or intent > 1 or reserved:
+    if version != 2 or ptype > 3 or intent > 1 or reserved:
         return False
     if ptype != DATA and (intent != 0 or priority != 0):
+        return False
+    if (ptype in (HS, CLOSE) and eliciting) or (ptype == DATA and intent == 0 and not eliciting):
         return False
     if ptype == HS:
         return phase == 0 and n == HEADER_LEN + payload_len and seq == 0 and ack == 0
@@ -206,7 +213,7 @@ def spec_header_ok(d: bytes) -> bool:
     if ptype == DATA:
         return payload_len >= (7 if intent == 0 else 3)
     if ptype == ACK:
-        return payload_len == 8
+        return payload_len == 28
     return payload_len == 1 and ack == 0
 
 
@@ -236,9 +243,9 @@ def near_valid(draw: st.DrawFn) -> bytes:
     """A datagram that satisfies sections 3 and 5, then (half the time) one field,
     the length or an HS body id moved to or next to a boundary of its rule."""
     ptype = draw(st.sampled_from([DATA, ACK, HS, HS, CLOSE]))
-    f = {"version": 1, "ptype": ptype, "intent": 0, "priority": 0, "reserved": 0,
-         "key_phase": 0, "payload_len": 0, "conn_id": draw(st.sampled_from([1, U32_MAX])),
-         "seq": 0, "ack": 0}
+    f = {"version": 2, "ptype": ptype, "intent": 0, "priority": 0, "reserved": 0,
+         "ack_eliciting": 0, "key_phase": 0, "payload_len": 0,
+         "conn_id": draw(st.sampled_from([1, U32_MAX])), "seq": 0, "ack": 0}
     if ptype == HS:
         kind = draw(st.sampled_from([1, 2, 3, 4]))
         sender = 0 if kind == 2 else draw(st.sampled_from([1, U32_MAX]))
@@ -252,8 +259,10 @@ def near_valid(draw: st.DrawFn) -> bytes:
         if ptype == DATA:
             f["intent"], f["priority"] = draw(st.integers(0, 1)), draw(st.integers(0, 7))
             f["payload_len"] = draw(st.sampled_from([7, 8, 40])) - 4 * f["intent"]
+            f["ack_eliciting"] = 1 if f["intent"] == 0 else draw(st.integers(0, 1))
         elif ptype == ACK:
-            f["payload_len"] = 8
+            f["payload_len"] = 28
+            f["ack_eliciting"] = draw(st.integers(0, 1))
         else:
             f["payload_len"], f["ack"] = 1, 0
         tail = bytes(f["payload_len"] + TAG_LEN)
@@ -491,8 +500,9 @@ def test_one_datagram_at_each_stage_of_the_handshake(stage: str, data: st.DataOb
 # ------------------------------------------------------------------ the state machine
 
 def machine_config(max_connections: int, max_handshakes_in_flight: int) -> EndpointConfig:
-    # Small windows and limits, so that the bounds are reached within a run.
-    return EndpointConfig(max_reliable_in_flight=8, max_reorder_buffer=500, max_datagram=600,
+    # Small windows and limits, so that the bounds are reached within a run. v2: the
+    # reorder buffer is the credit (max_datagram reserved per message): 4 messages.
+    return EndpointConfig(max_reliable_in_flight=8, max_reorder_buffer=2400, max_datagram=600,
                           max_handshakes_per_ip=2, max_connections=max_connections,
                           max_handshakes_in_flight=max_handshakes_in_flight)
 

@@ -286,6 +286,8 @@ class Session:
 
     def enqueue(self, data: bytes, intent: int, priority: int, now: float) -> bool:
         """Queue a message; False when the queue is full (the caller counts the drop)."""
+        if self.queued >= self.config.max_send_queue and self.rt_bytes:
+            self._drop_late_realtime(now)  # they are late anyway: room for the new one
         if self.queued >= self.config.max_send_queue:
             self.dropped_queue_full += intent == _REALTIME
             return False
@@ -438,7 +440,26 @@ class Session:
                 and self.credit_probe_at is None):
             self.credit_probe_at = now + self.rtt.pto
         if self.rt_bytes:
+            self._drop_late_realtime(now)
+        if self.rt_bytes:
             self._shed_realtime(now)
+
+    def _drop_late_realtime(self, now: float) -> None:
+        """Drop queued REALTIME older than its deadline (docs/protocol.md section 6).
+
+        The flush drops them as it reaches them; when the window or the pacer stops
+        it first (a path that returns no ACK), they would otherwise wait, late, and
+        fill the queue. Each level is FIFO: the old ones are at its head.
+        """
+        deadline = now - self.config.realtime_deadline
+        stats = self.stats
+        for q in self.rt_queue:
+            while q and q[0][1] < deadline:
+                data, _ = q.popleft()
+                self.queued -= 1
+                self.rt_bytes -= LEN_PREFIX + len(data)
+                self.dropped_deadline += 1
+                stats.messages_dropped_deadline += 1
 
     def _shed_realtime(self, now: float) -> None:
         """Drop REALTIME that cannot leave in time, lowest priority and oldest first.
