@@ -189,11 +189,17 @@ def _script(w: World, stop: str | None) -> None:
     _record(w, "ack_confirm", "b", stop)
     if stop == "ack_credit":
         raise Stop
+    assert header_fields(w.packets["ack_credit"])["ack_eliciting"] == 0
+    assert header_fields(w.packets["ack_confirm"])["ack_eliciting"] == 1
+    assert w.session_b().send_window.edge == 0  # nothing RELIABLE before the peer's ACK
     _deliver(w, "ack_credit")
     assert w.drain("b") == []
+    assert w.session_b().send_window.edge > 0  # the initiator's credit
     _deliver(w, "ack_confirm")
+    assert w.session_a().send_window.edge > 0  # the responder's credit
     # The responder's ACK is ack-eliciting: the initiator answers it at once (A = 0).
     _record(w, "ack_answer", "a", stop)
+    assert header_fields(w.packets["ack_answer"])["ack_eliciting"] == 0  # never a loop
     _deliver(w, "ack_answer")
     assert w.drain("b") == []
     for data, prio in RELIABLE_MESSAGES:
