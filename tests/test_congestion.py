@@ -176,3 +176,27 @@ def test_the_controller_follows_the_link_rate_down_and_up(low: float) -> None:
         carried = sum(a[1] for a in window) / 1.5
         assert carried >= 0.75 * rate, f"{carried / rate:.0%} of {rate * 8 / 1e6:.0f} Mbit/s"
         assert p99([a[2] for a in window]) < 0.05
+
+
+def test_reordering_is_not_taken_for_loss() -> None:
+    """30% of the packets held 20 ms each way, nothing lost: packets declared lost that
+    are acknowledged after all widen the reordering thresholds and undo the backoff
+    (RACK's adaptive window, RFC 8985). Without that, 2,000 RELIABLE messages of 400 B
+    took 3.3 s here (the window held at its minimum by spurious losses), against
+    0.13 s without reordering."""
+    link = Link(seed=5)
+    a, b = link.add("a"), link.add("b")
+    cid_a, _ = link.establish(a, b)
+    link.advance(0.05)
+    for path in link.both(a, b):
+        path.reorder, path.hold = 0.3, 0.02
+    start, n, sent = link.now, 2000, 0
+    while len(b.messages) < n and link.now < start + 10:
+        for _ in range(min(a.endpoint.reliable_capacity(cid_a), n - sent)):
+            link.send(a, cid_a, b"%d " % sent + bytes(400))
+            sent += 1
+        link.advance(0.002)
+    recovery = a.endpoint.sessions[cid_a].recovery
+    assert [m.data.split(b" ")[0] for m in b.messages] == [b"%d" % i for i in range(n)]
+    assert recovery.spurious > 0 and recovery.reorder_threshold > 3
+    assert link.now - start < 1.0, f"{link.now - start:.2f} s"

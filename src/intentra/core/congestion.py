@@ -383,6 +383,12 @@ class Controller:
             self.full_bw = self.btl_bw
         self._update_model()
 
+    def on_spurious_loss(self) -> None:
+        """A packet declared lost was acknowledged after all (reordering): undo the
+        backoff the loss caused."""
+        self.loss_cap = None
+        self._update_model()
+
     def reset(self, now: float) -> None:
         """A new path (roaming): forget the model and start again."""
         self.__init__(self.mss, self.ack_allowance // self.mss, now,  # type: ignore[misc]

@@ -25,6 +25,10 @@ PACKET_THRESHOLD: Final = 3
 """A pn is lost when one sent this many later is acknowledged (RFC 9002 kPacketThreshold)."""
 TIME_THRESHOLD: Final = 9 / 8
 GRANULARITY: Final = 0.001
+MAX_REORDER_THRESHOLD: Final = 64
+MAX_TIME_THRESHOLD: Final = 4.0
+LOST_KEPT: Final = 256
+"""Packets declared lost remembered, to find out which were only reordered."""
 SKIPPED_KEPT: Final = 32
 """Skipped pns remembered for the optimistic-ACK check (the newest ones)."""
 
@@ -56,8 +60,8 @@ class Recovery:
 
     __slots__ = ("app_limited_mark", "cc", "delivered", "delivered_at", "eliciting",
                  "eliciting_sent_at", "first_sent_at", "in_flight", "in_flight_since",
-                 "largest_acked", "last_ack_at", "loss_at", "pto_count", "rtt", "sent",
-                 "skipped")
+                 "largest_acked", "last_ack_at", "loss_at", "lost_recent", "pto_count",
+                 "reorder_threshold", "rtt", "sent", "skipped", "spurious", "time_threshold")
 
     def __init__(self, rtt: RttEstimator, cc: Controller, now: float) -> None:
         self.rtt = rtt
@@ -76,6 +80,13 @@ class Recovery:
         self.loss_at: float | None = None
         self.pto_count = 0
         self.skipped: deque[int] = deque(maxlen=SKIPPED_KEPT)
+        # Reordering is not loss: packets declared lost are remembered a while, and
+        # one acknowledged after all widens both thresholds (RFC 9002 6.1 allows
+        # it; RACK, RFC 8985, does the same) and undoes the controller's backoff.
+        self.lost_recent: dict[int, int] = {}  # pn -> largest acknowledged when declared
+        self.reorder_threshold = PACKET_THRESHOLD
+        self.time_threshold = TIME_THRESHOLD
+        self.spurious = 0                      # losses found spurious, for status/tests
 
     # --------------------------------------------------------------- sending
 
@@ -124,12 +135,17 @@ class Recovery:
         newest = sent.pop(largest, None)
         if newest is not None:
             acked.append(newest)
+        elif self.lost_recent:
+            self._maybe_spurious(largest)
         bits = bitmap
         while bits:
             low = bits & -bits
-            p = sent.pop(largest - low.bit_length(), None)
+            pn = largest - low.bit_length()
+            p = sent.pop(pn, None)
             if p is not None:
                 acked.append(p)
+            elif self.lost_recent:
+                self._maybe_spurious(pn)
             bits ^= low
         rtt = self.rtt
         sample: float | None = None
@@ -171,10 +187,21 @@ class Recovery:
             cc.on_loss(sum(p.size for p in lost if p.in_flight), self.in_flight, now)
         return acked, lost
 
+    def _maybe_spurious(self, pn: int) -> None:
+        """An acknowledged pn we had declared lost: it was only reordered."""
+        declared_at = self.lost_recent.pop(pn, None)
+        if declared_at is None:
+            return
+        self.spurious += 1
+        self.reorder_threshold = min(max(self.reorder_threshold, declared_at - pn + 1),
+                                     MAX_REORDER_THRESHOLD)
+        self.time_threshold = min(self.time_threshold + 0.25, MAX_TIME_THRESHOLD)
+        self.cc.on_spurious_loss()
+
     def _loss_delay(self) -> float:
         rtt = self.rtt
         srtt = rtt.srtt if rtt.srtt is not None else rtt.base_rto
-        return max(TIME_THRESHOLD * max(srtt, rtt.latest), GRANULARITY)
+        return max(self.time_threshold * max(srtt, rtt.latest), GRANULARITY)
 
     def _detect_lost(self, now: float, largest: int) -> list[SentPacket]:
         """Packets below the largest acknowledged that are now lost (RFC 9002 6.1)."""
@@ -187,11 +214,12 @@ class Recovery:
         gone: list[int] = []
         loss_at: float | None = None
         low = largest - PN_BITMAP_BITS
+        threshold = self.reorder_threshold
         for pn, p in self.sent.items():
             if pn >= top:
                 break
             # Packet threshold: this ACK reported pn missing within its range.
-            if low <= pn <= largest - PACKET_THRESHOLD:
+            if low <= pn <= largest - threshold:
                 gone.append(pn)
                 continue
             # Time threshold, counted from when a later pn was first acknowledged.
@@ -202,12 +230,17 @@ class Recovery:
                 gone.append(pn)
             elif loss_at is None or due < loss_at:
                 loss_at = due
+        recent = self.lost_recent
         for pn in gone:
             p = self.sent.pop(pn)
+            recent[pn] = top
             self.eliciting -= p.eliciting
             if p.in_flight:
                 self.in_flight -= p.size
             lost.append(p)
+        if len(recent) > LOST_KEPT:
+            for pn in list(recent)[:len(recent) - LOST_KEPT]:
+                del recent[pn]
         self.loss_at = loss_at
         return lost
 

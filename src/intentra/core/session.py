@@ -161,6 +161,7 @@ class Session:
         "stats",
         "strikes",
         "timer_at",
+        "unacked_messages",
         "unelicited",
         "validated_addr",
     )
@@ -242,6 +243,7 @@ class Session:
         self.ack_now = False
         self.ack_probe = False    # the next ACK asks for an answer (A = 1)
         self.unelicited = 0       # REALTIME DATA packets sent since the last ack-eliciting one
+        self.unacked_messages = 0  # RELIABLE messages received since our last ACK
         self.pushing = False      # the last flush left data queued: the path is the limit
         self.early = ELICIT_EARLY  # DATA packets that still all ask for an ACK
         self.elicited_at = now
@@ -393,6 +395,7 @@ class Session:
             self.ack_at = None
             self.ack_now = False
             self.ack_probe = False
+            self.unacked_messages = 0
             self.last_ack_largest = self.rx_largest
             if eliciting:
                 self.recovery.on_sent(pn, HEADER_LEN + TAG_LEN + len(body), False, 0, 0, now)
@@ -757,6 +760,12 @@ class Session:
                 window.gap_since = now
         else:
             window.gap_since = None
+        self.unacked_messages += len(messages)
+        if self.unacked_messages >= self.config.ack_every:
+            # Also at once after ACK_EVERY RELIABLE messages: ACK_EVERY counts pns,
+            # and packing puts a whole window of small messages in ACK_EVERY
+            # packets, so the sender would stall for ACK_DELAY each window.
+            self.ack_now = True
         if ready:
             window.unread_bytes += sum(map(len, ready))
             reliable = Intent.RELIABLE
