@@ -16,7 +16,7 @@ _GRANULARITY = 0.001
 
 class RttEstimator:
     __slots__ = ("adjusted", "base_rto", "initial_rto", "latest", "max_rto", "min_rto",
-                 "min_rtt", "rto", "rttvar", "srtt")
+                 "min_rtt", "rto", "rttvar", "samples", "srtt")
 
     def __init__(self, initial_rto: float, min_rto: float, max_rto: float) -> None:
         self.initial_rto = initial_rto
@@ -28,6 +28,7 @@ class RttEstimator:
         self.rttvar = 0.0
         self.latest = 0.0
         self.adjusted = 0.0       # the latest sample less the peer's ACK delay
+        self.samples = 0
         self.min_rtt: float | None = None
 
     def reset(self) -> None:
@@ -37,6 +38,7 @@ class RttEstimator:
     def sample(self, rtt: float, ack_delay: float = 0.0) -> None:
         """A round-trip sample; ``ack_delay`` is the peer's, already capped at ACK_DELAY."""
         rtt = max(rtt, 0.0)
+        self.samples += 1
         self.latest = rtt
         if self.min_rtt is None or rtt < self.min_rtt:
             self.min_rtt = rtt

@@ -67,7 +67,8 @@ _ACK_DATAGRAM: Final = HEADER_LEN + 28 + TAG_LEN
 ELICIT_EVERY: Final = 15
 """REALTIME DATA packets sent without A = 1 before the next one asks for an ACK."""
 ELICIT_GAP: Final = 0.1
-ELICIT_EARLY: Final = 64
+ELICIT_EARLY: Final = 8
+"""RTT samples a session takes before its REALTIME packets stop all asking for ACKs."""
 """Seconds after which the next REALTIME DATA packet asks for an ACK in any case."""
 SKIP_SPACING: Final = 256
 """A sender skips one pn (chosen at random) in every SKIP_SPACING to 2 x SKIP_SPACING - 1."""
@@ -104,7 +105,6 @@ class Session:
         "dropped_congestion",
         "dropped_deadline",
         "dropped_queue_full",
-        "early",
         "elicited_at",
         "events",
         "finish_answer_until",
@@ -245,7 +245,6 @@ class Session:
         self.unelicited = 0       # REALTIME DATA packets sent since the last ack-eliciting one
         self.unacked_messages = 0  # RELIABLE messages received since our last ACK
         self.pushing = False      # the last flush left data queued: the path is the limit
-        self.early = ELICIT_EARLY  # DATA packets that still all ask for an ACK
         self.elicited_at = now
         self.dropped_deadline = 0
         self.dropped_congestion = 0
@@ -361,13 +360,13 @@ class Session:
         controller holds this sender back (it needs every sample then). A sender
         with room to spare marks every ELICIT_EVERY-th packet, and the first after
         ELICIT_GAP or after the path went idle: a hub that hears many quiet peers
-        then sends an ACK per 16 packets, not one per packet. A session's first
-        ELICIT_EARLY packets all ask, so the first RTT samples come before any queue.
+        then sends an ACK per 16 packets, not one per packet. Until a session has
+        ELICIT_EARLY RTT samples every packet asks, so the first samples come before
+        any queue.
         """
         recovery = self.recovery
-        if self.early:
-            self.early -= 1
-        if (intent == _RELIABLE or self.pushing or self.early
+        early = self.rtt.samples < ELICIT_EARLY
+        if (intent == _RELIABLE or self.pushing or early
                 or self.unelicited >= ELICIT_EVERY or recovery.in_flight == 0
                 or now - self.elicited_at >= ELICIT_GAP):
             eliciting = _ELICIT
