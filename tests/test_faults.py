@@ -364,13 +364,16 @@ def test_realtime_at_most_once_never_late_and_delivery_matches_loss() -> None:
             assert not duplicates, f"delivered twice: {duplicates[:10]}"
             assert set(latency) <= set(range(n))
             assert worst <= deadline + FAULTS.jitter + slack, f"delivered {worst:.3f} s late"
-            # v2 paces, so a few messages share a datagram (v1: one each); the loss of
-            # one then costs each of them, which leaves the expected ratio unchanged.
-            # Shared datagrams are lost together, which widens the spread of the ratio
-            # around 1 - loss (seen up to 2.3 points over a few runs, v1: within 2).
-            assert datagrams >= 0.5 * left, "messages were packed: the ratio would be skewed"
-            assert abs(ratio - (1 - loss)) <= 0.03
-            assert abs(ratio - (1 - FAULTS.loss - FAULTS.corrupt)) <= 0.03
+            # v2's controller backs off on this 20% loss and holds its window near
+            # the minimum, so messages queue and share datagrams (v1: one each; here
+            # about 3 a datagram). The loss of one costs each of them, which leaves the
+            # expected ratio unchanged but widens its spread: a datagram is the unit
+            # of loss, so the bound is 3.5 standard deviations of a loss rate measured
+            # over this many datagrams (at least the 3 points v1 used).
+            assert datagrams >= 500, f"only {datagrams} datagrams: too few to measure"
+            spread = max(0.03, 3.5 * math.sqrt(0.21 * 0.79 / datagrams))
+            assert abs(ratio - (1 - loss)) <= spread
+            assert abs(ratio - (1 - FAULTS.loss - FAULTS.corrupt)) <= spread
             assert not ln.cpeer.closed and not ln.speer.closed
 
     run(body(), 40.0)

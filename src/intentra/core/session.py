@@ -365,10 +365,11 @@ class Session:
         any queue.
         """
         recovery = self.recovery
-        early = self.rtt.samples < ELICIT_EARLY
-        if (intent == _RELIABLE or self.pushing or early
-                or self.unelicited >= ELICIT_EVERY or recovery.in_flight == 0
-                or now - self.elicited_at >= ELICIT_GAP):
+        # Dense while the controller needs samples; with it off, nothing does.
+        dense = self.config.congestion_control and (
+            self.pushing or self.rtt.samples < ELICIT_EARLY)
+        if (intent == _RELIABLE or dense or self.unelicited >= ELICIT_EVERY
+                or recovery.in_flight == 0 or now - self.elicited_at >= ELICIT_GAP):
             eliciting = _ELICIT
             self.unelicited = 0
             self.elicited_at = now
@@ -534,9 +535,14 @@ class Session:
             window.rto_at = now + self.rtt.rto
 
     def _flush_queue(self, now: float, limit: int, ack: int) -> None:
-        cfg = self.config
+        """Pack what is queued by priority, as far as the budget allows.
+
+        The hot path of a sender: per message one pop and two appends; counters
+        are written back once. Levels go from 7 down, so a packet's priority is
+        that of its first message.
+        """
         stats = self.stats
-        deadline = cfg.realtime_deadline
+        deadline = self.config.realtime_deadline
         window = self.send_window
         cc = self.cc
         recovery = self.recovery
@@ -550,68 +556,77 @@ class Session:
         rel_prio = 0
         rel_first = 0
         room = window.room
+        sent_rt = sent_rel = rt_out = 0
         go = cc.can_send(recovery.in_flight, now)
-        for level in _LEVELS:
-            if not go:
-                break
-            q = self.rt_queue[level]
-            while q:
-                data, queued_at = q[0]
-                need = LEN_PREFIX + len(data)
-                if now - queued_at > deadline:
+        try:
+            for level in _LEVELS:
+                if not go:
+                    break
+                q = self.rt_queue[level]
+                while q:
+                    data, queued_at = q[0]
+                    n = len(data)
+                    need = LEN_PREFIX + n
+                    if now - queued_at > deadline:
+                        q.popleft()
+                        rt_out += need
+                        self.queued -= 1
+                        self.dropped_deadline += 1
+                        stats.messages_dropped_deadline += 1
+                        continue
+                    if rt_parts and rt_size + need > limit:
+                        if not self._seal_data(_REALTIME, rt_prio, ack, b"".join(rt_parts), 0,
+                                               0, now):
+                            return
+                        rt_parts, rt_size = [], 0
+                        go = cc.can_send(recovery.in_flight, now)
+                        if not go:
+                            break
                     q.popleft()
-                    self.queued -= 1
-                    self.rt_bytes -= need
-                    self.dropped_deadline += 1
-                    stats.messages_dropped_deadline += 1
-                    continue
-                if rt_parts and rt_size + need > limit:
-                    if not self._seal_data(_REALTIME, rt_prio, ack, b"".join(rt_parts), 0, 0,
-                                           now):
-                        return
-                    rt_parts, rt_size, rt_prio = [], 0, 0
-                    go = cc.can_send(recovery.in_flight, now)
-                    if not go:
-                        break
-                q.popleft()
-                self.queued -= 1
-                self.rt_bytes -= need
-                rt_parts.append(pack_len(len(data)))
-                rt_parts.append(data)
-                rt_size += need
-                rt_prio = max(rt_prio, level)
-                stats.messages_sent_realtime += 1
-            rq = self.rel_queue[level]
-            while rq and room > 0 and go:
-                data = rq[0]
-                need = LEN_PREFIX + len(data)
-                if rel_parts and rel_size + need > limit:
-                    if not self._seal_data(_RELIABLE, rel_prio, ack,
-                                           U32.pack(rel_first) + b"".join(rel_parts), rel_first,
-                                           len(rel_parts) >> 1, now):
-                        return
-                    rel_parts, rel_size, rel_prio = [], RSEQ_LEN, 0
-                    go = cc.can_send(recovery.in_flight, now)
-                    if not go:
-                        break
-                rq.popleft()
-                self.queued -= 1
-                self.queued_reliable -= 1
-                room -= 1
-                rseq = window.assign(data, level, now, rto)
-                if not rel_parts:
-                    rel_first = rseq
-                rel_parts.append(pack_len(len(data)))
-                rel_parts.append(data)
-                rel_size += need
-                rel_prio = max(rel_prio, level)
-                stats.messages_sent_reliable += 1
-        if rt_parts and not self._seal_data(_REALTIME, rt_prio, ack, b"".join(rt_parts), 0, 0,
-                                            now):
-            return
-        if rel_parts:
-            self._seal_data(_RELIABLE, rel_prio, ack, U32.pack(rel_first) + b"".join(rel_parts),
-                            rel_first, len(rel_parts) >> 1, now)
+                    if not rt_parts:
+                        rt_prio = level
+                    rt_parts.append(pack_len(n))
+                    rt_parts.append(data)
+                    rt_size += need
+                    rt_out += need
+                    sent_rt += 1
+                rq = self.rel_queue[level]
+                while rq and room > 0 and go:
+                    data = rq[0]
+                    n = len(data)
+                    need = LEN_PREFIX + n
+                    if rel_parts and rel_size + need > limit:
+                        if not self._seal_data(_RELIABLE, rel_prio, ack,
+                                               U32.pack(rel_first) + b"".join(rel_parts),
+                                               rel_first, len(rel_parts) >> 1, now):
+                            return
+                        rel_parts, rel_size = [], RSEQ_LEN
+                        go = cc.can_send(recovery.in_flight, now)
+                        if not go:
+                            break
+                    rq.popleft()
+                    room -= 1
+                    rseq = window.assign(data, level, now, rto)
+                    if not rel_parts:
+                        rel_first = rseq
+                        rel_prio = level
+                    rel_parts.append(pack_len(n))
+                    rel_parts.append(data)
+                    rel_size += need
+                    sent_rel += 1
+            if rt_parts and not self._seal_data(_REALTIME, rt_prio, ack, b"".join(rt_parts),
+                                                0, 0, now):
+                return
+            if rel_parts:
+                self._seal_data(_RELIABLE, rel_prio, ack,
+                                U32.pack(rel_first) + b"".join(rel_parts), rel_first,
+                                len(rel_parts) >> 1, now)
+        finally:
+            self.queued -= sent_rt + sent_rel
+            self.queued_reliable -= sent_rel
+            self.rt_bytes -= rt_out
+            stats.messages_sent_realtime += sent_rt
+            stats.messages_sent_reliable += sent_rel
         if self.queued_reliable == 0 or window.credit:
             self.credit_probe_at = None
 
