@@ -47,6 +47,10 @@ class EndpointConfig:
     """Unacknowledged reliable messages per session and direction."""
     max_reorder_buffer: int = 262_144
     """Out-of-order reliable bytes a receiver holds per session."""
+    max_reorder_total: int = 64 * 1024 * 1024
+    """Reliable bytes all sessions of the endpoint together hold, out of order or not yet
+    read by the application (it bounds the credit given out; each session may keep
+    4 datagrams' worth beyond it)."""
     replay_window: int = 1024
     """Packet numbers remembered below the highest seen."""
     cookie_rotation: float = 120.0

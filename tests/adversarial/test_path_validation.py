@@ -44,6 +44,7 @@ def test_a_raced_packet_sends_the_victim_at_most_three_times_its_size() -> None:
     link.deliver(captured, a.addr, b)       # the original: a replay now
     link.advance(0.5)
     sent_to_victim = bytes_to(link, VICTIM, before)
+    print(f"\nraced {len(captured)}-byte packet: {sent_to_victim} bytes sent to the victim")
     assert 0 < sent_to_victim <= 3 * len(captured)
     assert not b.of_type(PeerRoamed)
     # a's next packet, from its real (validated) address, moves b back at once:

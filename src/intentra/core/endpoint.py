@@ -37,6 +37,7 @@ from intentra.core.cookie import CookieJar, address_bytes
 from intentra.core.hsguard import InitiatorGuard
 from intentra.core.noise import InitiatorHandshake, ResponderHandshake
 from intentra.core.ratelimit import TokenBucket
+from intentra.core.reliable import CreditBudget
 from intentra.core.session import Session, SessionState
 from intentra.core.stats import Stats
 from intentra.core.wire import (
@@ -74,6 +75,9 @@ _DATA: Final = int(PacketType.DATA)
 _ACK: Final = int(PacketType.ACK)
 _REALTIME: Final = int(Intent.REALTIME)
 _ESTABLISHED: Final = SessionState.ESTABLISHED
+CREDIT_FLOOR_DATAGRAMS: Final = 4
+"""Credit (in datagrams) every session may keep beyond the endpoint-wide bound, so a
+session opened while others hold the whole of it still delivers."""
 _V4_MAPPED: Final = bytes(10) + b"\xff\xff"
 _NO_COOKIE: Final = bytes(16)
 """The cookie of a first HELLO; a COOKIE carrying it changes nothing."""
@@ -142,6 +146,9 @@ class Endpoint:
         self._timers: list[tuple[float, int, int]] = []
         self._timer_tick = 0
         self._release_on_take = release_on_take
+        cfg = self.config
+        self.credit_budget = CreditBudget(cfg.max_reorder_total,
+                                          CREDIT_FLOOR_DATAGRAMS * cfg.max_datagram)
 
     # ---------------------------------------------------------------- gauges
 
@@ -356,7 +363,7 @@ class Endpoint:
             return
         conn_id = self._new_conn_id()
         session = Session(conn_id, addr, False, now, cfg, stats, self._out, self._events,
-                          self._rng)
+                          self._rng, self.credit_budget)
         session.remote_id = body.sender_id
         session.responder_hs = hs
         session.hello_key = hello_key
@@ -633,7 +640,7 @@ class Endpoint:
             raise ValueError("server_key is the 32 raw bytes of an X25519 public key")
         conn_id = self._new_conn_id()
         session = Session(conn_id, addr, True, now, self.config, self.stats, self._out,
-                          self._events, self._rng)
+                          self._events, self._rng, self.credit_budget)
         session.pinned_key = server_key
         if idle_timeout is not None:
             if not idle_timeout > 0:

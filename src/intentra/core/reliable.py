@@ -158,6 +158,24 @@ class SendWindow:
         return due
 
 
+class CreditBudget:
+    """What all the sessions of one endpoint may hold for reordering and for an
+    application that has not read yet, in bytes (docs/protocol.md section 8).
+
+    Each session accounts its reservation here when it advertises credit; a
+    session may always keep ``floor`` bytes of its own, so a session opened while
+    others hold the whole budget still gets credit (the bound is ``limit`` plus
+    ``floor`` per session).
+    """
+
+    __slots__ = ("floor", "limit", "reserved")
+
+    def __init__(self, limit: int, floor: int) -> None:
+        self.limit = limit
+        self.floor = floor
+        self.reserved = 0
+
+
 class ReceiveWindow:
     """The receiver's side: the next expected rseq, the reorder buffer and the credit.
 
@@ -199,16 +217,26 @@ class ReceiveWindow:
                 bits |= 1 << i
         return bits
 
-    def proposed_edge(self) -> int:
-        """The edge the receiver can hold now (before the never-backwards rule)."""
-        room = self.max_bytes - self.buffered_bytes - self.unread_bytes
+    def reservation(self) -> int:
+        """Bytes this window holds or has promised: what arrived at its size, every
+        position up to the advertised edge not yet arrived at ``reserve``."""
+        open_positions = ((self.edge - self.next_rseq + 1) & _MASK) - len(self.buffer)
+        if not 0 < open_positions < _HALF:
+            open_positions = 0
+        return self.buffered_bytes + self.unread_bytes + open_positions * self.reserve
+
+    def proposed_edge(self, cap: int | None = None) -> int:
+        """The edge the receiver can hold now (before the never-backwards rule), with
+        at most ``cap`` bytes held and promised in all (the endpoint's share)."""
+        limit = self.max_bytes if cap is None else min(self.max_bytes, cap)
+        room = limit - self.buffered_bytes - self.unread_bytes
         n = (room // self.reserve if room > 0 else 0) + len(self.buffer)
         return (self.ack + min(n, MAX_CREDIT)) & _MASK
 
-    def advertise(self) -> int:
+    def advertise(self, cap: int | None = None) -> int:
         """The ``credit`` for an ACK now; moves ``edge`` up, never back."""
         ack = self.ack
-        proposed = self.proposed_edge()
+        proposed = self.proposed_edge(cap)
         if serial_gt(proposed, self.edge):
             self.edge = proposed
         credit = (self.edge - ack) & _MASK

@@ -37,7 +37,7 @@ from intentra.core.aead import ReceiveKeys, SendKeys
 from intentra.core.congestion import Controller
 from intentra.core.ratelimit import TokenBucket
 from intentra.core.recovery import Recovery, SentPacket
-from intentra.core.reliable import ReceiveWindow, SendWindow, Violation
+from intentra.core.reliable import CreditBudget, ReceiveWindow, SendWindow, Violation
 from intentra.core.replay import ReplayWindow
 from intentra.core.rtt import RttEstimator
 from intentra.core.stats import Stats
@@ -94,6 +94,7 @@ class Session:
         "ack_probe",
         "addr",
         "bucket",
+        "budget",
         "cc",
         "config",
         "confirmed",
@@ -143,6 +144,7 @@ class Session:
         "rel_queue",
         "remote_id",
         "replay",
+        "reserved",
         "responder_hs",
         "retransmit",
         "retransmitted",
@@ -169,7 +171,8 @@ class Session:
 
     def __init__(self, conn_id: int, addr: Address, initiator: bool, now: float,
                  config: EndpointConfig, stats: Stats, out: list[tuple[bytes, Address]],
-                 events: deque[Event], rng: Callable[[int], bytes] | None = None) -> None:
+                 events: deque[Event], rng: Callable[[int], bytes] | None = None,
+                 budget: CreditBudget | None = None) -> None:
         self.conn_id = conn_id
         self.remote_id = 0
         self.addr = addr
@@ -231,6 +234,8 @@ class Session:
         # --- delivery
         self.send_window = SendWindow(config.max_reliable_in_flight)
         self.recv_window = ReceiveWindow(config.max_reorder_buffer, config.max_datagram)
+        self.budget = budget      # the endpoint's, shared by its sessions (None: unbounded)
+        self.reserved = 0         # this session's part of it
         self.rt_queue: list[deque[tuple[bytes, float]] | None] = [None] * (MAX_PRIORITY + 1)
         self.rel_queue: list[deque[bytes] | None] = [None] * (MAX_PRIORITY + 1)
         self.queued = 0
@@ -387,8 +392,17 @@ class Session:
         """Send an ACK: rseq and pn acknowledgements and this side's credit (section 4)."""
         window = self.recv_window
         delay = int((now - self.rx_largest_at) / ACK_DELAY_UNIT) if self.rx_largest else 0
+        budget = self.budget
+        if budget is None:
+            credit = window.advertise()
+        else:
+            # The endpoint-wide bound: this session may hold what the others left,
+            # and always its floor.
+            cap = max(budget.limit - budget.reserved + self.reserved, budget.floor)
+            credit = window.advertise(cap)
+            self._account()
         body = ACK_BODY.pack(window.bitmap(), self.rx_largest, self.rx_bits,
-                             min(max(delay, 0), _MAX_ACK_DELAY_UNITS), window.advertise())
+                             min(max(delay, 0), _MAX_ACK_DELAY_UNITS), credit)
         pn = self._seal(_ACK, _RELIABLE, 0, window.ack, body, now,
                         _ELICIT if eliciting else 0)
         if pn:
@@ -787,6 +801,14 @@ class Session:
                            for data in ready])
             self.stats.messages_delivered_reliable += len(ready)
 
+    def _account(self) -> None:
+        """Bring this session's part of the endpoint's budget up to date."""
+        budget = self.budget
+        if budget is not None:
+            now_reserved = self.recv_window.reservation()
+            budget.reserved += now_reserved - self.reserved
+            self.reserved = now_reserved
+
     def validate_path(self, now: float) -> None:
         """The address being validated answered: it is the session's path from now on."""
         self.validated_addr = self.addr
@@ -801,6 +823,8 @@ class Session:
         """
         window = self.recv_window
         window.unread_bytes = max(window.unread_bytes - nbytes, 0)
+        if self.budget is not None:
+            self._account()  # what the application read returns to the endpoint at once
         if window.edge_gain() >= max(self.config.max_reliable_in_flight // 4, 1):
             self.ack_now = True
             return True
@@ -825,6 +849,9 @@ class Session:
                                                     bytes((reason,))), self.addr))
                 self.stats.packets_sent += 1
         self.state = SessionState.CLOSED
+        if self.budget is not None:
+            self.budget.reserved -= self.reserved  # its credit returns to the endpoint
+            self.reserved = 0
         if was_established:
             self.stats.connection_closes += 1
             pending = [(e.data, e.priority) for e in self.send_window.outstanding.values()]
