@@ -11,8 +11,9 @@ MAX_RETRANSMISSIONS x MAX_RTO closes its session, which returns its part.
 
 from __future__ import annotations
 
-from corelink import Link
 from hostile import Hostile
+
+from corelink import Link
 from intentra.config import EndpointConfig
 from intentra.constants import CloseReason, Intent
 from intentra.core.endpoint import CREDIT_FLOOR_DATAGRAMS
