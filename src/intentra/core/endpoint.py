@@ -26,8 +26,12 @@ from intentra.config import EndpointConfig
 from intentra.constants import (
     HEADER_LEN,
     KEY_LEN,
+    LEN_PREFIX,
+    MAX_PACKET_SIZE,
     MAX_PRIORITY,
     MIN_PRIORITY,
+    RSEQ_LEN,
+    TAG_LEN,
     CloseReason,
     HsKind,
     Intent,
@@ -682,10 +686,19 @@ class Endpoint:
         if size == 0:
             raise InvalidMessageError("a message must be at least 1 byte")
         if size > self._max_message:
-            raise MessageTooLargeError(
-                f"message of {size} bytes exceeds the largest that fits one datagram "
-                f"({self._max_message}); split it, or raise "
-                "EndpointConfig.max_datagram (up to 2048)")
+            raise MessageTooLargeError(self._too_large_advice(size))
+
+    def _too_large_advice(self, size: int) -> str:
+        """What a user can do about a message too large for one datagram."""
+        text = (f"message of {size} bytes exceeds {self._max_message} bytes, the largest "
+                "one datagram carries (intentra does not fragment); split it into smaller "
+                "messages")
+        ceiling = MAX_PACKET_SIZE - HEADER_LEN - TAG_LEN - RSEQ_LEN - LEN_PREFIX
+        if self.config.max_datagram < MAX_PACKET_SIZE and size <= ceiling:
+            text += (f", or create the endpoint with EndpointConfig(max_datagram="
+                     f"{MAX_PACKET_SIZE}) for messages up to {ceiling} bytes (Python API; "
+                     "datagrams above the path's MTU may be dropped on the way)")
+        return text
 
     def send(self, conn_id: int, data: bytes, intent: int, priority: int, now: float) -> bool:
         """Queue a message for the next flush.
