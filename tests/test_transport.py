@@ -1149,12 +1149,12 @@ def test_bind_is_an_async_context_manager_and_receive_takes_a_timeout() -> None:
 def test_the_too_large_advice_fits_what_the_user_can_do() -> None:
     """Issue 13 defect 6: the advice names the Python setting only when raising it helps,
     never when max_datagram is already the largest, and says what the limit is."""
-    small = Endpoint(bytes(32), lambda n: bytes(n))
+    small = Endpoint(bytes(32), random.Random(1).randbytes)
     with pytest.raises(MessageTooLargeError) as info:
         small.check_message(bytes(1500), 0, 0)
     assert "1162 bytes" in str(info.value) and "max_datagram=2048" in str(info.value)
     assert "split it" in str(info.value)
-    top = Endpoint(bytes(32), lambda n: bytes(n), EndpointConfig(max_datagram=2048))
+    top = Endpoint(bytes(32), random.Random(2).randbytes, EndpointConfig(max_datagram=2048))
     with pytest.raises(MessageTooLargeError) as info:
         top.check_message(bytes(3000), 0, 0)
     assert "max_datagram" not in str(info.value) and "split it" in str(info.value)
