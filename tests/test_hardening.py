@@ -549,6 +549,10 @@ def test_catch_up_keys_are_derived_once_per_silence_not_per_forgery(
 
 
 def test_only_the_newest_packet_moves_the_peer() -> None:
+    """Roaming follows only the newest pn (docs/protocol.md section 6 step 7). In
+    version 2 the session sends to the new address at once but within 3x what came
+    from it, and reports PeerRoamed once an ACK from there validates it
+    (tests/adversarial/test_path_validation.py); here no ACK comes back."""
     link, a, b, cid_a, cid_b = established()
     ea, eb = a.endpoint, b.endpoint
     eb.events()
@@ -561,24 +565,23 @@ def test_only_the_newest_packet_moves_the_peer() -> None:
     # The newer packet arrives first, from the peer's new NAT mapping.
     eb.receive_datagram(p2, new, now)
     events = eb.events()
-    assert [e for e in events if isinstance(e, PeerRoamed)] == [PeerRoamed(cid_b, a.addr, new)]
+    assert not [e for e in events if isinstance(e, PeerRoamed)], "not validated yet"
     assert eb.address(cid_b) == new
-    # Then an older one, reordered, from the old mapping: authentic, delivered, no roam.
+    # Then an older one, reordered, from the old mapping: authentic, delivered, no move.
     eb.receive_datagram(p1, a.addr, now)
     events = eb.events()
     assert [e.data for e in events if isinstance(e, MessageReceived)] == [b"first"]
     assert not [e for e in events if isinstance(e, PeerRoamed)]
     assert eb.address(cid_b) == new
-    assert eb.stats.roams == roams + 1
+    assert eb.stats.roams == roams
 
-    # b's traffic goes to the new address.
+    # b's traffic goes to the new address (the probe first).
     eb.send(cid_b, b"reply", REALTIME, 0, now)
     assert {dst for _, dst in drain(eb, now)} == {new}
     # A still newer packet from yet another address moves it again.
     newer: Address = ("10.0.0.1", 5001)
     eb.receive_datagram(sealed_now(a, cid_a, b"third", now), newer, now)
-    assert [e for e in eb.events() if isinstance(e, PeerRoamed)] == [
-        PeerRoamed(cid_b, new, newer)]
+    assert not [e for e in eb.events() if isinstance(e, PeerRoamed)]
     assert eb.address(cid_b) == newer
     assert ea.sessions[cid_a].state is SessionState.ESTABLISHED
 
