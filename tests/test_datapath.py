@@ -365,13 +365,25 @@ async def _exchange(datapath: str, n_reliable: int, n_realtime: int,
                     await asyncio.sleep(0)
 
         await step(asyncio.gather(send_up(), send_down()), 15)
-        await wait_until(lambda: len(got_server) >= len(up) + len(live)
+        stats = client.endpoint.stats
+
+        def shed() -> int:
+            # v2: REALTIME the congestion controller could not send in time is
+            # dropped at the sender and counted (docs/protocol.md section 8).
+            return (stats.messages_dropped_congestion + stats.messages_dropped_deadline
+                    + stats.messages_dropped_queue_full)
+
+        await wait_until(lambda: len(got_server) + shed() >= len(up) + len(live)
                          and len(got_client) >= len(down), timeout=10, what="every message")
         await asyncio.sleep(0.05)  # a duplicate would show up now
         by_intent = {intent: [m.data for m in got_server if m.intent is intent]
                      for intent in Intent}
         assert by_intent[Intent.RELIABLE] == up
-        assert by_intent[Intent.REALTIME] == live  # all of them, in order, once
+        realtime = by_intent[Intent.REALTIME]
+        # Every one delivered or counted as shed at the sender; in order, once.
+        assert len(realtime) + shed() == len(live)
+        assert realtime == [m for m in live if m in set(realtime)]
+        assert len(realtime) >= 0.5 * len(live)
         assert [m.data for m in got_client] == down
         assert all(m.peer is speer for m in got_server)
         assert server.endpoint.stats.packets_dropped_rate_limit == 0

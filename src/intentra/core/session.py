@@ -64,6 +64,8 @@ _MASK64: Final = (1 << 64) - 1
 _ELICIT: Final = 0x02
 _MAX_ACK_DELAY_UNITS: Final = 0xFFFF
 _ACK_DATAGRAM: Final = HEADER_LEN + 28 + TAG_LEN
+CREDIT_PROBE_MAX: Final = 1.0
+"""Longest gap, seconds, between two credit probes of a sender out of credit."""
 ELICIT_EVERY: Final = 15
 """REALTIME DATA packets sent without A = 1 before the next one asks for an ACK."""
 ELICIT_GAP: Final = 0.1
@@ -103,6 +105,7 @@ class Session:
         "cookie_taken_at",
         "created_at",
         "credit_probe_at",
+        "credit_probe_gap",
         "dropped_congestion",
         "dropped_deadline",
         "dropped_queue_full",
@@ -226,6 +229,7 @@ class Session:
         self.recovery: Recovery = None  # type: ignore[assignment]
         self.pace_at: float | None = None
         self.credit_probe_at: float | None = None
+        self.credit_probe_gap = 0.0
         # --- acknowledging what we receive, by pn
         self.rx_largest = 0       # highest pn authenticated from the peer
         self.rx_largest_at = now
@@ -455,7 +459,8 @@ class Session:
             self.pace_at = None  # window full: the next ACK opens it
         if (self.queued_reliable and not self.retransmit and self.send_window.credit == 0
                 and self.credit_probe_at is None):
-            self.credit_probe_at = now + self.rtt.pto
+            self.credit_probe_gap = self.rtt.pto
+            self.credit_probe_at = now + self.credit_probe_gap
         if self.rt_bytes:
             self._drop_late_realtime(now)
         if self.rt_bytes:
@@ -641,7 +646,7 @@ class Session:
             self.rt_bytes -= rt_out
             stats.messages_sent_realtime += sent_rt
             stats.messages_sent_reliable += sent_rel
-        if self.queued_reliable == 0 or window.credit:
+        if window.credit:
             self.credit_probe_at = None
 
     # ------------------------------------------------------------ receiving
@@ -700,8 +705,15 @@ class Session:
         window.check_ack(ack, rseq_bits)
         recovery.check_ack(largest, pn_bits, self.pn_next)
         self.peer_largest_pn = largest
-        if window.apply_credit(ack, credit) and self.queued_reliable:
+        window.apply_credit(ack, credit)
+        if window.credit:
             self.credit_probe_at = None
+        elif self.credit_probe_at is None:
+            # Out of credit: probe until it returns, in case the ACK that moves the
+            # edge is lost. An application waiting in ``await send`` has queued
+            # nothing yet, so "RELIABLE waiting at the limit" is not visible here.
+            self.credit_probe_gap = self.rtt.pto
+            self.credit_probe_at = now + self.credit_probe_gap
         moved = window.on_ack(ack, rseq_bits)
         if largest:
             acked, lost = recovery.on_ack(largest, pn_bits, delay * ACK_DELAY_UNIT, now)
@@ -930,7 +942,10 @@ class Session:
             self.ack_now = True
             self.ack_probe = True
         if self.credit_probe_at is not None and now >= self.credit_probe_at:
-            self.credit_probe_at = now + self.rtt.pto
+            # A PTO, doubling up to CREDIT_PROBE_MAX: a peer whose application does
+            # not read costs one small probe a second.
+            self.credit_probe_gap = min(2 * self.credit_probe_gap, CREDIT_PROBE_MAX)
+            self.credit_probe_at = now + self.credit_probe_gap
             self.ack_now = True
             self.ack_probe = True
         if self.pace_at is not None and now >= self.pace_at:
