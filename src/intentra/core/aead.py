@@ -1,4 +1,4 @@
-"""Per-direction AEAD keys, nonces and key updates (SPEC section 4).
+"""Per-direction AEAD keys, nonces and key updates (docs/protocol.md section 4-6).
 
 Owns: one AESGCM object per key and direction, the nonce layout
 ``conn_id (4) || pn (8)``, the Noise Rekey function, and the receiver's
@@ -87,14 +87,14 @@ class ReceiveKeys:
 
     def open(self, conn_id: int, pn: int, key_phase: int, header: bytes | memoryview,
              body: bytes | memoryview, catch_up: int = 0) -> tuple[bytes, int] | None:
-        """Authenticate and decrypt without changing any state (SPEC section 4).
+        """Authenticate and decrypt without changing any state (docs/protocol.md section 4-6).
 
         Args:
             catch_up: how many keys beyond the next one may also be tried when
-                the SPEC's choice fails. 0 is SPEC exactly. The endpoint allows
+                the protocol's choice fails. 0 is docs/protocol.md exactly. The endpoint allows
                 it only after a silence of KEY_UPDATE_MIN_INTERVAL, the only
                 way a sender can be two or more updates ahead (departure from
-                SPEC: without it such a session could never decrypt again).
+                docs/protocol.md: without it such a session could never decrypt again).
 
         Returns:
             ``(plaintext, steps)``, or None if it does not authenticate.

@@ -1,4 +1,4 @@
-"""Stateless handshake cookies (SPEC section 5).
+"""Stateless handshake cookies (docs/protocol.md section 7).
 
 ``cookie = HMAC-SHA256(secret_n, ip || port)[:16]`` with
 ``secret_n = HMAC-SHA256(master, "intentra cookie" || n)`` and

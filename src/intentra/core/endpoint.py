@@ -1,9 +1,9 @@
 """Endpoint: one static key, many sessions; the sans-I/O core's front door.
 
-Owns: conn_id demultiplexing, the receive order of SPEC section 4 steps 1-7,
-the handshake of SPEC section 5 for both roles (cookies, limits, pending
+Owns: conn_id demultiplexing, the receive order of docs/protocol.md section 4-6 steps 1-7,
+the handshake of docs/protocol.md section 7 for both roles (cookies, limits, pending
 handshakes, replacement), the endpoint-wide timer, and the counters of
-SPEC section 9.
+docs/protocol.md section 11.
 Never: reads a clock (``now`` is monotonic seconds, passed in), reads global
 randomness (``rng`` is passed in), touches a socket, or lets a packet that did
 not authenticate change a session (steps 1-5 drop and count, nothing more).
@@ -97,11 +97,11 @@ class Endpoint:
     Args:
         static_key: this endpoint's raw 32-byte X25519 private key.
         rng: a source of random bytes (``os.urandom`` in production).
-        config: tunables; SPEC section 2 defaults when omitted.
+        config: tunables; docs/protocol.md section 2 defaults when omitted.
         allowed_peers: raw public keys allowed to establish sessions, or None for any.
         cookie_master: the 32-byte cookie master secret; drawn from ``rng`` if
             None. Endpoints sharing a port share it.
-        wall_offset: ``unix_time - now``, for cookie epochs (SPEC section 5).
+        wall_offset: ``unix_time - now``, for cookie epochs (docs/protocol.md section 7).
         conn_id_class: ``(index, count)``: every conn_id this endpoint picks is
             ``index`` modulo ``count``. Worker ``index`` of ``count`` processes on
             one port picks its ids so, and the kernel steers each datagram to the
@@ -177,7 +177,7 @@ class Endpoint:
             receive(data, addr, now)
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        """SPEC section 4 receive order. Never raises on network input."""
+        """docs/protocol.md section 4-6 receive order. Never raises on network input."""
         stats = self.stats
         stats.packets_received += 1
         # 1. header checks (section 3)
@@ -384,7 +384,7 @@ class Endpoint:
         self._touch(session)
 
     def _on_cookie(self, session: Session, body: HsBody, addr: Address, now: float) -> None:
-        # COOKIE is not authenticated (SPEC section 5 gives it no MAC), and an
+        # COOKIE is not authenticated (docs/protocol.md section 7 gives it no MAC), and an
         # attacker who sees our HELLO can flood forged ones. Accept them only from
         # the address the HELLO went to, for our own random conn_id, and keep each
         # as a counted candidate (InitiatorGuard): the genuine cookie comes back
@@ -574,7 +574,7 @@ class Endpoint:
     def _end_pending(self, session: Session) -> None:
         # The HELLO stays in _pending_hello for the session's whole life (removed
         # in _remove): a late or replayed copy of it must not open a second
-        # pending handshake (SPEC section 5 step 3).
+        # pending handshake (docs/protocol.md section 7 step 3).
         if not session.pending:
             return
         session.pending = False

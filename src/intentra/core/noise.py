@@ -1,4 +1,4 @@
-"""The Noise_XX_25519_AESGCM_SHA256 handshake of SPEC section 5, on ``noiseprotocol``.
+"""The Noise_XX_25519_AESGCM_SHA256 handshake of docs/protocol.md section 7, on ``noiseprotocol``.
 
 Owns: building and consuming the three Noise messages, and Split().
 Never: reads randomness (ephemeral keys are passed in), touches the network,
@@ -7,7 +7,7 @@ or leaves a handshake changed by a message that failed to authenticate.
 ``noiseprotocol`` mutates its handshake state while it reads, even when the
 read then fails, and a read that succeeds may still bring a key we refuse. A
 forged or wrong-key RESPONSE or FINISH must not cost the genuine one its place
-(SPEC section 4 step 5, applied to HS; docs/security.md "Handshake blocking"),
+(docs/protocol.md section 4-6 step 5, applied to HS; docs/security.md "Handshake blocking"),
 so every read happens on a *fork*: a fresh ``NoiseConnection`` given the state
 saved after our last write (chaining key, handshake hash, cipher key and nonce,
 remaining patterns, remote keys). The saved state is never touched, so a failed

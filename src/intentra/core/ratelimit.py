@@ -1,4 +1,4 @@
-"""TokenBucket: the per-session rate limit applied before decryption (SPEC 4 step 3, 8)."""
+"""TokenBucket: the per-session rate limit before decryption (docs/protocol.md 6 step 3, 10)."""
 
 from __future__ import annotations
 

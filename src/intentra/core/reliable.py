@@ -22,7 +22,7 @@ SACK_BITS: Final = 64
 
 
 class Violation(Exception):
-    """An authenticated packet broke a rule of SPEC sections 4 or 6 (earns a strike)."""
+    """An authenticated packet broke a rule of docs/protocol.md 4-8 (earns a strike)."""
 
 
 def serial_gt(a: int, b: int) -> bool:

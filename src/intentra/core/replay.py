@@ -1,4 +1,4 @@
-"""ReplayWindow: packet numbers seen, REPLAY_WINDOW of them below the highest (SPEC 4).
+"""ReplayWindow: packet numbers seen, REPLAY_WINDOW below the highest (docs/protocol.md 4).
 
 Owns: the sliding bitmap. Never: marks a packet number before the caller has
 authenticated it (``is_fresh`` is the pre-check, ``mark`` the commit).

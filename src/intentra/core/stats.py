@@ -1,4 +1,4 @@
-"""Plain integer counters named after SPEC section 9.
+"""Plain integer counters named after docs/protocol.md section 11.
 
 The hot path bumps attributes; :mod:`intentra.metrics` reads them only when
 scraped. Gauges (handshakes in flight, active connections, reorder bytes) are

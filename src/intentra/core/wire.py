@@ -70,7 +70,7 @@ def pack_header(ptype: int, intent: int, priority: int, key_phase: int, payload_
 
 
 def unpack_header(data: bytes | memoryview) -> Header | None:
-    """Decode and check a datagram's header against every rule of SPEC section 3.
+    """Decode and check a datagram's header against every rule of docs/protocol.md section 3.
 
     Returns:
         The header, or None when the datagram must be dropped as malformed.
@@ -116,7 +116,7 @@ def parse_header(data: bytes | memoryview
     return ptype, intent, priority, key_phase, payload_len, conn_id, seq, ack, eliciting
 
 
-# --- HS bodies (SPEC section 5) -------------------------------------------------
+# --- HS bodies (docs/protocol.md section 7) -------------------------------------------------
 
 class HsBody(NamedTuple):
     """A decoded HS body. ``rest`` is cookie/Noise bytes as the kind defines."""
@@ -168,7 +168,7 @@ def unpack_hs(data: bytes | memoryview, header: Header) -> HsBody | None:
         return None
     rest = bytes(data[HEADER_LEN + 5:])
     if kind is HsKind.HELLO:
-        # Padding content is not checked: nothing in SPEC rejects it, and it
+        # Padding content is not checked: nothing in docs/protocol.md rejects it, and it
         # carries no meaning.
         if header.conn_id != 0 or sender_id == 0:
             return None
@@ -201,7 +201,7 @@ complete, and would cost the responder a key generation and two DH operations.
 """
 
 
-# --- packet numbers (SPEC section 4) -----------------------------------------------
+# --- packet numbers (docs/protocol.md section 4-6) -----------------------------------------------
 
 _PN_WIN: Final = 1 << 32
 _PN_HWIN: Final = 1 << 31
