@@ -189,7 +189,7 @@ def test_reordering_is_not_taken_for_loss() -> None:
     cid_a, _ = link.establish(a, b)
     link.advance(0.05)
     for path in link.both(a, b):
-        path.reorder, path.hold = 0.3, 0.02
+        path.reorder, path.hold = 0.3, 0.005
     start, n, sent = link.now, 2000, 0
     while len(b.messages) < n and link.now < start + 10:
         for _ in range(min(a.endpoint.reliable_capacity(cid_a), n - sent)):
@@ -200,3 +200,25 @@ def test_reordering_is_not_taken_for_loss() -> None:
     assert [m.data.split(b" ")[0] for m in b.messages] == [b"%d" % i for i in range(n)]
     assert recovery.spurious > 0 and recovery.reorder_threshold > 3
     assert link.now - start < 1.0, f"{link.now - start:.2f} s"
+
+
+def test_a_bursty_quiet_sender_on_a_clean_path_sheds_nothing() -> None:
+    """A hub's fan-out: bursts of 19 small REALTIME messages every 20 ms, far below
+    what the path takes. Its estimate only measures itself (app-limited), so it must
+    neither pace its bursts down to that estimate nor let its window fill before an
+    ACK is due; before the fix such a session shed thousands of messages in the demo."""
+    link = Link(seed=13)
+    a, b = link.add("a"), link.add("b")
+    cid_a, _ = link.establish(a, b)
+    for path in link.both(a, b):  # a busy host: delays of 10-30 ms now and then
+        path.reorder, path.hold = 0.3, 0.005
+    sent = 0
+    for _ in range(250):  # 5 s
+        for _ in range(19):
+            link.send(a, cid_a, STAMP.pack(link.now, sent) + bytes(40), Intent.REALTIME)
+            sent += 1
+        link.advance(0.02)
+    link.advance(1.0)
+    stats = a.endpoint.stats
+    assert stats.messages_dropped_congestion == 0 and stats.messages_dropped_deadline == 0
+    assert len(b.payloads(Intent.REALTIME)) == sent

@@ -41,6 +41,10 @@ _KEY_METRICS = (
     "intentra_replay_rejections_total",
     "intentra_retransmissions_total",
     "intentra_messages_dropped_deadline_total",
+    "intentra_messages_dropped_congestion_total",
+    "intentra_messages_dropped_queue_full_total",
+    "intentra_messages_dropped_receive_queue_total",
+    "intentra_packets_dropped_rate_limit_total",
     "intentra_connection_closes_total",
 )
 
@@ -145,12 +149,17 @@ class _Display:
             self._live.update(table)
         else:
             print(f"[{elapsed:5.1f}/{duration:g} s] peers {peers}  sent {sent:,}  "
-                  f"delivered {delivered:,}  p99 {p99}" + (f"  | {paths}" if paths else ""),
-                  flush=True)
+                  f"delivered {delivered:,}  p99 {p99}", flush=True)
+            if paths:
+                print(f"          per peer: {paths}", flush=True)
 
     def stop(self) -> None:
         if self._live is not None:
             self._live.stop()
+
+
+SETTLE = 5.0
+"""Longest wait, seconds, for deliveries still in flight after the senders stop."""
 
 
 async def run_demo(peers: int = 50, rate: float = 50.0, duration: float = 10.0, size: int = 64,
@@ -242,7 +251,16 @@ async def _drive(proc: asyncio.subprocess.Process, hub_address: tuple[str, int],
                 display.update(now - start, duration, tally, n_peers, _paths(links))
                 next_report = now + (0.25 if display._live else 1.0)
             await asyncio.sleep(max(0.0, start + tick * interval - loop.time()))
-        await asyncio.sleep(1.0)  # let reliable retransmissions and the last fan-out land
+        # Let retransmissions and the last of the hub's (paced) fan-out land: wait
+        # until nothing more arrives for 0.3 s, at most SETTLE seconds.
+        settle_end = loop.time() + SETTLE
+        seen = -1
+        while loop.time() < settle_end:
+            now_seen = sum(tally.delivered.values())
+            if now_seen == seen:
+                break
+            seen = now_seen
+            await asyncio.sleep(0.3)
     finally:
         display.stop()
     metrics = _scrape(metrics_url)

@@ -375,8 +375,10 @@ class Session:
         """
         recovery = self.recovery
         # Dense while the controller needs samples; with it off, nothing does.
+        # Also once half the window is in flight: an ACK must be due before it fills.
         dense = self.config.congestion_control and (
-            self.pushing or self.rtt.samples < ELICIT_EARLY)
+            self.pushing or self.rtt.samples < ELICIT_EARLY
+            or 2 * recovery.in_flight >= self.cc.cwnd)
         if (intent == _RELIABLE or dense or self.unelicited >= ELICIT_EVERY
                 or recovery.in_flight == 0 or now - self.elicited_at >= ELICIT_GAP):
             eliciting = _ELICIT
