@@ -294,12 +294,9 @@ class Controller:
             self.bw_rounds = [r + step for r in self.bw_rounds]
             self.btl_bw += step
         self.short_rounds = self.short_rounds + 1 if queue else 0
-        if self.mode is Mode.STARTUP and standing and not app_limited:
+        if self.mode is Mode.STARTUP and standing:
             # A queue is building: the pipe is full (a delay signal, as HyStart and
             # BBR v3 use, ends STARTUP before the buffer fills rather than after).
-            # Only on a round that filled the pipe: a sender that offers less than
-            # the path takes measures only itself, and pacing at that would throttle
-            # its bursts (a hub's fan-out) on a busy host whose delays look alike.
             self.mode = Mode.DRAIN
             self.full_bw = self.btl_bw
         elif self.mode is Mode.STARTUP and not app_limited:
