@@ -59,7 +59,7 @@ class Recovery:
     """The sender's view of its packets in flight (one session, one direction)."""
 
     __slots__ = ("app_limited_mark", "cc", "delivered", "delivered_at", "eliciting",
-                 "eliciting_sent_at", "first_sent_at", "in_flight", "in_flight_since",
+                 "eliciting_sent_at", "first_sent_at", "in_flight",
                  "largest_acked", "last_ack_at", "loss_at", "lost_recent", "pto_count",
                  "reorder_threshold", "rtt", "sent", "skipped", "spurious", "time_threshold")
 
@@ -68,7 +68,6 @@ class Recovery:
         self.cc = cc
         self.sent: dict[int, SentPacket] = {}
         self.in_flight = 0            # bytes of DATA in flight
-        self.in_flight_since = now
         self.eliciting = 0            # ack-eliciting packets sent, not acknowledged or lost
         self.eliciting_sent_at = now  # when the newest of them was sent
         self.delivered = 0            # bytes of DATA acknowledged, ever
@@ -97,7 +96,6 @@ class Recovery:
             if self.in_flight == 0:
                 self.first_sent_at = now
                 self.delivered_at = now
-                self.in_flight_since = now
             self.in_flight += size
             self.cc.on_sent(size, now)
         if eliciting:
