@@ -815,6 +815,35 @@ def test_a_silent_peer_is_closed_by_the_idle_timeout() -> None:
     run(body(), 20.0)
 
 
+def test_a_dead_responder_is_reported_within_peer_timeout() -> None:
+    """Issue 13: the responder vanishes while RELIABLE data is in flight. The client
+    hears of it as a PeerEvent within PEER_TIMEOUT (not the retransmission backoff's
+    11 s), and sending then raises instead of queueing into the void."""
+    cfg = EndpointConfig(peer_timeout=1.0)
+
+    async def body() -> None:
+        async with network() as net:
+            ln = await link(net, client_config=cfg)
+            await step(ln.cpeer.send(b"hello", Intent.RELIABLE))
+            assert (await step(ln.server.receive())).data == b"hello"
+            await wait_until(lambda: session_of(ln.client, ln.cpeer).rtt.srtt is not None)
+            while ln.client.peer_event_nowait() is not None:
+                pass
+            ln.proxy.blackhole("forward", 10.0)
+            ln.proxy.blackhole("backward", 10.0)
+            started = time.monotonic()
+            await step(ln.cpeer.send(b"are you there?", Intent.RELIABLE))
+            event = await asyncio.wait_for(ln.client.peer_event(), 3.0)
+            elapsed = time.monotonic() - started
+            assert (event.kind, event.peer, event.reason) == (
+                "closed", ln.cpeer, CloseReason.TIMEOUT)
+            assert cfg.peer_timeout - 0.05 <= elapsed < cfg.peer_timeout + 0.5
+            with pytest.raises(PeerClosedError):
+                ln.cpeer.send_nowait(b"too late")
+
+    run(body(), 20.0)
+
+
 def test_max_retransmissions_closes_with_timeout() -> None:
     cfg = EndpointConfig(max_retransmissions=3, initial_rto=0.05, max_rto=0.2)
 

@@ -523,6 +523,52 @@ def test_keepalive_keeps_a_quiet_session_alive(config: EndpointConfig) -> None:
     assert b.payloads() == [b"still here"]
 
 
+def test_a_dead_peer_is_noticed_peer_timeout_after_the_first_unanswered_packet() -> None:
+    config = EndpointConfig()
+    link, a, b, cid_a, _ = setup(config=config)
+    link.advance(3.0)  # quiet a while: the silence counts from the data, not from before
+    link.path(a, b).loss = 1.0  # b is gone: nothing reaches it, nothing comes back
+    sent_at = link.now
+    link.send(a, cid_a, b"anyone there?")
+    link.advance(30.0)
+
+    [(t, closed)] = a.timed(SessionClosed)
+    assert (closed.reason, closed.by_peer) == (CloseReason.TIMEOUT, False)
+    # PEER_TIMEOUT, not MAX_RETRANSMISSIONS' backoff (about 11 s) or IDLE_TIMEOUT.
+    assert t == pytest.approx(sent_at + config.peer_timeout, abs=0.01)
+
+
+def test_a_dead_idle_peer_is_noticed_after_a_keepalive() -> None:
+    config = EndpointConfig()
+    link, a, b, _, _ = setup(config=config)
+    for path in link.both(a, b):
+        path.loss = 1.0
+    started = link.now
+    link.advance(60.0)
+
+    [(t, closed)] = a.timed(SessionClosed)
+    assert closed.reason is CloseReason.TIMEOUT
+    assert t <= started + config.keepalive_interval + config.peer_timeout + 0.01
+
+
+def test_a_slow_path_is_not_taken_for_a_dead_peer() -> None:
+    """Three probe timeouts of the path bound PEER_TIMEOUT from below: once the
+    round trip is known to be seconds long, an answer 6 s late is late, not never."""
+    config = EndpointConfig()
+    link, a, b, cid_a, _ = setup(config=config)
+    sent: list[bytes] = []
+    for hold in (2.0, 3.0):  # every datagram 2 s late (a 4 s round trip), then 3 s
+        for path in link.both(a, b):
+            path.reorder, path.hold = 1.0, hold
+        for _ in range(3):
+            sent.append(b"slow %d" % len(sent))
+            link.send(a, cid_a, sent[-1])
+            link.advance(10.0)
+    assert a.of_type(SessionClosed) == [] and b.of_type(SessionClosed) == []
+    assert b.payloads() == sent
+    assert a.endpoint.sessions[cid_a].send_window.outstanding == {}
+
+
 @pytest.mark.parametrize("reason", list(CloseReason))
 def test_close_reason_reaches_the_peer(reason: CloseReason) -> None:
     link, a, b, cid_a, cid_b = setup()

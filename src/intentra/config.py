@@ -34,7 +34,12 @@ class EndpointConfig:
     idle_timeout: float = 60.0
     """Seconds without an authenticated packet before a session is closed."""
     keepalive_interval: float = 15.0
-    """Seconds of silence after which a side sends an ACK."""
+    """Seconds of silence after which a side sends an ACK that asks for an answer."""
+    peer_timeout: float = 5.0
+    """Seconds of silence from the peer while this side waits for an acknowledgement
+    (data or a keepalive outstanding) before the session is closed with TIMEOUT; never
+    less than three probe timeouts of the path. A dead peer is noticed within this of
+    the first unanswered packet, and within keepalive_interval + this when idle."""
     rate_limit_pps: float = 10_000.0
     """Token bucket refill per session, packets per second (applied before decryption)."""
     rate_limit_burst: float = 500.0

@@ -159,7 +159,8 @@ class PeerEvent:
     """Something the application may want to know about a peer (``Transport.peer_event``).
 
     ``kind`` is one of:
-      - ``"connected"``: a new session, either role;
+      - ``"connected"``: a new session accepted from an initiator (``connect()``
+        returns the initiator's own Peer and posts nothing);
       - ``"disconnected"``: a reconnecting peer lost its session (``reason``);
         it is reconnecting, with ``pending`` RELIABLE messages to resend;
       - ``"reconnected"``: it has a new session; ``pending`` were resent;
@@ -440,6 +441,7 @@ class Transport:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._flush_scheduled = False
+        self._released: dict[int, int] = {}  # conn_id -> RELIABLE bytes read, not yet released
         self._rx_pending = False  # a received batch is being worked through in chunks
         self._closed = False
         self._closing = False
@@ -651,8 +653,8 @@ class Transport:
                 not on the allow-list.
 
         With ``reconnect=True`` the Peer outlives its session: when the
-        responder falls silent for the keepalive horizon (2 x keepalive_interval
-        + max_rto) or closes the session (except REPLACED or
+        responder falls silent (``EndpointConfig.peer_timeout`` after a packet it
+        leaves unanswered, keepalives included) or closes the session (except REPLACED or
         PROTOCOL_VIOLATION), it reconnects with exponential backoff (0.5 s
         doubling to 30 s) until it succeeds or is closed, reporting
         ``disconnected`` and ``reconnected`` :class:`PeerEvent` s. RELIABLE
@@ -798,7 +800,12 @@ class Transport:
         else:
             ready.popleft()
         if msg[2] is Intent.RELIABLE:
-            self._endpoint.release(peer.conn_id, len(msg[1]))
+            # Credit returns once per session and loop turn (_flush_soon), not per
+            # message: an application reading thousands of messages a turn would
+            # otherwise pay the credit arithmetic for each.
+            released = self._released
+            conn_id = peer.conn_id
+            released[conn_id] = released.get(conn_id, 0) + len(msg[1])
             self._schedule_flush()
         else:
             peer._inbox_realtime -= 1
@@ -970,14 +977,13 @@ class Transport:
             # still works through the rest. A turn also ends after about
             # _FAIR_MESSAGES delivered messages: datagrams packed with tiny
             # messages cost per message.
-            events = endpoint._events
-            delivered = len(events)
+            delivered = endpoint.pending_events
             end = start
             while end < limit:
                 at, end = end, min(end + _ACK_CHUNK, limit)
                 endpoint.receive_datagrams(batch[at:end], now)
                 self._send_due(now)
-                if len(events) - delivered >= _FAIR_MESSAGES:
+                if endpoint.pending_events - delivered >= _FAIR_MESSAGES:
                     break
         self._process(now)
         if end < len(batch):
@@ -1010,49 +1016,59 @@ class Transport:
 
     def _process(self, now: float) -> None:
         endpoint = self._endpoint
+        # 0. credit the application's reads returned (ACKs may become due)
+        if self._released:
+            released = self._released
+            self._released = {}
+            for conn_id, nbytes in released.items():
+                endpoint.release(conn_id, nbytes)
         # 1. datagrams
         self._send_due(now)
         # 2. events (messages first-class: one per delivered message)
-        events = endpoint._events
+        events = endpoint.take_events()
         peers = self._peers
         ready = self._ready
         limit = self._queue_limit
         last_id, last_peer = -1, None
         inbox: deque[Message] = deque()
+        sunk: dict[int, int] = {}
         while events:
-            event = events.popleft()
-            if type(event) is MessageReceived:
-                conn_id, data, intent, priority = event
-                if self._sink:
-                    self.sink_messages += 1
-                    if intent is Intent.RELIABLE:
-                        endpoint.release(conn_id, len(data))
+            for event in events:
+                if type(event) is MessageReceived:
+                    conn_id, data, intent, priority = event
+                    if self._sink:
+                        self.sink_messages += 1
+                        if intent is Intent.RELIABLE:
+                            sunk[conn_id] = sunk.get(conn_id, 0) + len(data)
+                        continue
+                    if conn_id != last_id:
+                        last_id, last_peer = conn_id, peers.get(conn_id)
+                        if last_peer is not None:
+                            inbox = last_peer._inbox
+                    if last_peer is None:
+                        continue
+                    # RELIABLE messages are bounded by the credit and never dropped
+                    # here; REALTIME beyond the peer's bound goes, oldest first.
+                    if intent is Intent.REALTIME:
+                        if last_peer._inbox_realtime >= limit:
+                            self._drop_oldest_realtime(last_peer)
+                        last_peer._inbox_realtime += 1
+                    if not inbox:
+                        ready.append(last_peer)
+                    inbox.append(_tuple_new(Message, (last_peer, data, intent, priority)))
                     continue
-                if conn_id != last_id:
-                    last_id, last_peer = conn_id, peers.get(conn_id)
-                    if last_peer is not None:
-                        inbox = last_peer._inbox
-                if last_peer is None:
-                    continue
-                # RELIABLE messages are bounded by the credit and never dropped
-                # here; REALTIME beyond the peer's bound goes, oldest first.
-                if intent is Intent.REALTIME:
-                    if last_peer._inbox_realtime >= limit:
-                        self._drop_oldest_realtime(last_peer)
-                    last_peer._inbox_realtime += 1
-                if not inbox:
-                    ready.append(last_peer)
-                inbox.append(_tuple_new(Message, (last_peer, data, intent, priority)))
-                continue
-            last_id = -1  # a session event may change what a conn_id maps to
-            if type(event) is HandshakeCompleted:
-                self._on_established(event)
-            elif type(event) is HandshakeConfirmed:
-                self._on_confirmed(event)
-            elif type(event) is SessionClosed:
-                self._on_closed(event)
-            elif type(event) is HandshakeFailed:
-                self._on_failed(event)
+                last_id = -1  # a session event may change what a conn_id maps to
+                if type(event) is HandshakeCompleted:
+                    self._on_established(event)
+                elif type(event) is HandshakeConfirmed:
+                    self._on_confirmed(event)
+                elif type(event) is SessionClosed:
+                    self._on_closed(event)
+                elif type(event) is HandshakeFailed:
+                    self._on_failed(event)
+            events = endpoint.take_events()  # what handling these added
+        for conn_id, nbytes in sunk.items():
+            endpoint.release(conn_id, nbytes)
         if ready and self._receivers:
             while self._receivers:
                 waiter = self._receivers.popleft()

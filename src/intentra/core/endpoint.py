@@ -896,10 +896,21 @@ class Endpoint:
         evs = list(self._events)
         self._events.clear()
         if self._release_on_take:
+            # One release per session for the whole hand-over: the credit and the
+            # ACK decision come out the same as message by message, at a fraction
+            # of the cost.
+            read: dict[int, int] = {}
             for event in evs:
                 if type(event) is MessageReceived and event.intent is Intent.RELIABLE:
-                    self.release(event.conn_id, len(event.data))
+                    read[event.conn_id] = read.get(event.conn_id, 0) + len(event.data)
+            for conn_id, nbytes in read.items():
+                self.release(conn_id, nbytes)
         return evs
+
+    @property
+    def pending_events(self) -> int:
+        """How many events wait for :meth:`take_events`."""
+        return len(self._events)
 
     def release(self, conn_id: int, nbytes: int) -> None:
         """The application read ``nbytes`` of RELIABLE messages from ``conn_id``.

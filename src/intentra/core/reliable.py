@@ -107,9 +107,15 @@ class SendWindow:
             rseq = (self.acked + 1) & _MASK
             stop = (ack + 1) & _MASK
             if len(outstanding) <= ((ack - self.acked) & _MASK):
-                for r in [r for r in outstanding if not serial_gt(r, ack)]:
-                    del outstanding[r]
+                # Keys are in rseq order (assign() inserts them so): when the newest
+                # is acknowledged, so is everything.
+                if outstanding and not serial_gt(next(reversed(outstanding)), ack):
+                    outstanding.clear()
                     moved = True
+                else:
+                    for r in [r for r in outstanding if not serial_gt(r, ack)]:
+                        del outstanding[r]
+                        moved = True
             else:
                 while rseq != stop:
                     if outstanding.pop(rseq, None) is not None:

@@ -905,13 +905,30 @@ class Session:
         gap = self.recv_window.gap_since
         if gap is not None:
             t = min(t, gap + cfg.max_retransmissions * cfg.max_rto)
+        silent = self.silence_deadline()
+        if silent is not None and silent < t:
+            t = silent
         return t
+
+    def silence_deadline(self) -> float | None:
+        """When the peer counts as gone: PEER_TIMEOUT (at least 3 PTOs) after the
+        oldest packet still waiting for an answer, or after the last packet heard,
+        whichever is later (docs/protocol.md section 8). None when nothing waits."""
+        recovery = self.recovery
+        if recovery.eliciting <= 0:
+            return None
+        start = max(self.last_recv_at, recovery.waiting_since)
+        return start + max(self.config.peer_timeout, 3 * self.rtt.pto)
 
     def on_timer(self, now: float) -> None:
         """Handle every deadline that has passed (the endpoint handles HS states)."""
         cfg = self.config
         if now >= self.last_recv_at + self.idle_limit:
             self.close(CloseReason.TIMEOUT, now)
+            return
+        silent = self.silence_deadline()
+        if silent is not None and now >= silent:
+            self.close(CloseReason.TIMEOUT, now)  # nothing answered: the peer is gone
             return
         gap = self.recv_window.gap_since
         if gap is not None and now >= gap + cfg.max_retransmissions * cfg.max_rto:
@@ -967,4 +984,7 @@ class Session:
             self.ack_now = True
         if (not self.ack_now and not self.retransmit and not self.queued
                 and now >= self.last_send_at + cfg.keepalive_interval):
-            self.ack_now = True  # keepalive
+            # Keepalive: it asks for an answer, so a dead peer is noticed within
+            # PEER_TIMEOUT of it even when no data flows.
+            self.ack_now = True
+            self.ack_probe = True
