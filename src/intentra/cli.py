@@ -147,7 +147,7 @@ def _probability(text: str) -> float:
 
 
 def _duration(text: str) -> float:
-    from intentra.testing.netem import parse_duration  # noqa: PLC0415
+    from intentra.testing.faultproxy import parse_duration  # noqa: PLC0415
 
     try:
         return parse_duration(text)
@@ -531,7 +531,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 async def _proxy(args: argparse.Namespace) -> int:
-    from intentra.testing.netem import Faults, UdpProxy  # noqa: PLC0415
+    from intentra.testing.faultproxy import Faults, UdpProxy  # noqa: PLC0415
 
     faults = Faults(loss=args.loss, dup=args.dup, reorder=args.reorder, delay=args.delay,
                     jitter=args.jitter, truncate=args.truncate, corrupt=args.corrupt)
