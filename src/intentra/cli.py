@@ -192,6 +192,24 @@ def _mode(args: argparse.Namespace) -> str:
     return "sink" if args.sink else "echo" if args.echo else "hub"
 
 
+def _bus_servers(text: str) -> list[str]:
+    from intentra.bus import _servers  # noqa: PLC0415
+
+    try:
+        return _servers(text)
+    except IntentraError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _bus_subject(text: str) -> str:
+    from intentra.bus import BusConfig  # noqa: PLC0415
+
+    try:
+        return BusConfig(subject=text).subject
+    except IntentraError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 async def _serve(args: argparse.Namespace) -> int:
     key = _load_key(args.key)
     allowed = _load_allow(args.allow) if args.allow else None
@@ -239,11 +257,25 @@ async def _serve(args: argparse.Namespace) -> int:
 
     from intentra.hub import RelayStats, relay  # noqa: PLC0415
 
+    bridge = None
+    if args.bus:
+        from intentra.bus import Bridge, BusConfig  # noqa: PLC0415
+
+        bridge = Bridge(transport, args.bus, config=BusConfig(subject=args.bus_subject),
+                        envelope=args.envelope)
+        try:
+            await bridge.start()
+        except BaseException:
+            await transport.close(flush_timeout=0)
+            raise
+        _say(f"{prefix}bus: hub {bridge.hub_id} joined {','.join(bridge.servers)} "
+             f"(subject {bridge.config.subject}, stream {bridge.config.stream})")
     stats = RelayStats()
     task = asyncio.create_task(relay(transport, echo=args.echo, envelope=args.envelope,
-                                     stats=stats))
+                                     stats=stats, bus=bridge))
     await stop.wait()
     peers = len(transport.peers)
+    lost = await bridge.close() if bridge is not None else 0
     await transport.close()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -251,7 +283,19 @@ async def _serve(args: argparse.Namespace) -> int:
     too_large = f"; too large for an envelope: {stats.dropped_too_large}" if args.envelope else ""
     _say(f"{prefix}closed {peers} session(s); relay drops on full queues: "
          f"{stats.dropped_queue_full}{too_large}")
+    if bridge is not None:
+        bs = bridge.stats
+        dropped = sum(bs.dropped.values())
+        _say(f"{prefix}bus: published {bs.published[0]} reliable, {bs.published[1]} realtime; "
+             f"received {bs.received[0]} reliable, {bs.received[1]} realtime; dropped "
+             f"{dropped}{_causes(bs.dropped)}; never stored at exit: {lost}")
     return 0
+
+
+def _causes(dropped: dict[tuple[str, str], int]) -> str:
+    shown = ", ".join(f"{count} {intent} {cause}" for (intent, cause), count
+                      in sorted(dropped.items()) if count)
+    return f" ({shown})" if shown else ""
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -259,6 +303,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("choose one of --echo and --sink")
     if args.envelope and args.sink:
         raise UsageError("--envelope wraps relayed messages; --sink relays nothing")
+    if args.bus and (args.echo or args.sink):
+        raise UsageError("--bus joins hubs; it cannot be used with --echo or --sink")
+    if args.bus_subject != "intentra" and not args.bus:
+        raise UsageError("--bus-subject needs --bus")
     if args.workers > 1 and args.worker_fd is None:
         return _supervise(args)
     return _run(_serve(args))
@@ -268,9 +316,10 @@ def _supervise(args: argparse.Namespace) -> int:
     """serve --workers N: N processes on one port, conn_id steering, one cookie master."""
     from intentra.workers import reuseport_sockets  # noqa: PLC0415
 
-    if not (args.echo or args.sink):
-        raise UsageError("--workers needs --echo or --sink: a hub relays between its own "
-                         "peers, and with several workers each sees only some of them")
+    if not (args.echo or args.sink or args.bus):
+        raise UsageError("--workers needs --echo, --sink or --bus: a hub relays between its "
+                         "own peers, and with several workers each sees only some of them "
+                         "unless they are joined through a bus (--bus nats://HOST:PORT)")
     key = _load_key(args.key)  # fail here, once, on a bad key file
     if args.allow:
         _load_allow(args.allow)
@@ -666,7 +715,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "intentra_sink_messages_total)")
     p.add_argument("--workers", type=_positive(int), default=1, metavar="N",
                    help="N processes on one port (SO_REUSEPORT), sessions steered by conn_id; "
-                        "needs --echo or --sink (1)")
+                        "needs --echo, --sink or --bus (each worker then joins the bus) (1)")
+    p.add_argument("--bus", type=_bus_servers, metavar="nats://HOST:PORT[,nats://...]",
+                   help="join other hubs through these NATS servers (JetStream on): messages "
+                        "of this hub's peers go to every hub's peers (pip install "
+                        "'intentra[bus]'; docs/scaling.md)")
+    p.add_argument("--bus-subject", type=_bus_subject, default="intentra", metavar="NAME",
+                   help="NATS subject prefix and stream name of the bus; hubs with the same "
+                        "one serve one population (intentra)")
     p.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--metrics", type=_address, metavar="HOST:PORT",

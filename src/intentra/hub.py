@@ -9,6 +9,7 @@ intent and priority, optionally wrapped in an origin envelope
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from intentra.aio.transport import Message, Transport
 from intentra.envelope import wrap
@@ -18,6 +19,9 @@ from intentra.errors import (
     SendQueueFullError,
     TransportClosedError,
 )
+
+if TYPE_CHECKING:
+    from intentra.bus import Bridge
 
 __all__ = ["RelayStats", "relay"]
 
@@ -33,7 +37,7 @@ class RelayStats:
 
 
 async def relay(transport: Transport, *, echo: bool = False, envelope: bool = False,
-                stats: RelayStats | None = None) -> RelayStats:
+                stats: RelayStats | None = None, bus: Bridge | None = None) -> RelayStats:
     """Forward what ``transport`` receives until it is closed; returns the drop counts.
 
     Args:
@@ -41,6 +45,10 @@ async def relay(transport: Transport, *, echo: bool = False, envelope: bool = Fa
         envelope: wrap each message in an envelope naming its sender
             (``intentra.envelope.unwrap`` on the receiving side).
         stats: counters to update as it runs (read them while it runs).
+        bus: also hand each message to this started :class:`intentra.bus.Bridge`
+            (other hubs' peers get it); the relay waits while the bridge's
+            RELIABLE backlog is full, so the peers' credit, not memory, absorbs
+            a slow bus.
     """
     stats = stats if stats is not None else RelayStats()
     while True:
@@ -62,4 +70,8 @@ async def relay(transport: Transport, *, echo: bool = False, envelope: bool = Fa
                 stats.dropped_too_large += 1
             except IntentraError:
                 pass  # the sender's session ended meanwhile
+            if bus is not None:
+                bus.publish(msg)
             msg = transport.receive_nowait()
+        if bus is not None and bus.backlogged:
+            await bus.wait_for_room()

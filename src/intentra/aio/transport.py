@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine, Generator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, Self, TypeVar
 
@@ -198,7 +198,8 @@ class Peer:
         self._room: asyncio.Event | None = None  # made when a send first waits
         self.reconnect = False
         self.reconnects = 0
-        self._target: Address = ("", 0)
+        self._targets: list[Address] = []  # responders to reconnect to, in turn
+        self._target_index = 0
         self._server_key: bytes | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._backlog: list[tuple[bytes, int]] = []  # RELIABLE sent while reconnecting
@@ -639,28 +640,38 @@ class Transport:
 
     # --------------------------------------------------------------- the API
 
-    async def connect(self, address: str | tuple[str, int], server_key: PublicKey | None = None,
-                      reconnect: bool = False) -> Peer:
+    async def connect(self, address: str | tuple[str, int] | Sequence[str | tuple[str, int]],
+                      server_key: PublicKey | None = None, reconnect: bool = False) -> Peer:
         """Handshake with the endpoint at ``address``; returns once established.
 
         Args:
-            address: ``(host, port)`` or ``"host:port"``.
-            server_key: pin the responder's public key (recommended).
+            address: ``(host, port)`` or ``"host:port"``, or a list of them:
+                responders that serve the same peers (hubs joined by
+                :mod:`intentra.bus`, behind one key). They are tried in order
+                until one answers; with ``reconnect=True`` the Peer moves on to
+                the next one when its responder goes away.
+            server_key: pin the responder's public key (recommended; with
+                several addresses every responder must have this key).
 
         Raises:
-            HandshakeTimeoutError: no handshake within the handshake timeout.
+            HandshakeTimeoutError: no handshake within the handshake timeout
+                (with several addresses: with none of them; the last error).
             AuthenticationError: the responder's key is not the pinned one or
                 not on the allow-list.
+            InvalidArgumentError: an empty list of addresses.
 
         With ``reconnect=True`` the Peer outlives its session: when the
         responder falls silent (``EndpointConfig.peer_timeout`` after a packet it
         leaves unanswered, keepalives included) or closes the session (except REPLACED or
         PROTOCOL_VIOLATION), it reconnects with exponential backoff (0.5 s
         doubling to 30 s) until it succeeds or is closed, reporting
-        ``disconnected`` and ``reconnected`` :class:`PeerEvent` s. RELIABLE
-        messages not acknowledged by the old session are resent on the new one
-        in order, before newer ones: exactly once within a session, at least
-        once across a reconnect (a restarted responder may have delivered a
+        ``disconnected`` and ``reconnected`` :class:`PeerEvent` s. With several
+        addresses, each attempt goes to the next address in the list (wrapping
+        around), starting with the one after the responder that went away; the
+        backoff doubles once per round of the whole list. RELIABLE messages not
+        acknowledged by the old session are resent on the new one in order,
+        before newer ones: exactly once within a session, at least once across
+        a reconnect (a restarted or other responder may have delivered a
         message whose ACK was lost). Without ``server_key``, a reconnecting Peer
         pins the key of its first session: every later session must be with
         that key. An answer with another key (a responder whose key changed, or
@@ -672,6 +683,35 @@ class Transport:
         one): :class:`AuthenticationError` comes at the handshake timeout.
         """
         self._check_open()
+        if isinstance(address, str | tuple):
+            addresses: list[str | tuple[str, int]] = [address]
+        else:
+            addresses = list(address)
+            if not addresses:
+                raise InvalidArgumentError("connect() needs an address, or a non-empty list "
+                                           "of them")
+        targets = [await self._resolve(a) for a in addresses]
+        key = None if server_key is None else server_key.to_bytes()
+        failure: IntentraError | None = None
+        for index, target in enumerate(targets):
+            try:
+                peer = await self._handshake(target, key, reconnect, None)
+            except (HandshakeTimeoutError, PeerClosedError) as exc:
+                failure = exc  # the next address may answer
+                continue
+            if reconnect:
+                peer.reconnect = True
+                peer._targets = targets
+                peer._target_index = index
+                # Unpinned, the first session's key is pinned for every reconnect: the
+                # Peer is that key, not whoever answers on its address later.
+                peer._server_key = key if key is not None else peer.public_key.to_bytes()
+            return peer
+        assert failure is not None
+        raise failure
+
+    async def _resolve(self, address: str | tuple[str, int]) -> Address:
+        """``address`` as the tuple recvfrom reports for replies from it."""
         host, port = parse_address(address)
         lookup = host
         if self._sock.family == socket.AF_INET6:
@@ -686,15 +726,18 @@ class Transport:
         except socket.gaierror as exc:
             raise ValueError(f"cannot resolve {host!r}: {exc.strerror}") from None
         target: Address = infos[0][4]
-        key = None if server_key is None else server_key.to_bytes()
-        peer = await self._handshake(target, key, reconnect, None)
-        if reconnect:
-            peer.reconnect = True
-            peer._target = target
-            # Unpinned, the first session's key is pinned for every reconnect: the
-            # Peer is that key, not whoever answers on its address later.
-            peer._server_key = key if key is not None else peer.public_key.to_bytes()
-        return peer
+        return target
+
+    def peer_for_key(self, public_key: PublicKey | bytes) -> Peer | None:
+        """The established peer that connected to this endpoint with ``public_key``, if any.
+
+        Only sessions this endpoint answered (it was the responder) are found:
+        a hub's own peers. A bridge uses it to never send a peer's message back
+        to it after the peer moved to another hub.
+        """
+        raw = public_key.to_bytes() if isinstance(public_key, PublicKey) else public_key
+        conn_id = self._endpoint.responder_conn_id(raw)
+        return None if conn_id is None else self._peers.get(conn_id)
 
     def _horizon(self) -> float:
         cfg = self._endpoint.config
@@ -1175,22 +1218,31 @@ class Transport:
 
     async def _reconnect(self, peer: Peer, pending: list[tuple[bytes, int]]) -> None:
         delay = RECONNECT_FIRST_DELAY
+        targets = peer._targets
+        tried = 0
         while True:
             await asyncio.sleep(delay)
             if self._closed or self._closing or peer._closing:
                 return
+            # The responder went away: try the next address first (a single
+            # address is tried again); the backoff grows once per round.
+            peer._target_index = (peer._target_index + 1) % len(targets)
+            tried += 1
             try:
-                await self._handshake(peer._target, peer._server_key, True, peer)
+                await self._handshake(targets[peer._target_index], peer._server_key, True,
+                                      peer)
             except AuthenticationError:
                 # Another key answered: refused, reported, and tried again later
                 # (a forger's RESPONSE must not end the Peer; issue 9 items 2c, 7).
                 if self._closed or self._closing or peer._closing:
                     return
                 self._post(PeerEvent("rejected", peer))
-                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                if tried % len(targets) == 0:
+                    delay = min(delay * 2, RECONNECT_MAX_DELAY)
                 continue
             except IntentraError:
-                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                if tried % len(targets) == 0:
+                    delay = min(delay * 2, RECONNECT_MAX_DELAY)
                 continue
             break
         self._between.discard(peer)

@@ -772,6 +772,10 @@ class Endpoint:
         for conn_id in list(self.sessions):
             self.close(conn_id, now, reason)
 
+    def responder_conn_id(self, peer_key: bytes) -> int | None:
+        """The conn_id of the session this endpoint answered for ``peer_key``, if any."""
+        return self._by_peer_key.get(peer_key)
+
     def peer_key(self, conn_id: int) -> bytes | None:
         session = self.sessions.get(conn_id)
         return session.peer_key if session is not None else None
