@@ -234,6 +234,17 @@ async def _serve(args: argparse.Namespace) -> int:
         where = exc.filename or _shown(*args.bind)
         raise UsageError(f"cannot bind {where}: {exc.strerror or exc}; choose another "
                          "address or stop what uses it") from None
+    bridge = None
+    if args.bus:  # joined before the announcement: a hub that cannot join does not serve
+        from intentra.bus import Bridge, BusConfig  # noqa: PLC0415
+
+        bridge = Bridge(transport, args.bus, config=BusConfig(subject=args.bus_subject),
+                        envelope=args.envelope)
+        try:
+            await bridge.start()
+        except BaseException:
+            await transport.close(flush_timeout=0)
+            raise
     # Handlers before the announcement: a supervisor may signal as soon as it reads it.
     stop = _stop_on_signals()
     shown = _shown(*transport.local_address)
@@ -257,17 +268,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
     from intentra.hub import RelayStats, relay  # noqa: PLC0415
 
-    bridge = None
-    if args.bus:
-        from intentra.bus import Bridge, BusConfig  # noqa: PLC0415
-
-        bridge = Bridge(transport, args.bus, config=BusConfig(subject=args.bus_subject),
-                        envelope=args.envelope)
-        try:
-            await bridge.start()
-        except BaseException:
-            await transport.close(flush_timeout=0)
-            raise
+    if bridge is not None:
         _say(f"{prefix}bus: hub {bridge.hub_id} joined {','.join(bridge.servers)} "
              f"(subject {bridge.config.subject}, stream {bridge.config.stream})")
     stats = RelayStats()
