@@ -160,7 +160,7 @@ class NatsCluster:
                 8222 monitoring): nodes in separate namespaces have a stack each.
             prefixes: one command prefix per node (``ip netns exec NS``).
             check_ready: wait until every node answers ``/healthz`` (JetStream
-                included); leave False where this process cannot reach them.
+                included; asked from inside a node's namespace when it has a prefix).
 
         Raises:
             NatsError: no binary, a server exited, or the cluster was not ready in time.
@@ -240,6 +240,16 @@ class NatsCluster:
     @staticmethod
     def _healthy(node: NatsNode) -> bool:
         url = f"http://{node.host}:{node.http_port}/healthz"
+        if node.prefix:  # in a namespace: ask from inside it
+            probe = ("import sys, urllib.request\n"
+                     f"try: urllib.request.urlopen({url!r}, timeout=2)\n"
+                     "except Exception: sys.exit(1)\n")
+            try:
+                done = subprocess.run([*node.prefix, sys.executable, "-c", probe],  # noqa: S603
+                                      capture_output=True, timeout=10, check=False)
+            except subprocess.TimeoutExpired:
+                return False
+            return done.returncode == 0
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 return bool(response.status == 200)
