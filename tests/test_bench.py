@@ -125,3 +125,35 @@ def test_quick_bottleneck_sweep_or_its_skip_reason(tmp_path: Path) -> None:
     assert light["realtime_mbit"] == pytest.approx(4.0, rel=0.1), "0.4x of 10 Mbit/s fits"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "bottleneck" in result.stdout
+
+
+def test_quick_cluster_bench_or_its_skip_reason(tmp_path: Path) -> None:
+    """``intentra bench cluster --quick --hubs 2``: one hub alone against two hubs on a
+    real 3-node NATS cluster, one light step per intent (about 12 s). Asserts that the
+    figures hang together (every message delivered at that load), not a speed."""
+    from intentra.bench.cluster import unavailable_reason  # noqa: PLC0415
+
+    out = tmp_path / "cluster.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "intentra", "bench", "cluster", "--quick", "--hubs", "2",
+         "--json", str(out)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    report = json.loads(out.read_text())
+    cluster = report["results"]["cluster"]
+    reason = unavailable_reason()
+    if reason is not None:
+        assert cluster == {"skipped": reason}
+        return
+    rows = {(row["hubs"], row["bus"], row["intent"]): row for row in cluster["layouts"]}
+    assert set(rows) == {(h, bus, i) for h, bus in ((1, False), (2, True))
+                         for i in ("realtime", "reliable")}
+    for row in rows.values():
+        step = row["steps"][0]
+        assert step["sent_rate"] > 0 and step["delivered_rate"] > 0
+        assert step["ratio"] <= 1.0 + 1e-9
+        lat = step["latency"]
+        assert 0 < lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    for hubs, bus in ((1, False), (2, True)):  # RELIABLE: every message to every receiver
+        assert rows[(hubs, bus, "reliable")]["steps"][0]["ratio"] == 1.0
+    assert "2 hubs on NATS" in result.stdout

@@ -659,6 +659,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "step_seconds": args.step, "stream_seconds": args.duration,
         "handshake_seconds": args.duration, "latency_seconds": args.duration,
         "bottleneck_seconds": args.duration, "bottleneck_loads": args.loads,
+        "cluster_hubs": args.hubs,
     }.items() if v is not None}
     chosen["scenarios"] = args.scenarios or SCENARIOS
     chosen["workers"] = args.workers
@@ -782,7 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="load scenarios against baselines, side by side")
     p.add_argument("scenarios", nargs="?", type=_scenarios, metavar="SCENARIO[,SCENARIO...]",
                    help="fan-in, stream, handshakes, latency, sessions (default: these "
-                   "five); bottleneck (root only: a sweep through a real 10 Mbit/s link)")
+                   "five); bottleneck (root only: a sweep through a real 10 Mbit/s link); "
+                   "cluster (hubs joined through a 3-node NATS cluster)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     p.add_argument("--peers", type=_positive(int), help="fan-in and latency peers (1000)")
     p.add_argument("--size", type=_positive(int), help="message bytes (128)")
@@ -796,6 +798,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions", type=_positive(int), help="idle sessions to hold (10000)")
     p.add_argument("--workers", type=_counts, default=(1,), metavar="N[,N...]",
                    help="fan-in server processes on one port, e.g. 1,2 (1)")
+    p.add_argument("--hubs", type=_counts, metavar="N[,N...]",
+                   help="cluster: hub counts joined through NATS, each against one hub alone "
+                   "(1,2,3)")
     p.add_argument("--no-baselines", action="store_true", help="skip raw UDP and aioquic")
     p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     p.add_argument("--plot", metavar="FILE", help="write PNG plots (needs matplotlib)")

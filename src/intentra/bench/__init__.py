@@ -14,6 +14,9 @@ Scenarios:
     sessions    RSS per established idle session in one endpoint
     bottleneck  offered-load sweep through a real 10 Mbit/s link (root only; run
                 only when named: ``intentra bench bottleneck``)
+    cluster     cross-hub fan-out through a 3-node NATS cluster, 1, 2, 3 hubs against
+                one hub alone (run only when named: ``intentra bench cluster``; see
+                :mod:`intentra.bench.cluster`)
 
 ``bottleneck`` differs from the rest: it runs the endpoints of
 :mod:`intentra.testing.bottleneck_run` inside a network namespace whose
@@ -36,8 +39,8 @@ from intentra.bench.proto import Json, Role, RoleError
 
 SCENARIOS = ("fan-in", "stream", "handshakes", "latency", "sessions")
 """What ``intentra bench`` runs by default."""
-EXTRA_SCENARIOS = ("bottleneck",)
-"""Run only when named (needs root; the sweep is a minute of its own)."""
+EXTRA_SCENARIOS = ("bottleneck", "cluster")
+"""Run only when named (bottleneck needs root; each is a minute or more of its own)."""
 DELIVERY_TARGET = 0.99
 STREAM_CONFIG = {"rate_limit_pps": 1e7, "rate_limit_burst": 1e6}
 """A single stream far exceeds the per-session token bucket (10,000 packets/s by
@@ -66,6 +69,12 @@ class Options:
     bottleneck_loads: tuple[float, ...] = (0.4, 0.8, 1.2, 2.4)
     bottleneck_seconds: float = 4.0
     bottleneck_size: int = 200
+    cluster_hubs: tuple[int, ...] = (1, 2, 3)
+    cluster_senders: int = 4
+    cluster_receivers: int = 12
+    cluster_start_rate: float = 500.0
+    cluster_growth: float = 2.0
+    cluster_max_rate: float = 64_000.0
 
     @classmethod
     def quick(cls, **overrides: Any) -> Options:
@@ -74,7 +83,8 @@ class Options:
             "peers": 20, "step_seconds": 0.4, "stream_seconds": 0.5,
             "handshake_seconds": 0.5, "latency_seconds": 0.4, "sessions": 100,
             "start_rate": 2000.0, "growth": 4.0, "max_rate": 40_000.0, "smoke": True,
-            "bottleneck_loads": (0.4, 2.4), "bottleneck_seconds": 0.8}
+            "bottleneck_loads": (0.4, 2.4), "bottleneck_seconds": 0.8,
+            "cluster_max_rate": 500.0, "cluster_senders": 2, "cluster_receivers": 6}
         values.update(overrides)
         return cls(**values)
 
@@ -432,6 +442,13 @@ def run(options: Options) -> Report:
     if "sessions" in wanted:
         say("sessions")
         results["sessions"] = sessions(options)
+    if "cluster" in wanted:
+        from intentra.bench.cluster import cluster  # noqa: PLC0415
+
+        say("cluster")
+        results["cluster"] = cluster(options)
+        if "skipped" in results["cluster"]:
+            report.notes.append(f"cluster: skipped: {results['cluster']['skipped']}")
     if "bottleneck" in wanted:
         say("bottleneck")
         results["bottleneck"] = bottleneck(options, baselines)

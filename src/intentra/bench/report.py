@@ -102,6 +102,18 @@ def summary(report: Report) -> list[tuple[str, str, str, str]]:
             rows.append((label, _bottleneck_text(point), "", "report"))
         else:
             rows.append((label, "", _bottleneck_text(point), ""))
+    cluster = r.get("cluster") or {}
+    if cluster.get("layouts"):
+        rows.append((f"cluster: {cluster['senders']} senders on hub 1, "
+                     f"{cluster['receivers']} receivers over the hubs",
+                     "delivered msg/s at >=99% | p50/p99 ms", "one hub alone", ""))
+    alone = {row["intent"]: row for row in cluster.get("layouts", []) if not row["bus"]}
+    for row in cluster.get("layouts", []):
+        if not row["bus"]:
+            continue
+        base = alone.get(row["intent"])
+        label = f"  {row['hubs']} hub{'s' if row['hubs'] > 1 else ''} on NATS, {row['intent']}"
+        rows.append((label, _cluster_text(row), _cluster_text(base) if base else "-", "report"))
     sessions = r.get("sessions")
     if sessions:
         rows.append((f"RSS per idle session ({sessions['sessions']:,} sessions)",
@@ -120,6 +132,12 @@ def _bottleneck_text(point: dict[str, Any]) -> str:
     rt, rl = point["realtime_latency"], point["reliable_latency"]
     return (f"{point['realtime_mbit']:.1f} | {ms(rt['p50_ms'])}/{ms(rt['p99_ms'])} | "
             f"{ms(rl['p99_ms'])}")
+
+
+def _cluster_text(row: dict[str, Any]) -> str:
+    lat = row["latency"] or {}
+    return (f"{row['max_rate_99']:,.0f} | {lat.get('p50_ms', 0):.1f}/"
+            f"{lat.get('p99_ms', 0):.1f}")
 
 
 def print_table(report: Report, out: Any = None) -> None:
@@ -157,13 +175,16 @@ def plot(report: Report, path: str | Path) -> bool:
         return False
     results = report.results
     points = (results.get("bottleneck") or {}).get("points", [])
-    others = any(k != "bottleneck" for k in results)
-    rows = int(others) + int(bool(points))
+    layouts = (results.get("cluster") or {}).get("layouts", [])
+    others = any(k not in ("bottleneck", "cluster") for k in results)
+    rows = int(others) + int(bool(points)) + int(bool(layouts))
     if rows == 0:
         return False
     fig, grid = plt.subplots(rows, 3, figsize=(16, 4.8 * rows), squeeze=False)
     if points:
         _plot_bottleneck(grid[-1], points, (results.get("bottleneck") or {}))
+    if layouts:
+        _plot_cluster(grid[-1 - int(bool(points))], layouts)
     if not others:
         fig.tight_layout()
         fig.savefig(path, dpi=110)
@@ -233,3 +254,28 @@ def _plot_bottleneck(axes: Any, points: list[dict[str, Any]], sweep: dict[str, A
     for ax in axes:
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
+
+
+def _plot_cluster(axes: Any, layouts: list[dict[str, Any]]) -> None:
+    """Delivered fan-out against sent rate, and p99 latency, per layout and intent."""
+    rate, latency, best = axes
+    for row in layouts:
+        label = f"{row['hubs']} hub{'s' if row['hubs'] > 1 else ''}" + \
+            (" on NATS" if row["bus"] else " alone") + f", {row['intent']}"
+        style = "o-" if row["intent"] == "realtime" else "s--"
+        sent = [s["sent_rate"] for s in row["steps"]]
+        rate.plot(sent, [s["delivered_rate"] for s in row["steps"]], style, label=label)
+        latency.plot(sent, [(s["latency"] or {}).get("p99_ms", float("nan"))
+                            for s in row["steps"]], style, label=label)
+    names = [f"{r['hubs']}{'' if r['bus'] else ' alone'}\n{r['intent']}" for r in layouts]
+    best.bar(names, [r["max_rate_99"] for r in layouts],
+             color=["C7" if not r["bus"] else "C0" for r in layouts])
+    rate.set(title="cluster: delivered fan-out vs sent", xlabel="sent msg/s",
+             ylabel="delivered msg/s", xscale="log", yscale="log")
+    latency.set(title="cluster: p99 one-way latency (cross-hub)", xlabel="sent msg/s",
+                ylabel="ms", xscale="log", yscale="log")
+    best.set(title="cluster: delivered msg/s at >= 99%", ylabel="msg/s")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    rate.legend(fontsize="x-small")
+    latency.legend(fontsize="x-small")

@@ -579,6 +579,11 @@ def main(argv: list[str] | None = None) -> None:
 
         quic.ROLES[role](args)
         return
+    if role.startswith("cluster-"):
+        from intentra.bench import cluster  # noqa: PLC0415 - nats-py is an optional extra
+
+        cluster.ROLES[role](args)
+        return
     profile_dir = os.environ.get("INTENTRA_BENCH_PROFILE")
     try:
         if profile_dir:
