@@ -159,6 +159,7 @@ def test_the_stream_is_named_after_the_subject() -> None:
     (["--bus", "nats://127.0.0.1:4222", "--bus-subject", "a.>"], "no wildcards"),
     (["--bus-subject", "fleet"], "--bus-subject needs --bus"),
     (["--workers", "2"], "--workers needs --echo, --sink or --bus"),
+    (["--conn-id-class", "3/3"], "expected I/N with 0 <= I < N <= 256"),
 ])
 def test_serve_refuses_bad_bus_arguments(tmp_path: Path, extra: list[str], message: str) -> None:
     key = tmp_path / "hub.key"
@@ -190,3 +191,34 @@ def test_without_nats_py_the_bus_says_which_extra_to_install(tmp_path: Path) -> 
     assert result.returncode == 2, result.stderr
     assert "intentra: error: intentra.bus needs nats-py: pip install 'intentra[bus]'" in \
         result.stderr.splitlines()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_conn_id_class_names_the_hub_for_a_balancer(tmp_path: Path, workers: int) -> None:
+    """``--conn-id-class 1/3``: every conn_id the hub hands out says "hub 1 of 3", so a
+    balancer can route by conn_id (with workers, ``(c % 3W) // W`` is the hub and
+    ``c % W`` still the worker)."""
+    import asyncio  # noqa: PLC0415
+
+    from intentra import PrivateKey, PublicKey, Transport  # noqa: PLC0415
+    from test_cli import Server  # noqa: PLC0415
+
+    key = tmp_path / "hub.key"
+    public = PublicKey.from_base64(keygen(key))
+    server = Server(["--bind", "127.0.0.1:0", "--key", str(key), "--echo",
+                     "--conn-id-class", "1/3", "--workers", str(workers)], tmp_path)
+    try:
+        port = int(server.expect(r"^intentra serving on 127\.0\.0\.1:(\d+)$").group(1))
+
+        async def ids() -> list[int]:
+            found = []
+            for _ in range(4):
+                async with Transport.bind("127.0.0.1:0", PrivateKey.generate()) as t:
+                    peer = await t.connect(("127.0.0.1", port), public)
+                    found.append(t.endpoint.sessions[peer.conn_id].remote_id)
+            return found
+
+        for conn_id in asyncio.run(ids()):
+            assert (conn_id % (3 * workers)) // workers == 1, hex(conn_id)
+    finally:
+        server.kill()

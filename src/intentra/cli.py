@@ -192,6 +192,18 @@ def _mode(args: argparse.Namespace) -> str:
     return "sink" if args.sink else "echo" if args.echo else "hub"
 
 
+def _conn_id_class(text: str) -> tuple[int, int]:
+    index_text, sep, count_text = text.partition("/")
+    try:
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        index, count = -1, 0
+    if not sep or not 0 <= index < count <= 256:
+        raise argparse.ArgumentTypeError(
+            f"expected I/N with 0 <= I < N <= 256 (hub I of N behind a balancer), got {text!r}")
+    return index, count
+
+
 def _bus_servers(text: str) -> list[str]:
     from intentra.bus import _servers  # noqa: PLC0415
 
@@ -223,10 +235,16 @@ async def _serve(args: argparse.Namespace) -> int:
 
         die_with_parent()
         master = bytes.fromhex(sys.stdin.readline().strip())
+        hub, hubs = args.conn_id_class or (0, 1)
+        # Hub I of N, worker i of W: conn_ids = I*W + i modulo N*W, so conn_id % W
+        # is still the worker (the port's steering) and (conn_id % NW) // W the hub.
         extra = {"sock": socket.socket(fileno=args.worker_fd), "cookie_master": master,
-                 "conn_id_class": (args.worker_index, args.workers)}
+                 "conn_id_class": (hub * args.workers + args.worker_index,
+                                   hubs * args.workers)}
         if metrics is not None:
             metrics = (metrics[0], metrics[1] + args.worker_index if metrics[1] else 0)
+    elif args.conn_id_class is not None:
+        extra = {"conn_id_class": args.conn_id_class}
     try:
         transport = await Transport.bind(args.bind, key, allowed, metrics_address=metrics,
                                          sink=args.sink, **extra)
@@ -718,6 +736,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive(int), default=1, metavar="N",
                    help="N processes on one port (SO_REUSEPORT), sessions steered by conn_id; "
                         "needs --echo, --sink or --bus (each worker then joins the bus) (1)")
+    p.add_argument("--conn-id-class", type=_conn_id_class, metavar="I/N",
+                   help="hub I of N behind a UDP balancer: every conn_id this hub hands out "
+                        "is I modulo N (with --workers W: I*W+w modulo N*W), so the balancer "
+                        "routes a datagram by its conn_id, also after the client roams "
+                        "(docs/scaling.md)")
     p.add_argument("--bus", type=_bus_servers, metavar="nats://HOST:PORT[,nats://...]",
                    help="join other hubs through these NATS servers (JetStream on): messages "
                         "of this hub's peers go to every hub's peers (pip install "
