@@ -130,15 +130,18 @@ class NatsNode:
         """The server's configuration file: client, cluster and monitoring ports, JetStream."""
         quoted = ", ".join(f'"{r}"' for r in routes)
         store = self.directory / "jetstream"
-        return (f'server_name: "{self.name}"\n'
+        text = (f'server_name: "{self.name}"\n'
                 f'listen: "{self.host}:{self.client_port}"\n'
                 f'http: "{self.host}:{self.http_port}"\n'
                 f"max_payload: {MAX_PAYLOAD}\n"
                 f'log_file: "{self.log}"\n'
                 f'jetstream {{ store_dir: "{store}", max_memory_store: 256MB, '
-                f"max_file_store: 1GB }}\n"
-                f'cluster {{ name: "{CLUSTER_NAME}", listen: "{self.host}:{self.cluster_port}", '
-                f"no_advertise: true, routes: [{quoted}] }}\n")
+                f"max_file_store: 1GB }}\n")
+        if routes:  # a single node is a plain server (JetStream refuses a cluster of one)
+            text += (f'cluster {{ name: "{CLUSTER_NAME}", listen: '
+                     f'"{self.host}:{self.cluster_port}", no_advertise: true, '
+                     f"routes: [{quoted}] }}\n")
+        return text
 
 
 class NatsCluster:
