@@ -29,7 +29,7 @@ import asyncio
 import concurrent.futures
 import threading
 import weakref
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Self, TypeVar
 
 from intentra.aio import transport as aio
@@ -260,9 +260,12 @@ class Transport:
     def closed(self) -> bool:
         return self._transport.closed
 
-    def connect(self, address: str | tuple[str, int], server_key: PublicKey | None = None,
-                reconnect: bool = False, timeout: float | None = None) -> Peer:
+    def connect(self, address: str | tuple[str, int] | Sequence[str | tuple[str, int]],
+                server_key: PublicKey | None = None, reconnect: bool = False,
+                timeout: float | None = None) -> Peer:
         """Handshake (see :meth:`intentra.Transport.connect`); blocks until established.
+
+        ``address`` may be a list of responders, tried in order (as the asyncio API).
 
         Raises:
             HandshakeTimeoutError, AuthenticationError: as the asyncio API.
