@@ -222,3 +222,24 @@ def test_conn_id_class_names_the_hub_for_a_balancer(tmp_path: Path, workers: int
             assert (conn_id % (3 * workers)) // workers == 1, hex(conn_id)
     finally:
         server.kill()
+
+
+def test_a_bridge_publishes_only_once_started() -> None:
+    import asyncio  # noqa: PLC0415
+
+    from intentra import Intent, PrivateKey, Transport  # noqa: PLC0415
+    from intentra.aio.transport import Message  # noqa: PLC0415
+    from intentra.bus import Bridge  # noqa: PLC0415
+
+    async def body() -> None:
+        async with Transport.bind("127.0.0.1:0", PrivateKey.generate()) as hub, \
+                Transport.bind("127.0.0.1:0", PrivateKey.generate()) as client:
+            peer = await client.connect(hub.local_address, hub.public_key)
+            await peer.send(b"x", Intent.RELIABLE)
+            msg: Message = await hub.receive(timeout=5)
+            bridge = Bridge(hub, "nats://127.0.0.1:4222")
+            with pytest.raises(BusError, match="start the Bridge before publishing"):
+                bridge.publish(msg)
+            assert await bridge.close() == 0, "closing a bridge never started is a no-op"
+
+    asyncio.run(body())

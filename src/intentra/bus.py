@@ -649,12 +649,12 @@ class Bridge:
         """
         if self._closing or self._nc is None:
             return 0
+        self._closing = True  # publish() drops from now on; what is queued still goes
         self._wake.set()
         deadline = time.monotonic() + flush_timeout
         while self.backlog and self._connected and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         left = self.backlog
-        self._closing = True
         self._room.set()
         for task in self._tasks:
             task.cancel()
@@ -678,8 +678,18 @@ class Bridge:
 
         RELIABLE is queued for the stream (check :attr:`backlogged`);
         REALTIME is dropped and counted rather than queued when the bus is slow.
+        After :meth:`close` messages are dropped (counted, cause ``closed``).
+
+        Raises:
+            BusError: the bridge was never started.
         """
         intent = int(msg.intent)
+        if not self._started or self._closing:
+            if not self._started:
+                raise BusError("start the Bridge before publishing: await bridge.start(), "
+                               "or async with Bridge(...) as bridge")
+            self.stats.drop(intent, "closed")
+            return
         data = msg.data
         if OVERHEAD + len(data) > self._max_payload:
             self.stats.drop(intent, "too_large")
