@@ -3,7 +3,9 @@
 :func:`relay` forwards every message a Transport receives: to every other peer
 (state fan-out, the default) or back to its sender (``echo=True``), with its
 intent and priority, optionally wrapped in an origin envelope
-(:mod:`intentra.envelope`) so receivers know who sent it.
+(:mod:`intentra.envelope`) so receivers know who sent it. It reads with
+:meth:`Transport.receive_many`: a batch per wake-up, peers served round-robin
+within it, RELIABLE credit given back as each batch is taken.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from intentra.errors import (
     TransportClosedError,
 )
 
-__all__ = ["RelayStats", "relay"]
+__all__ = ["RELAY_BATCH", "RelayStats", "relay"]
+
+RELAY_BATCH = 1024
+"""Messages :func:`relay` takes per :meth:`Transport.receive_many` call."""
 
 
 @dataclass
@@ -43,23 +48,24 @@ async def relay(transport: Transport, *, echo: bool = False, envelope: bool = Fa
         stats: counters to update as it runs (read them while it runs).
     """
     stats = stats if stats is not None else RelayStats()
+    receive_many = transport.receive_many
+    broadcast = transport.broadcast_nowait
     while True:
         try:
-            msg: Message | None = await transport.receive()
+            # One await per batch, not per message; peers round-robin within it.
+            batch: list[Message] = await receive_many(RELAY_BATCH)
         except TransportClosedError:
             return stats
-        while msg is not None:  # drain without a loop turn per message
-            data = wrap(msg.peer.public_key, msg.data) if envelope else msg.data
+        for peer, message, intent, priority in batch:
+            data = wrap(peer.public_key, message) if envelope else message
             try:
                 if echo:
-                    msg.peer.send_nowait(data, msg.intent, msg.priority)
+                    peer.send_nowait(data, intent, priority)
                 else:
-                    transport.broadcast_nowait(data, msg.intent, msg.priority,
-                                               exclude=msg.peer)
+                    broadcast(data, intent, priority, exclude=peer)
             except SendQueueFullError:
                 stats.dropped_queue_full += 1
             except MessageTooLargeError:  # the envelope made it too long
                 stats.dropped_too_large += 1
             except IntentraError:
                 pass  # the sender's session ended meanwhile
-            msg = transport.receive_nowait()
