@@ -65,6 +65,8 @@ def _fan_in(name: str, **match: Any) -> list[tuple[str, str, Callable[[Json], fl
          lambda r: _get(r, "fan-in", "server_cpu", **match)),
         (f"  generator CPU at that rate, {name}", "core",
          lambda r: _get(r, "fan-in", "generator_cpu", **match)),
+        (f"  machine's busy cores at that rate, {name}", "core",
+         lambda r: _get(r, "fan-in", "machine_cpu", **match)),
     ]
 
 

@@ -189,13 +189,14 @@ def start_servers(stack: Stack, kind: str, workers: int, config: Json | None = N
 def server_stats(servers: Iterable[Role], base_ns: int = 0) -> Json:
     """The servers' counts summed; ``cpus`` and ``refused`` per process and summed."""
     total: Json = {"messages": 0, "in_order": 0, "handshakes": 0, "cpu": 0.0, "rss_kib": 0,
-                   "cpus": [], "refused": {}}
+                   "cpus": [], "waits": [], "refused": {}}
     latency = None
     for server in servers:
         stats = server.ask(cmd="stats", base_ns=base_ns)
         for name in ("messages", "in_order", "handshakes", "cpu", "rss_kib"):
             total[name] += stats[name]
         total["cpus"].append(stats["cpu"])
+        total["waits"].append(stats.get("wait", 0.0))
         for name, value in stats.get("refused", {}).items():
             total["refused"][name] = total["refused"].get(name, 0) + value
         latency = stats.get("latency") or latency
@@ -227,8 +228,10 @@ def measure_step(servers: list[Role], generator: Role, rate: float, duration: fl
     stats = server_stats(servers, 0 if latency else int(sent.get("start_ns", 0)))
     seconds = sent["seconds"]
     # CPU shares: seconds of CPU per second of the step (1.0 = one core busy). The
-    # servers' include the 0.25 s of landing above, spread over the step.
+    # servers' include the 0.25 s of landing above, spread over the step. "wait"
+    # is the time a process was ready to run but had no core (a shared machine).
     cpus = [(b - a) / seconds for a, b in zip(before["cpus"], stats["cpus"], strict=True)]
+    waits = [(b - a) / seconds for a, b in zip(before["waits"], stats["waits"], strict=True)]
     return {
         "offered": rate,
         "sent_rate": sent["sent"] / seconds,
@@ -236,7 +239,10 @@ def measure_step(servers: list[Role], generator: Role, rate: float, duration: fl
         "ratio": stats["messages"] / sent["sent"] if sent["sent"] else 0.0,
         "server_cpu": sum(cpus),
         "server_cpus": cpus,
+        "server_wait": sum(waits),
         "generator_cpu": sent["cpu"] / seconds,
+        "generator_wait": sent.get("wait", 0.0) / seconds,
+        "machine_cpu": sent.get("machine", 0.0) / seconds,
         "datagrams_per_send": sent["sent"] / sent["sends"] if sent.get("sends") else 1.0,
         "refused": {k: v - before["refused"].get(k, 0) for k, v in stats["refused"].items()},
         "latency": stats["latency"],
@@ -270,8 +276,9 @@ def fan_in(options: Options, kind: str, workers: int = 1, reader: str = "receive
             options.progress(f"  fan-in {label}: offered {rate:>10,.0f}/s  "
                              f"sent {step['sent_rate']:>10,.0f}/s  delivered "
                              f"{step['delivered_rate']:>10,.0f}/s  ({step['ratio']:.2%})  "
-                             f"CPU server {step['server_cpu']:.2f} generator "
-                             f"{step['generator_cpu']:.2f}")
+                             f"CPU server {step['server_cpu']:.2f} (waited "
+                             f"{step['server_wait']:.2f}) generator {step['generator_cpu']:.2f} "
+                             f"machine {step['machine_cpu']:.2f}/{os.cpu_count()}")
             if step["ratio"] < DELIVERY_TARGET:
                 below += 1
                 if below >= 2:
@@ -289,7 +296,9 @@ def fan_in(options: Options, kind: str, workers: int = 1, reader: str = "receive
                 "max_rate_99": best["delivered_rate"] if best else 0.0,
                 "server_cpu": at_best.get("server_cpu"),
                 "server_cpus": at_best.get("server_cpus"),
+                "server_wait": at_best.get("server_wait"),
                 "generator_cpu": at_best.get("generator_cpu"),
+                "machine_cpu": at_best.get("machine_cpu"),
                 "generator_bound": saturated and (best is steps[-1] if best else False)}
 
 

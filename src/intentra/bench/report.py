@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,16 +42,25 @@ def _share(value: float | None) -> str:
 
 
 def fan_in_cpu(row: dict[str, Any] | None) -> str:
-    """``server S / generator G`` at the row's best rate, each a share of one core.
+    """``server S / generator G / machine M`` at the row's best rate.
 
-    Several server processes (``--workers``) show each one's share, then the sum.
+    S and G are shares of one core; several server processes (``--workers``)
+    show each one's share, then the sum. A server that waited for a core
+    (runnable, none free) says how long per second. M is how many cores the
+    whole machine had busy (other work included): near all of them, the
+    shares are not the processes' own limits.
     """
     if not row or row.get("server_cpu") is None:
         return ""
     cpus = row.get("server_cpus") or []
     server = _share(row["server_cpu"]) if len(cpus) < 2 else \
         "+".join(_share(c) for c in cpus) + f"={_share(row['server_cpu'])}"
-    return f"server {server} / generator {_share(row.get('generator_cpu'))}"
+    if (row.get("server_wait") or 0.0) >= 0.05:
+        server += f" (waited {_share(row['server_wait'])})"
+    text = f"server {server} / generator {_share(row.get('generator_cpu'))}"
+    if row.get("machine_cpu") is not None:
+        text += f" / machine {_share(row['machine_cpu'])}"
+    return text
 
 
 def summary(report: Report) -> list[Row]:
@@ -199,8 +209,9 @@ def print_table(report: Report, out: Any = None) -> None:
             table.add_row(*row)
         Console(file=out, width=max(160, Console(file=out).width)).print(table)
     print("CPU: each process's CPU seconds per second of the measurement (1.00 = one core "
-          "busy), intentra first, the baseline after |; the side near 1.00 was the limit.",
-          file=out)
+          "busy), intentra first, the baseline after |; the side near 1.00 was the limit. "
+          "'waited': runnable without a free core; 'machine': cores busy in all (other "
+          f"work included) of {os.cpu_count()}.", file=out)
     for note in report.notes:
         print(f"note: {note}", file=out)
 

@@ -65,6 +65,34 @@ def cpu_seconds() -> float:
     return times.user + times.system
 
 
+def wait_seconds() -> float:
+    """Seconds this process was runnable but waited for a CPU (Linux schedstat; else 0).
+
+    On a shared machine a process may miss its work for want of a core while
+    its own CPU share stays low: this is the figure that shows it.
+    """
+    try:
+        with open("/proc/self/schedstat", encoding="ascii") as schedstat:
+            return int(schedstat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def machine_busy() -> float:
+    """CPU seconds all the machine's cores were busy since boot (Linux /proc/stat; else 0).
+
+    Busy is everything but idle and iowait; a VM's steal (the host ran something
+    else) counts as busy, as the cores were not ours. A generator reports the
+    difference over its sending window: the cores busy in all, other work too.
+    """
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def source_ip(index: int, target_host: str) -> str:
     """A loopback source address per peer: 127.0.0.2 ... 127.0.0.201 (IPv4 loopback)."""
     if target_host.startswith("127."):
@@ -122,7 +150,7 @@ class Counter:
         return {"messages": self.messages, "in_order": self.in_order,
                 "seconds": time.monotonic() - self.started,
                 "latency": percentiles(self.latencies, base_ns / 1e9) if self.record else None,
-                "rss_kib": rss_kib(), "cpu": cpu_seconds()}
+                "rss_kib": rss_kib(), "cpu": cpu_seconds(), "wait": wait_seconds()}
 
 
 def payload(size: int) -> bytearray:
@@ -392,6 +420,8 @@ def intentra_generator(args: Json) -> None:
         async def replay_plan(rate: float, duration: float, intent: Intent) -> Json:
             plan = preseal(int(rate * duration) + 1, rate, intent)
             cpu0 = cpu_seconds()
+            wait0 = wait_seconds()
+            busy0 = machine_busy()
             start = time.monotonic()
             start_ns = clock()
             sent = dropped = calls = 0
@@ -415,12 +445,15 @@ def intentra_generator(args: Json) -> None:
                 # much of a core the load costs, next to the server's.
                 await asyncio.sleep(PACE)
             return {"sent": sent, "dropped": dropped, "seconds": time.monotonic() - start,
-                    "cpu": cpu_seconds() - cpu0, "start_ns": start_ns, "sends": calls,
+                    "cpu": cpu_seconds() - cpu0, "wait": wait_seconds() - wait0,
+                    "machine": machine_busy() - busy0, "start_ns": start_ns, "sends": calls,
                     "segments": segments, "gso_peers": sum(gso)}
 
         async def paced(rate: float, duration: float, intent: Intent) -> Json:
             loop = asyncio.get_running_loop()
             cpu0 = cpu_seconds()
+            wait0 = wait_seconds()
+            busy0 = machine_busy()
             start = loop.time()
             sent = dropped = 0
             i = 0
@@ -459,7 +492,8 @@ def intentra_generator(args: Json) -> None:
                 await asyncio.sleep(0)
             seconds = loop.time() - start
             return {"sent": sent, "dropped": dropped, "seconds": seconds,
-                    "cpu": cpu_seconds() - cpu0}
+                    "cpu": cpu_seconds() - cpu0, "wait": wait_seconds() - wait0,
+                    "machine": machine_busy() - busy0}
 
         async def blast(duration: float, intent: Intent) -> Json:
             """One peer (the first) as fast as it can."""
@@ -556,6 +590,8 @@ def raw_generator(args: Json) -> None:
         rate = float(command["rate"]) if cmd == "go" else float("inf")
         batched = bool(command.get("presealed")) or cmd != "go"
         cpu0 = cpu_seconds()
+        wait0 = wait_seconds()
+        busy0 = machine_busy()
         start = time.monotonic()
         sent = errors = calls = 0
         i = 0
@@ -566,7 +602,7 @@ def raw_generator(args: Json) -> None:
             if cmd == "go":
                 due = min(int(elapsed * rate) - sent, 1 << 14)
                 if due <= 0:
-                    time.sleep(PACE)
+                    time.sleep(PACE if batched else PACE / 2)
                     continue
             else:
                 due = 256
@@ -590,8 +626,15 @@ def raw_generator(args: Json) -> None:
                 i += 1
                 if i == count:
                     i = 0
+            if batched and cmd == "go":
+                # Sleep after each burst: bursts of about PACE's worth keep the
+                # batches whole (a loop that went on would send what fell due
+                # meanwhile, a datagram or two at a time).
+                time.sleep(PACE)
         reply(sent=sent, dropped=errors, seconds=time.monotonic() - start,
-              cpu=cpu_seconds() - cpu0, sends=calls, segments=segments if batched else 1)
+              cpu=cpu_seconds() - cpu0, wait=wait_seconds() - wait0,
+              machine=machine_busy() - busy0, sends=calls,
+              segments=segments if batched else 1)
 
 
 # ---------------------------------------------------------------- handshakes
