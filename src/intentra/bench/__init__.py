@@ -204,6 +204,22 @@ def server_stats(servers: Iterable[Role], base_ns: int = 0) -> Json:
     return total
 
 
+def settle(servers: list[Role], timeout: float = 5.0) -> None:
+    """Wait until the servers' message counts stop moving (their sockets are drained).
+
+    A server that fell behind still works through its socket buffer after a
+    step: that backlog must not be counted in the next step.
+    """
+    deadline = time.monotonic() + timeout
+    last = sum(server.ask(cmd="count")["messages"] for server in servers)
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        count = sum(server.ask(cmd="count")["messages"] for server in servers)
+        if count == last:
+            return
+        last = count
+
+
 def reset(servers: Iterable[Role], latency: bool = False) -> None:
     for server in servers:
         server.ask(cmd="reset", latency=latency)
@@ -216,9 +232,12 @@ def measure_step(servers: list[Role], generator: Role, rate: float, duration: fl
     """One offered rate for ``duration`` seconds.
 
     Throughput steps send packets the intentra generator sealed before the
-    clock started (see ``roles.intentra_generator``). Latency steps seal each
-    message as it goes, stamped just before: one-way latency from the sender's
-    ``send`` to the receiving application, the generator's pacing excluded.
+    clock started, in GSO batches (see ``roles.intentra_generator``). Latency
+    steps seal each message as it goes, stamped just before: one-way latency
+    from the sender's ``send`` to the receiving application, the generator's
+    pacing excluded. The step records each process's share of a core and its
+    wait for one, the machine's busy cores while the generator sent, and what
+    the intentra servers' receive path refused (all zero for genuine packets).
     """
     reset(servers, latency)
     before = server_stats(servers)
@@ -226,6 +245,7 @@ def measure_step(servers: list[Role], generator: Role, rate: float, duration: fl
                          presealed=not latency, timeout=duration * 20 + 60)
     time.sleep(0.25)  # datagrams in flight and queued in the server land
     stats = server_stats(servers, 0 if latency else int(sent.get("start_ns", 0)))
+    settle(servers)  # what lands later counts in no step
     seconds = sent["seconds"]
     # CPU shares: seconds of CPU per second of the step (1.0 = one core busy). The
     # servers' include the 0.25 s of landing above, spread over the step. "wait"
