@@ -189,6 +189,56 @@ def test_realtime_taken_in_a_batch_frees_its_place_in_the_per_peer_bound() -> No
     run(body())
 
 
+def test_batches_mixing_both_intents_keep_both_accounts() -> None:
+    """One peer's RELIABLE and REALTIME messages in one queue, taken in shares that
+    cut through the mix: the REALTIME bound counts exactly what is left, and the
+    RELIABLE credit comes back, so a sender held by 12,000 bytes of credit gets
+    all its messages through."""
+    config = EndpointConfig(max_reorder_buffer=12_000)
+
+    async def body() -> None:
+        async with Transport.bind(LOCAL, PrivateKey.generate(), config=config,
+                                  receive_queue_size=10) as server:
+            transports, (peer,) = await clients(server, 1)
+            try:
+                stats = server.endpoint.stats
+                key = transports[0].public_key
+                for i in range(10):
+                    peer.send_nowait(SEQ.pack(i), Intent.RELIABLE)
+                await unread(server, {key: 10})
+                for i in range(10):
+                    peer.send_nowait(SEQ.pack(100 + i), Intent.REALTIME)
+                await unread(server, {key: 20})
+                taken = await step(server.receive_many(13))  # R0-R9, T100-T102
+                assert [SEQ.unpack(m.data)[0] for m in taken] == [*range(10), 100, 101, 102]
+                assert [m.intent for m in taken] == [Intent.RELIABLE] * 10 + [Intent.REALTIME] * 3
+                for i in range(6):  # 7 REALTIME wait: 13 > 10, so the 3 oldest go
+                    peer.send_nowait(SEQ.pack(200 + i), Intent.REALTIME)
+                await wait_until(lambda: stats.messages_delivered_realtime == 16,
+                                 what="16 REALTIME delivered")
+                assert stats.messages_dropped_receive_queue == 3
+
+                async def sender() -> None:
+                    for i in range(10, 130):
+                        await peer.send(SEQ.pack(i) + bytes(296), Intent.RELIABLE)
+                        peer.send_nowait(SEQ.pack(1000 + i), Intent.REALTIME)
+
+                task = asyncio.create_task(sender())
+                reliable: list[int] = list(range(10))
+                async for batch in server.batches(max=7):
+                    reliable += [SEQ.unpack_from(m.data)[0] for m in batch
+                                 if m.intent is Intent.RELIABLE]
+                    if len(reliable) == 130:
+                        break
+                await step(task)
+                assert reliable == list(range(130))
+            finally:
+                for t in transports:
+                    await t.close(flush_timeout=0)
+
+    run(body())
+
+
 def test_batch_api_misuse_and_close_are_clear() -> None:
     async def body() -> None:
         server = await Transport.bind(LOCAL, PrivateKey.generate())
