@@ -559,11 +559,12 @@ def intentra_generator(args: Json) -> None:
 def raw_generator(args: Json) -> None:
     """The baseline sender: P plain sockets, no encryption, no protocol.
 
-    Throughput steps (``presealed``, as the intentra generator's) send each
-    peer's datagrams ``segments`` at a time with one GSO ``sendmsg`` (a
-    timestamp and sequence number written into each, nothing else to do), so
-    the baseline measures its receiver, as the intentra scenario does; latency
-    steps send one datagram per ``sendto``, stamped just before.
+    Throughput steps (``presealed``, as the intentra generator's) and the
+    stream's ``blast`` send each peer's datagrams ``segments`` at a time with
+    one GSO ``sendmsg`` (a timestamp and sequence number written into each,
+    nothing else to do), so the baseline measures its receiver, as the intentra
+    scenarios do; latency steps send one datagram per ``sendto``, stamped just
+    before.
     """
     host, port = args["target"].rsplit(":", 1)
     target = (host, int(port))
