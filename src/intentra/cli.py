@@ -657,6 +657,17 @@ def _counts(text: str) -> tuple[int, ...]:
     return values
 
 
+def _readers(text: str) -> tuple[str, ...]:
+    from intentra.bench.roles import READERS  # noqa: PLC0415
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in READERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown reader {', '.join(unknown) or text!r}; choose from {', '.join(READERS)}")
+    return names
+
+
 def _loads(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(n) for n in text.split(","))
@@ -678,6 +689,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "handshake_seconds": args.duration, "latency_seconds": args.duration,
         "bottleneck_seconds": args.duration, "bottleneck_loads": args.loads,
         "cluster_hubs": args.hubs,
+        "readers": args.readers, "segments": args.segments,
     }.items() if v is not None}
     chosen["scenarios"] = args.scenarios or SCENARIOS
     chosen["workers"] = args.workers
@@ -824,6 +836,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hubs", type=_counts, metavar="N[,N...]",
                    help="cluster: hub counts joined through NATS, each against one hub alone "
                    "(1,2,3)")
+    p.add_argument("--readers", type=_readers, metavar="R[,R...]",
+                   help="fan-in servers: the application reads with receive (a sweep per "
+                   "--workers), receive_many, or there is none: sink, as serve --sink "
+                   "(receive,receive_many,sink)")
+    p.add_argument("--segments", type=_positive(int), metavar="N",
+                   help="datagrams per GSO send of the load generators' throughput steps "
+                   "(16; 1: one sendto each)")
     p.add_argument("--no-baselines", action="store_true", help="skip raw UDP and aioquic")
     p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     p.add_argument("--plot", metavar="FILE", help="write PNG plots (needs matplotlib)")

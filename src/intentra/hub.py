@@ -3,7 +3,9 @@
 :func:`relay` forwards every message a Transport receives: to every other peer
 (state fan-out, the default) or back to its sender (``echo=True``), with its
 intent and priority, optionally wrapped in an origin envelope
-(:mod:`intentra.envelope`) so receivers know who sent it.
+(:mod:`intentra.envelope`) so receivers know who sent it. It reads with
+:meth:`Transport.receive_many`: a batch per wake-up, peers served round-robin
+within it, RELIABLE credit given back as each batch is taken.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from intentra.errors import (
 if TYPE_CHECKING:
     from intentra.bus import Bridge
 
-__all__ = ["RelayStats", "relay"]
+__all__ = ["RELAY_BATCH", "RelayStats", "relay"]
+
+RELAY_BATCH = 1024
+"""Messages :func:`relay` takes per :meth:`Transport.receive_many` call."""
 
 
 @dataclass
@@ -51,19 +56,22 @@ async def relay(transport: Transport, *, echo: bool = False, envelope: bool = Fa
             a slow bus.
     """
     stats = stats if stats is not None else RelayStats()
+    receive_many = transport.receive_many
+    broadcast = transport.broadcast_nowait
     while True:
         try:
-            msg: Message | None = await transport.receive()
+            # One await per batch, not per message; peers round-robin within it.
+            batch: list[Message] = await receive_many(RELAY_BATCH)
         except TransportClosedError:
             return stats
-        while msg is not None:  # drain without a loop turn per message
-            data = wrap(msg.peer.public_key, msg.data) if envelope else msg.data
+        for msg in batch:
+            peer, message, intent, priority = msg.peer, msg.data, msg.intent, msg.priority
+            data = wrap(peer.public_key, message) if envelope else message
             try:
                 if echo:
-                    msg.peer.send_nowait(data, msg.intent, msg.priority)
+                    peer.send_nowait(data, intent, priority)
                 else:
-                    transport.broadcast_nowait(data, msg.intent, msg.priority,
-                                               exclude=msg.peer)
+                    broadcast(data, intent, priority, exclude=peer)
             except SendQueueFullError:
                 stats.dropped_queue_full += 1
             except MessageTooLargeError:  # the envelope made it too long
@@ -72,6 +80,5 @@ async def relay(transport: Transport, *, echo: bool = False, envelope: bool = Fa
                 pass  # the sender's session ended meanwhile
             if bus is not None:
                 bus.publish(msg)
-            msg = transport.receive_nowait()
         if bus is not None and bus.backlogged:
             await bus.wait_for_room()

@@ -1,13 +1,14 @@
 """A blocking API for scripts and control loops that do not run asyncio.
 
 The same concepts as :mod:`intentra` (``Transport.bind``, ``connect``,
-``peer.send``, ``peer.send_nowait``, ``receive``, iteration, ``close``, context
-managers), each call blocking the calling thread. Every sync ``Transport`` runs
-an asyncio event loop in a background thread of its own, where the real
-:class:`intentra.Transport` lives; calls are handed to it and their results, or
-their exceptions, come back to the caller's thread. Blocking calls take a
-``timeout`` in seconds (None: no limit) and raise a ``TimeoutError`` that is
-also an :class:`~intentra.errors.IntentraError` when it runs out::
+``peer.send``, ``peer.send_nowait``, ``receive``, ``receive_many``, iteration,
+``batches``, ``close``, context managers), each call blocking the calling
+thread. Every sync ``Transport`` runs an asyncio event loop in a background
+thread of its own, where the real :class:`intentra.Transport` lives; calls are
+handed to it and their results, or their exceptions, come back to the caller's
+thread. Blocking calls take a ``timeout`` in seconds (None: no limit) and raise
+a ``TimeoutError`` that is also an :class:`~intentra.errors.IntentraError` when
+it runs out::
 
     from intentra import PrivateKey, sync
 
@@ -16,6 +17,7 @@ also an :class:`~intentra.errors.IntentraError` when it runs out::
         peer.send(b"hello")                      # RELIABLE: waits while the window is full
         peer.send_nowait(b"pose 1 2", "realtime")
         msg = t.receive(timeout=1.0)             # ReceiveTimeoutError if nothing came
+        batch = t.receive_many(256, timeout=1.0)  # 1 to 256 messages, one call
         for msg in t:                            # ends when the transport is closed
             ...
 
@@ -294,6 +296,49 @@ class Transport:
         msg = self._runner.call(go())
         return None if msg is None else Message(self._wrap(msg.peer), msg.data, msg.intent,
                                                 msg.priority)
+
+    def receive_many(self, max: int = aio.RECEIVE_MANY,
+                     timeout: float | None = None) -> list[Message]:
+        """Up to ``max`` delivered messages, from any peers: at least one.
+
+        One call (one hand-over to the background loop) for the whole batch,
+        which is what makes it worth it here: see
+        :meth:`intentra.Transport.receive_many` for the fairness among peers
+        and the credit.
+
+        Raises:
+            InvalidArgumentError: ``max`` is not an integer >= 1, or a bad ``timeout``.
+            ReceiveTimeoutError: nothing within ``timeout`` (a ``TimeoutError``).
+            TransportClosedError: the transport was closed.
+        """
+        limit = aio._check_max(max)
+        if timeout is not None:
+            _check_timeout(timeout)
+        batch = self._runner.call(self._transport.receive_many(limit, timeout))
+        mine: dict[aio.Peer, Peer] = {}
+        out: list[Message] = []
+        for msg in batch:
+            peer = mine.get(msg.peer)
+            if peer is None:
+                peer = mine[msg.peer] = self._wrap(msg.peer)
+            out.append(Message(peer, msg.data, msg.intent, msg.priority))
+        return out
+
+    def batches(self, max: int = aio.RECEIVE_MANY) -> Iterator[list[Message]]:
+        """``for batch in t.batches(max=256)``: :meth:`receive_many` until the transport
+        is closed.
+
+        Raises:
+            InvalidArgumentError: ``max`` is not an integer >= 1 (at once).
+        """
+        return self._iterate_batches(aio._check_max(max))
+
+    def _iterate_batches(self, limit: int) -> Iterator[list[Message]]:
+        while True:
+            try:
+                yield self.receive_many(limit)
+            except TransportClosedError:
+                return
 
     def __iter__(self) -> Iterator[Message]:
         """``for msg in t``: every message until the transport is closed."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import operator
 import os
 import socket
 import time
@@ -53,6 +54,8 @@ from intentra.status import PeerStatus
 
 #: Datagrams read per wake-up before the loop gets a turn (fairness with timers and senders).
 RECEIVE_BATCH: Final = 512
+#: Messages :meth:`Transport.receive_many` returns at most unless told otherwise.
+RECEIVE_MANY: Final = 1024
 _SOCKET_BUFFER: Final = 4 * 1024 * 1024
 
 
@@ -128,7 +131,16 @@ def _as_enum(kind: type[_E], value: object, what: str) -> _E:
                                f"got {value!r}")
 
 
+def _check_max(value: object) -> int:
+    """``value`` as the size limit of a batch, else :class:`InvalidArgumentError`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidArgumentError(f"max is the most messages a batch may hold, an integer "
+                                   f">= 1, got {value!r}")
+    return int(value)
+
+
 _tuple_new = tuple.__new__
+_data_of = operator.itemgetter(1)  # Message.data, at C speed in a batch
 _now = time.monotonic
 """The core's clock. Not ``loop.time()``: uvloop's is libuv's millisecond clock, cached
 for a whole loop iteration, and RTT samples, pacing and the probe timeout need
@@ -853,6 +865,137 @@ class Transport:
         else:
             peer._inbox_realtime -= 1
         return msg
+
+    async def receive_many(self, max: int = RECEIVE_MANY,
+                           timeout: float | None = None) -> list[Message]:
+        """Up to ``max`` delivered messages, from any peers: at least one.
+
+        Waits as :meth:`receive` does until a message is there, then returns
+        every message waiting, up to ``max``, in one list: one await for the
+        whole batch, so an application that takes many messages pays a tuple
+        per message, not a coroutine step. The batch is as fair as
+        :meth:`receive`: each peer with messages waiting gets an equal share
+        of it (at least one while there is room; a share a peer cannot fill
+        goes to the others), its own messages in the order they were
+        delivered, and the next call starts with the peer after the last one
+        served. RELIABLE messages give their room back to their sender's
+        credit as they are taken, exactly as :meth:`receive` does.
+
+        Args:
+            max: the most messages returned, an integer >= 1 (1024).
+            timeout: seconds to wait at most for the first message (None: no
+                limit; 0: only what is already queued).
+
+        Returns:
+            A list of 1 to ``max`` :class:`Message` s.
+
+        Raises:
+            InvalidArgumentError: ``max`` or ``timeout`` is not what it should be.
+            TransportClosedError: the transport was closed (and nothing is left
+                to read).
+            ReceiveTimeoutError: nothing within ``timeout`` (a ``TimeoutError``).
+        """
+        limit = _check_max(max)
+        if timeout is None:
+            if not self._ready:
+                await self._until_ready()
+            return self._take_many(limit)
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
+            raise InvalidArgumentError(f"timeout is a number of seconds >= 0 (or None: no "
+                                       f"limit), got {timeout!r}")
+        try:
+            async with asyncio.timeout(timeout):
+                if not self._ready:
+                    await self._until_ready()
+                return self._take_many(limit)  # no suspension since the wait: not taken
+        except TimeoutError:
+            raise ReceiveTimeoutError(f"no message within {timeout:g} s") from None
+
+    def batches(self, max: int = RECEIVE_MANY
+                ) -> AsyncIterator[list[Message]]:
+        """``async for batch in t.batches(max=256)``: :meth:`receive_many` in a loop.
+
+        Each batch is a list of 1 to ``max`` messages; the iteration ends
+        cleanly when the transport closes (as ``async for msg in t`` does).
+
+        Raises:
+            InvalidArgumentError: ``max`` is not an integer >= 1 (at once, not
+                at the first iteration).
+        """
+        return self._iterate_batches(_check_max(max))
+
+    async def _iterate_batches(self, limit: int) -> AsyncIterator[list[Message]]:
+        while True:
+            try:
+                yield await self.receive_many(limit)
+            except TransportClosedError:
+                return
+
+    async def _until_ready(self) -> None:
+        """Wait until some peer has a message waiting (as :meth:`receive` waits)."""
+        while not self._ready:
+            self._check_open()
+            fut = self._loop.create_future()
+            self._receivers.append(fut)
+            try:
+                await fut
+            finally:
+                if not fut.done():
+                    fut.cancel()
+
+    def _take_many(self, limit: int) -> list[Message]:
+        """Up to ``limit`` messages, shared round-robin among the peers with some waiting.
+
+        Each round gives every ready peer an equal share of the room left (at
+        least one); a peer whose inbox empties leaves the ready queue, one
+        with more waiting goes to its back, so the next batch (or receive())
+        starts after it. Credit goes back once per peer and share, not per
+        message, and one flush is scheduled for the whole batch.
+        """
+        ready = self._ready
+        release = self._endpoint.release
+        reliable = Intent.RELIABLE
+        batch: list[Message] = []
+        room = limit
+        released = False
+        while ready and room:
+            share = room // len(ready) or 1
+            for _ in range(len(ready)):
+                peer = ready[0]
+                inbox = peer._inbox
+                waiting = len(inbox)
+                realtime = peer._inbox_realtime
+                if waiting <= share:
+                    taken = list(inbox)
+                    inbox.clear()
+                    ready.popleft()
+                else:
+                    taken = [inbox.popleft() for _ in range(share)]
+                    ready.rotate(-1)
+                batch += taken
+                n = len(taken)
+                # The inbox's REALTIME count spares a scan when it holds one intent only.
+                if realtime == waiting:          # all REALTIME
+                    realtime, reliable_bytes = n, 0
+                elif realtime == 0:              # all RELIABLE
+                    reliable_bytes = sum(map(len, map(_data_of, taken)))
+                else:
+                    realtime = reliable_bytes = 0
+                    for msg in taken:
+                        if msg[2] is reliable:
+                            reliable_bytes += len(msg[1])
+                        else:
+                            realtime += 1
+                peer._inbox_realtime -= realtime
+                if reliable_bytes:
+                    release(peer.conn_id, reliable_bytes)
+                    released = True
+                room -= n
+                if not room:
+                    break
+        if released:
+            self._schedule_flush()
+        return batch
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._iterate()

@@ -8,6 +8,8 @@ for intentra and for the baselines: plain unencrypted Python UDP (a blocking
 
 Scenarios:
     fan-in      P peers, REALTIME at a swept total rate, into one server process
+                whose application reads with receive() (a sweep per --workers
+                count), with receive_many(), or not at all (serve --sink)
     stream      one peer as fast as it can, REALTIME and RELIABLE
     handshakes  complete handshakes per second one responder serves
     latency     one-way latency at 10%, 50% and 90% of the fan-in maximum
@@ -17,6 +19,12 @@ Scenarios:
     cluster     cross-hub fan-out through a 3-node NATS cluster, 1, 2, 3 hubs against
                 one hub alone (run only when named: ``intentra bench cluster``; see
                 :mod:`intentra.bench.cluster`)
+
+Every measurement reports each process's share of a core (CPU seconds per
+second: the server processes, the load generator or sender), so a reader sees
+which side was the limit. The fan-in generators send each step's datagrams in
+GSO batches, one peer's run per ``sendmsg`` (intentra's sealed ahead with the
+sessions' keys, see ``roles.intentra_generator``), and sleep between bursts.
 
 ``bottleneck`` differs from the rest: it runs the endpoints of
 :mod:`intentra.testing.bottleneck_run` inside a network namespace whose
@@ -62,6 +70,12 @@ class Options:
     growth: float = 1.3
     max_rate: float = 2_000_000.0
     workers: tuple[int, ...] = (1,)
+    readers: tuple[str, ...] = ("receive", "receive_many", "sink")
+    """intentra fan-in servers: the application reads with receive() (one sweep per
+    ``workers`` entry), with receive_many() and without an application (serve --sink),
+    one worker each."""
+    segments: int = 16
+    """Datagrams per GSO send in the generators' throughput steps (1: one sendto each)."""
     baselines: tuple[str, ...] = ("raw", "quic")
     progress: Callable[[str], None] = print
     smoke: bool = False  # set by quick(): the verdicts need a full run
@@ -147,10 +161,16 @@ class Stack:
 # ---------------------------------------------------------------- servers
 
 def start_servers(stack: Stack, kind: str, workers: int, config: Json | None = None,
-                  sink: bool = False) -> tuple[list[Role], str, str]:
-    """``workers`` server processes of ``kind`` on one port; returns (roles, target, key)."""
+                  sink: bool = False, reader: str = "receive") -> tuple[list[Role], str, str]:
+    """``workers`` server processes of ``kind`` on one port; returns (roles, target, key).
+
+    ``reader`` is how an intentra server's application reads (``"receive"``,
+    ``"receive_many"``; ``sink=True`` has none: ``serve --sink``).
+    """
+    if sink:
+        reader = "sink"
     if kind != "intentra" or workers == 1:
-        args: Json = {"config": config or {}, "sink": sink}
+        args: Json = {"config": config or {}, "sink": sink, "reader": reader}
         role, ready = stack.start(f"{kind}-server", args)
         return [role], f"127.0.0.1:{ready['port']}", ready["key"]
     from intentra.keys import PrivateKey  # noqa: PLC0415
@@ -164,7 +184,7 @@ def start_servers(stack: Stack, kind: str, workers: int, config: Json | None = N
     roles: list[Role] = []
     try:
         for index, sock in enumerate(sockets):
-            args = {"config": config or {}, "sink": sink, "fd": sock.fileno(),
+            args = {"config": config or {}, "sink": sink, "reader": reader, "fd": sock.fileno(),
                     "conn_id_class": [index, workers], "key": key.to_base64(),
                     "cookie_master": master}
             role, _ = stack.start("intentra-server", args, pass_fds=(sock.fileno(),))
@@ -177,15 +197,37 @@ def start_servers(stack: Stack, kind: str, workers: int, config: Json | None = N
 
 
 def server_stats(servers: Iterable[Role], base_ns: int = 0) -> Json:
-    total: Json = {"messages": 0, "in_order": 0, "handshakes": 0, "cpu": 0.0, "rss_kib": 0}
+    """The servers' counts summed; ``cpus`` and ``refused`` per process and summed."""
+    total: Json = {"messages": 0, "in_order": 0, "handshakes": 0, "cpu": 0.0, "rss_kib": 0,
+                   "cpus": [], "waits": [], "refused": {}}
     latency = None
     for server in servers:
         stats = server.ask(cmd="stats", base_ns=base_ns)
         for name in ("messages", "in_order", "handshakes", "cpu", "rss_kib"):
             total[name] += stats[name]
+        total["cpus"].append(stats["cpu"])
+        total["waits"].append(stats.get("wait", 0.0))
+        for name, value in stats.get("refused", {}).items():
+            total["refused"][name] = total["refused"].get(name, 0) + value
         latency = stats.get("latency") or latency
     total["latency"] = latency
     return total
+
+
+def settle(servers: list[Role], timeout: float = 5.0) -> None:
+    """Wait until the servers' message counts stop moving (their sockets are drained).
+
+    A server that fell behind still works through its socket buffer after a
+    step: that backlog must not be counted in the next step.
+    """
+    deadline = time.monotonic() + timeout
+    last = sum(server.ask(cmd="count")["messages"] for server in servers)
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        count = sum(server.ask(cmd="count")["messages"] for server in servers)
+        if count == last:
+            return
+        last = count
 
 
 def reset(servers: Iterable[Role], latency: bool = False) -> None:
@@ -200,43 +242,73 @@ def measure_step(servers: list[Role], generator: Role, rate: float, duration: fl
     """One offered rate for ``duration`` seconds.
 
     Throughput steps send packets the intentra generator sealed before the
-    clock started (see ``roles.intentra_generator``). Latency steps seal each
-    message as it goes, stamped just before: one-way latency from the sender's
-    ``send`` to the receiving application, the generator's pacing excluded.
+    clock started, in GSO batches (see ``roles.intentra_generator``). Latency
+    steps seal each message as it goes, stamped just before: one-way latency
+    from the sender's ``send`` to the receiving application, the generator's
+    pacing excluded. The step records each process's share of a core and its
+    wait for one, the machine's busy cores while the generator sent, and what
+    the intentra servers' receive path refused (all zero for genuine packets).
     """
     reset(servers, latency)
-    cpu0 = server_stats(servers)["cpu"]
+    before = server_stats(servers)
     sent = generator.ask(cmd="go", rate=rate, duration=duration, intent="realtime",
                          presealed=not latency, timeout=duration * 20 + 60)
     time.sleep(0.25)  # datagrams in flight and queued in the server land
     stats = server_stats(servers, 0 if latency else int(sent.get("start_ns", 0)))
+    settle(servers)  # what lands later counts in no step
     seconds = sent["seconds"]
+    # CPU shares: seconds of CPU per second of the step (1.0 = one core busy). The
+    # servers' include the 0.25 s of landing above, spread over the step. "wait"
+    # is the time a process was ready to run but had no core (a shared machine).
+    cpus = [(b - a) / seconds for a, b in zip(before["cpus"], stats["cpus"], strict=True)]
+    waits = [(b - a) / seconds for a, b in zip(before["waits"], stats["waits"], strict=True)]
     return {
         "offered": rate,
         "sent_rate": sent["sent"] / seconds,
         "delivered_rate": stats["messages"] / seconds,
         "ratio": stats["messages"] / sent["sent"] if sent["sent"] else 0.0,
-        "server_cpu": (stats["cpu"] - cpu0) / seconds,
+        "server_cpu": sum(cpus),
+        "server_cpus": cpus,
+        "server_wait": sum(waits),
         "generator_cpu": sent["cpu"] / seconds,
+        "generator_wait": sent.get("wait", 0.0) / seconds,
+        "machine_cpu": sent.get("machine", 0.0) / seconds,
+        "datagrams_per_send": sent["sent"] / sent["sends"] if sent.get("sends") else 1.0,
+        "refused": {k: v - before["refused"].get(k, 0) for k, v in stats["refused"].items()},
         "latency": stats["latency"],
     }
 
 
-def fan_in(options: Options, kind: str, workers: int = 1) -> Json:
-    """Sweep the offered rate up until delivery falls below 99% or the generator saturates."""
+def fan_in(options: Options, kind: str, workers: int = 1, reader: str = "receive",
+           start_rate: float | None = None) -> Json:
+    """Sweep the offered rate up until delivery falls below 99% or the generator saturates.
+
+    ``reader`` (intentra only): the server application reads with ``receive()``,
+    with ``receive_many()``, or there is none (``"sink"``: ``serve --sink``).
+    Every step records each process's share of a core, and the result the
+    shares at the best rate (``server_cpu``, ``server_cpus``, ``generator_cpu``).
+    """
+    if kind != "intentra":
+        reader = "recvfrom"  # the baselines' servers: a plain loop, no application API
+    label = f"{kind} {reader}" if reader in ("receive_many", "sink") else f"{kind} x{workers}"
     with Stack() as stack:
-        servers, target, key = start_servers(stack, kind, workers)
+        servers, target, key = start_servers(stack, kind, workers, sink=reader == "sink",
+                                             reader=reader)
         generator, ready = stack.start(f"{kind}-generator", {
-            "target": target, "server_key": key, "peers": options.peers, "size": options.size})
+            "target": target, "server_key": key, "peers": options.peers, "size": options.size,
+            "segments": options.segments})
         steps: list[Json] = []
-        rate = options.start_rate
+        rate = start_rate or options.start_rate
         below = 0
         while rate <= options.max_rate:
             step = measure_step(servers, generator, rate, options.step_seconds)
             steps.append(step)
-            options.progress(f"  fan-in {kind} x{workers}: offered {rate:>10,.0f}/s  "
+            options.progress(f"  fan-in {label}: offered {rate:>10,.0f}/s  "
                              f"sent {step['sent_rate']:>10,.0f}/s  delivered "
-                             f"{step['delivered_rate']:>10,.0f}/s  ({step['ratio']:.2%})")
+                             f"{step['delivered_rate']:>10,.0f}/s  ({step['ratio']:.2%})  "
+                             f"CPU server {step['server_cpu']:.2f} (waited "
+                             f"{step['server_wait']:.2f}) generator {step['generator_cpu']:.2f} "
+                             f"machine {step['machine_cpu']:.2f}/{os.cpu_count()}")
             if step["ratio"] < DELIVERY_TARGET:
                 below += 1
                 if below >= 2:
@@ -247,9 +319,16 @@ def fan_in(options: Options, kind: str, workers: int = 1) -> Json:
         good = [s for s in steps if s["ratio"] >= DELIVERY_TARGET]
         best = max(good, key=lambda s: s["delivered_rate"]) if good else None
         saturated = bool(steps) and steps[-1]["sent_rate"] < 0.9 * steps[-1]["offered"]
-        return {"kind": kind, "workers": workers, "peers": options.peers,
+        at_best = best or {}
+        return {"kind": kind, "workers": workers, "reader": reader, "peers": options.peers,
+                "segments": options.segments,
                 "connect_seconds": ready["connect_seconds"], "steps": steps,
                 "max_rate_99": best["delivered_rate"] if best else 0.0,
+                "server_cpu": at_best.get("server_cpu"),
+                "server_cpus": at_best.get("server_cpus"),
+                "server_wait": at_best.get("server_wait"),
+                "generator_cpu": at_best.get("generator_cpu"),
+                "machine_cpu": at_best.get("machine_cpu"),
                 "generator_bound": saturated and (best is steps[-1] if best else False)}
 
 
@@ -414,13 +493,23 @@ def run(options: Options) -> Report:
     wanted = set(options.scenarios)
     if wanted & {"fan-in", "latency"}:
         say("fan-in")
-        results["fan-in"] = [fan_in(options, "intentra", w) for w in options.workers]
+        readers = options.readers if "fan-in" in wanted else ("receive",)
+        results["fan-in"] = [fan_in(options, "intentra", w) for w in options.workers] \
+            if "receive" in readers or "latency" in wanted else []
+        base = max((r["max_rate_99"] for r in results["fan-in"] if r["workers"] == 1),
+                   default=0.0)
+        for reader in ("receive_many", "sink"):
+            if reader in readers:
+                # Both read more than receive(): the sweep starts at half its maximum.
+                results["fan-in"].append(fan_in(options, "intentra", 1, reader,
+                                                max(options.start_rate, base / 2)))
         if "raw" in baselines:
             results["fan-in"].append(fan_in(options, "raw"))
     if "latency" in wanted:
         say("latency")
-        best = max(r["max_rate_99"] for r in results["fan-in"]
-                   if r["kind"] == "intentra" and r["workers"] == 1)
+        best = max((r["max_rate_99"] for r in results["fan-in"]
+                    if r["kind"] == "intentra" and r["workers"] == 1
+                    and r["reader"] == "receive"), default=0.0)
         if best <= 0:
             report.notes.append("latency: no fan-in rate reached 99% delivery")
         else:
