@@ -2,7 +2,7 @@
 
 :func:`relay` forwards every message a Transport receives: to every other peer
 (state fan-out, the default) or back to its sender (``echo=True``), with its
-intent and priority, optionally wrapped in an origin envelope
+intent, priority and lane, optionally wrapped in an origin envelope
 (:mod:`intentra.envelope`) so receivers know who sent it.
 """
 
@@ -52,10 +52,10 @@ async def relay(transport: Transport, *, echo: bool = False, envelope: bool = Fa
             data = wrap(msg.peer.public_key, msg.data) if envelope else msg.data
             try:
                 if echo:
-                    msg.peer.send_nowait(data, msg.intent, msg.priority)
+                    msg.peer.send_nowait(data, msg.intent, msg.priority, lane=msg.lane)
                 else:
                     transport.broadcast_nowait(data, msg.intent, msg.priority,
-                                               exclude=msg.peer)
+                                               exclude=msg.peer, lane=msg.lane)
             except SendQueueFullError:
                 stats.dropped_queue_full += 1
             except MessageTooLargeError:  # the envelope made it too long
