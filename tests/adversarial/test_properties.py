@@ -505,7 +505,8 @@ def machine_config(max_connections: int, max_handshakes_in_flight: int) -> Endpo
     # Small windows and limits, so that the bounds are reached within a run. v2: the
     # reorder buffer is the credit (max_datagram reserved per message): 4 messages.
     return EndpointConfig(max_reliable_in_flight=8, max_reorder_buffer=2400, max_datagram=600,
-                          max_message_size=1800, max_handshakes_per_ip=2, max_connections=max_connections,
+                          max_message_size=1800, max_handshakes_per_ip=2,
+                          max_connections=max_connections,
                           max_handshakes_in_flight=max_handshakes_in_flight)
 
 

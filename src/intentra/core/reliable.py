@@ -18,6 +18,7 @@ from intentra.constants import LEN_PREFIX, MAX_CREDIT, RSEQ_MOD
 
 if TYPE_CHECKING:
     from intentra.core.lanes import LaneReceiver
+    from intentra.core.session import Session
 
 _MASK: Final = RSEQ_MOD - 1
 _HALF: Final = RSEQ_MOD >> 1
@@ -199,14 +200,21 @@ class CreditBudget:
     session may always keep ``floor`` bytes of its own, so a session opened while
     others hold the whole budget still gets credit (the bound is ``limit`` plus
     ``floor`` per session).
+
+    ``favored`` is the one session that may be credited up to its whole
+    MAX_REORDER_BUFFER however little is left, while it holds a partial RELIABLE
+    message (docs/protocol.md section 12): partial messages of several sessions then
+    cannot wait for each other's room for ever. The bound grows by one
+    MAX_REORDER_BUFFER.
     """
 
-    __slots__ = ("floor", "limit", "reserved")
+    __slots__ = ("favored", "floor", "limit", "reserved")
 
     def __init__(self, limit: int, floor: int) -> None:
         self.limit = limit
         self.floor = floor
         self.reserved = 0
+        self.favored: Session | None = None
 
 
 class ReceiveWindow:

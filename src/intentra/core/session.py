@@ -526,6 +526,8 @@ class Session:
             # The endpoint-wide bound: this session may hold what the others left,
             # and always its floor.
             cap = max(budget.limit - budget.reserved + self.reserved, budget.floor)
+            if window.lanes is not None and window.lanes.partial and self._favored(budget):
+                cap = window.max_bytes  # it can finish its partial message (section 12)
             credit = window.advertise(cap)
             self._account()
         body = ACK_BODY.pack(window.bitmap(), self.rx_largest, self.rx_bits,
@@ -540,6 +542,21 @@ class Session:
             self.last_ack_largest = self.rx_largest
             if eliciting:
                 self.recovery.on_sent(pn, HEADER_LEN + TAG_LEN + len(body), False, 0, 0, now)
+
+    def _favored(self, budget: CreditBudget) -> bool:
+        """Whether this session, holding a partial RELIABLE message, may be credited
+        its whole MAX_REORDER_BUFFER: the first to ask while the favored one (if any)
+        holds no partial message any more keeps the right until it holds none."""
+        favored = budget.favored
+        if favored is self:
+            return True
+        if favored is not None:
+            lanes = favored.recv_window.lanes
+            if favored.state is SessionState.ESTABLISHED and lanes is not None \
+                    and lanes.partial:
+                return False
+        budget.favored = self
+        return True
 
     def flush(self, now: float) -> None:
         """Send what the congestion budget allows, retransmissions first (section 6)."""
@@ -610,22 +627,35 @@ class Session:
         """Drop REALTIME that cannot leave in time, lowest priority and oldest first.
 
         What the path takes within ``realtime_queue_delay`` at the pacing rate
-        stays queued; the rest would only be late (docs/protocol.md section 6).
+        stays queued; the rest would only be late (docs/protocol.md section 6). A
+        large message whose fragments have started to leave is kept: dropping its
+        rest would waste what was sent (its deadline still applies).
         """
         cc = self.cc
         rate = cc.btl_bw if cc.btl_bw > 0.0 else cc.pacing_rate  # what the path delivers
         allowed = max(rate * self.config.realtime_queue_delay, 2.0 * self.config.max_datagram)
+        frags = self.rt_frags
+        if frags:
+            for level, (_, offset) in frags.items():
+                q = self.rt_queue[level]
+                if q:
+                    allowed += LEN_PREFIX + len(q[0][0]) - offset
         if self.rt_bytes <= allowed:
             return
         stats = self.stats
         for level in _LEVELS_UP:
             q = self.rt_queue[level]
+            if not q:
+                continue
+            started = q.popleft() if level in frags else None
             while q and self.rt_bytes > allowed:
                 data = q.popleft()[0]
                 self.queued -= 1
-                self.rt_bytes -= LEN_PREFIX + len(data) - self._rt_forget(level)
+                self.rt_bytes -= LEN_PREFIX + len(data)
                 self.dropped_congestion += 1
                 stats.messages_dropped_congestion += 1
+            if started is not None:
+                q.appendleft(started)
             if self.rt_bytes <= allowed:
                 return
 
@@ -1303,6 +1333,8 @@ class Session:
         if self.budget is not None:
             self.budget.reserved -= self.reserved  # its credit returns to the endpoint
             self.reserved = 0
+            if self.budget.favored is self:
+                self.budget.favored = None
         if was_established:
             self.stats.connection_closes += 1
             pending = self._pending_reliable()
