@@ -291,15 +291,6 @@ class OutLane:
         self.lseq = 1
         self.offset = 0
 
-    def push(self, data: bytes, priority: int) -> bool:
-        """Queue a message; True if the lane's level went up."""
-        self.queue.append((data, priority))
-        self.counts[priority] += 1
-        if priority > self.level:
-            self.level = priority
-            return True
-        return False
-
     def pop(self) -> bool:
         """The head has left whole; True if the lane's level changed."""
         _, priority = self.queue.popleft()
@@ -309,8 +300,13 @@ class OutLane:
         self.lseq = (self.lseq + 1) & _MASK
         if counts[priority] or priority != self.level:
             return False
-        level = priority - 1
+        self.relevel()
+        return True
+
+    def relevel(self) -> None:
+        """Nothing is queued at ``level`` any more: the highest level left (-1: empty)."""
+        counts = self.counts
+        level = self.level - 1
         while level >= 0 and not counts[level]:
             level -= 1
         self.level = level
-        return True

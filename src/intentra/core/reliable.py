@@ -274,13 +274,20 @@ class ReceiveWindow:
         open_positions = ((self.edge - self.next_rseq + 1) & _MASK) - len(self.buffer)
         if not 0 < open_positions < _HALF:
             open_positions = 0
-        return self.held_bytes + open_positions * self.reserve
+        lanes = self.lanes
+        held = self.buffered_bytes + self.unread_bytes
+        if lanes is not None:
+            held += lanes.held
+        return held + open_positions * self.reserve
 
     def proposed_edge(self, cap: int | None = None) -> int:
         """The edge the receiver can hold now (before the never-backwards rule), with
         at most ``cap`` bytes held and promised in all (the endpoint's share)."""
         limit = self.max_bytes if cap is None else min(self.max_bytes, cap)
-        room = limit - self.held_bytes
+        room = limit - self.buffered_bytes - self.unread_bytes
+        lanes = self.lanes
+        if lanes is not None:
+            room -= lanes.held
         n = (room // self.reserve if room > 0 else 0) + len(self.buffer)
         return (self.ack + min(n, MAX_CREDIT)) & _MASK
 

@@ -224,6 +224,7 @@ class Session:
         "recv_window",
         "rel_extra",
         "rel_rings",
+        "rel_small",
         "remote_id",
         "replay",
         "reserved",
@@ -331,6 +332,8 @@ class Session:
         self.frag_lane: OutLane | None = None  # the lane whose head is being fragmented
         self.other_last: int | None = None     # last rseq given to a record of lane != 0
         self.rel_extra = 0        # positions queued RELIABLE messages take beyond one each
+        # the largest RELIABLE message one X = 0 packet carries
+        self.rel_small = config.max_datagram - HEADER_LEN - TAG_LEN - RSEQ_LEN - LEN_PREFIX
         self.rt_frags: dict[int, tuple[int, int]] = {}  # level -> (mid, offset) of its head
         self.rt_mid = 1           # the next REALTIME message id (section 14.3 rule 3)
         self.rt_reassembly = RealtimeReassembly(config.max_realtime_reassembly, rt_budget,
@@ -413,29 +416,29 @@ class Session:
             olane = self.lanes_out.get(lane)
             if olane is None:
                 olane = self.lanes_out[lane] = OutLane(lane)
-            old = olane.level
-            if olane.push(data, priority):
-                # Its turn now comes at this priority (a message lends its lane its own).
-                rings = self.rel_rings
-                if old >= 0:
-                    ring = rings[old]
-                    if ring is not None:
-                        ring.remove(olane)
-                ring = rings[priority]
-                if ring is None:
-                    ring = rings[priority] = deque()
-                ring.append(olane)
-            n = len(data)
-            if n > self._rel_small:
-                self.rel_extra += self._positions(n)
+            olane.queue.append((data, priority))
+            olane.counts[priority] += 1
+            if priority > olane.level:
+                self._lane_up(olane, priority)
+            if len(data) > self.rel_small:
+                self.rel_extra += self._positions(len(data))
             self.queued_reliable += 1
         self.queued += 1
         return True
 
-    @property
-    def _rel_small(self) -> int:
-        """The largest RELIABLE message one X = 0 packet carries."""
-        return self.config.max_datagram - HEADER_LEN - TAG_LEN - RSEQ_LEN - LEN_PREFIX
+    def _lane_up(self, olane: OutLane, priority: int) -> None:
+        """A message lends its lane its priority: the lane's turn now comes at it."""
+        rings = self.rel_rings
+        old = olane.level
+        olane.level = priority
+        if old >= 0:
+            ring = rings[old]
+            if ring is not None:
+                ring.remove(olane)
+        ring = rings[priority]
+        if ring is None:
+            ring = rings[priority] = deque()
+        ring.append(olane)
 
     def _next_pn(self, keys: SendKeys, now: float) -> int | None:
         """The packet number for the next packet, after a key update if one is due.
@@ -763,7 +766,8 @@ class Session:
         sent_rt = sent_rel = rt_out = 0
         xb: _Extended | None = None
         rings = self.rel_rings
-        x0_ok = self._x0_allowed()
+        x0_ok = self.other_last is None or self._x0_allowed()
+        blocked = 0
         go = cc.can_send(recovery.in_flight, now)
         try:
             for level in _LEVELS:
@@ -809,41 +813,65 @@ class Session:
                     rt_out += need
                     sent_rt += 1
                 ring = rings[level]
-                blocked = 0
                 while ring and room > 0 and go:
                     olane = ring[0]
                     data, prio = olane.queue[0]
                     n = len(data)
                     if x0_ok and n <= rel_small and olane.lane == 0 and olane.offset == 0:
-                        # As version 2: a whole lane-0 message in an X = 0 packet.
+                        # As version 2: whole lane-0 messages in X = 0 packets. Alone at
+                        # its level, the lane is drained here without a turn per message.
                         if xb is not None and xb.rel_parts:
                             if not xb.seal_reliable():
                                 return
                             go = cc.can_send(recovery.in_flight, now)
                             if not go:
                                 break
-                        need = LEN_PREFIX + n
-                        if rel_parts and rel_size + need > limit:
-                            if not self._seal_data(_RELIABLE, rel_prio, ack,
-                                                   U32.pack(rel_first) + b"".join(rel_parts),
-                                                   rel_first, len(rel_parts) >> 1, now):
-                                return
-                            rel_parts, rel_size = [], RSEQ_LEN
-                            go = cc.can_send(recovery.in_flight, now)
-                            if not go:
+                        queue = olane.queue
+                        counts = olane.counts
+                        lane_level = olane.level
+                        single = len(ring) == 1
+                        moved = False
+                        taken = 0
+                        while True:
+                            need = LEN_PREFIX + n
+                            if rel_parts and rel_size + need > limit:
+                                if not self._seal_data(_RELIABLE, rel_prio, ack,
+                                                       U32.pack(rel_first)
+                                                       + b"".join(rel_parts),
+                                                       rel_first, len(rel_parts) >> 1, now):
+                                    return
+                                rel_parts, rel_size = [], RSEQ_LEN
+                                go = cc.can_send(recovery.in_flight, now)
+                                if not go:
+                                    break
+                            queue.popleft()
+                            rseq = window.assign(data, prio, now, rto)
+                            if not rel_parts:
+                                rel_first = rseq
+                                rel_prio = prio
+                            elif prio > rel_prio:
+                                rel_prio = prio
+                            rel_parts.append(pack_len(n))
+                            rel_parts.append(data)
+                            rel_size += need
+                            room -= 1
+                            sent_rel += 1
+                            taken += 1
+                            left = counts[prio] - 1
+                            counts[prio] = left
+                            if not left and prio == lane_level:
+                                olane.relevel()
+                                moved = True
                                 break
-                        rseq = window.assign(data, prio, now, rto)
-                        if not rel_parts:
-                            rel_first = rseq
-                            rel_prio = prio
-                        elif prio > rel_prio:
-                            rel_prio = prio
-                        rel_parts.append(pack_len(n))
-                        rel_parts.append(data)
-                        rel_size += need
-                        room -= 1
-                        sent_rel += 1
-                        moved = olane.pop()
+                            if not single or room <= 0:
+                                break
+                            data, prio = queue[0]
+                            n = len(data)
+                            if n > rel_small:
+                                break
+                        olane.lseq = (olane.lseq + taken) & _SEQ_MASK
+                        if not go:
+                            break
                     else:
                         if olane.offset == 0 and n + RECORD_RELIABLE > limit - RSEQ_LEN \
                                 and self.frag_lane is not None and self.frag_lane is not olane:
@@ -851,6 +879,7 @@ class Session:
                             # 14.3 rule 6): this lane waits; the others at this level go.
                             blocked += 1
                             if blocked >= len(ring):
+                                blocked = 0
                                 break
                             ring.rotate(-1)
                             continue
