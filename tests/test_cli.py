@@ -412,6 +412,36 @@ def test_send_wait_zero_and_a_session_closed_while_waiting(tmp_path: Path,
     assert "the server closed the session (NORMAL)" in err, err
 
 
+def test_send_file_sends_it_as_one_message_and_refuses_what_cannot_go(
+        tmp_path: Path, serve: ServeFactory) -> None:
+    """Issue 10: ``send --file`` sends a file as one (large, fragmented) message on a lane;
+    a missing, empty or too large file is a usage error before anything is sent."""
+    server_key = tmp_path / "server.key"
+    keygen(server_key)
+    server = serve("--bind", "127.0.0.1:0", "--key", str(server_key), "--echo")
+    text = "".join(f"line {i:06d} of a file that does not fit one datagram\n"
+                   for i in range(6_000))
+    path = tmp_path / "big.txt"
+    path.write_text(text)
+    sent = intentra("send", "--to", server.address, "--server-key", server.public_key,
+                    "--file", str(path), "--lane", "3", "--wait", "2", cwd=tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout == text + "\n"  # the echo: one message, whole
+    assert "1 reliable message: 1 sent, 1 acknowledged" in sent.stderr, sent.stderr
+    too_large = tmp_path / "too_large.bin"
+    too_large.write_bytes(bytes((1 << 20) + 1))
+    (tmp_path / "empty").write_bytes(b"")
+    for name, expected in (("too_large.bin", "1,048,577 bytes"), ("empty", "empty"),
+                           ("missing", "No such file")):
+        line = assert_usage_error(intentra("send", "--to", server.address, "--server-key",
+                                           server.public_key, "--file", str(tmp_path / name),
+                                           cwd=tmp_path))
+        assert "--file" in line and expected in line, line
+    line = assert_usage_error(intentra("send", "--to", server.address, "--lane", "256", "x",
+                                       cwd=tmp_path))
+    assert "lane" in line, line
+
+
 def test_hub_fans_out_to_other_peers_only(tmp_path: Path, serve: ServeFactory) -> None:
     hub_key = tmp_path / "hub.key"
     keygen(hub_key)

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from intentra.aio.transport import Peer, Transport, parse_address
-from intentra.constants import Intent
+from intentra.config import EndpointConfig
+from intentra.constants import MAX_LANE, Intent
 from intentra.errors import (
     AuthenticationError,
     IntentraError,
@@ -104,6 +105,16 @@ def _priority(text: str) -> int:
         value = -1
     if not 0 <= value <= 7:
         raise argparse.ArgumentTypeError(f"invalid priority {text!r}: an integer 0..7")
+    return value
+
+
+def _lane(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_LANE:
+        raise argparse.ArgumentTypeError(f"invalid lane {text!r}: an integer 0..{MAX_LANE}")
     return value
 
 
@@ -365,10 +376,29 @@ async def _stdin_lines() -> AsyncIterator[bytes]:
             return
 
 
-async def _messages(args: argparse.Namespace) -> AsyncIterator[bytes]:
-    if args.message:
+def _read_files(paths: list[str], limit: int) -> list[bytes]:
+    """The contents of ``--file`` paths, one message each, checked before anything is sent."""
+    contents: list[bytes] = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--file {path}: {exc.strerror or exc}") from None
+        if not data:
+            raise UsageError(f"--file {path} is empty; a message is at least 1 byte")
+        if len(data) > limit:
+            raise UsageError(f"--file {path} is {len(data):,} bytes; the largest message is "
+                             f"{limit:,} bytes (max_message_size)")
+        contents.append(data)
+    return contents
+
+
+async def _messages(args: argparse.Namespace, files: list[bytes]) -> AsyncIterator[bytes]:
+    if args.message or files:
         for text in args.message:
             yield text.encode()
+        for data in files:
+            yield data
     else:
         async for line in _stdin_lines():
             yield line
@@ -468,6 +498,7 @@ async def _send(args: argparse.Namespace) -> int:
         except KeyFormatError as exc:
             raise UsageError(f"--server-key: {exc}; pass the base64 key that serve prints") \
                 from None
+    files = _read_files(args.file or [], EndpointConfig().max_message_size)
     host = args.to[0]
     bind = "[::]:0" if ":" in host else "0.0.0.0:0"
     async with await Transport.bind(bind, key) as transport:
@@ -483,8 +514,8 @@ async def _send(args: argparse.Namespace) -> int:
         tasks = [asyncio.create_task(_print_replies(transport)), asyncio.create_task(watch())]
         queued = 0
         try:
-            async for data in _messages(args):  # each line leaves as soon as it is read
-                await peer.send(data, args.intent, args.priority)
+            async for data in _messages(args, files):  # each line leaves as soon as it is read
+                await peer.send(data, args.intent, args.priority, lane=args.lane)
                 queued += 1
             if args.wait > 0:
                 with contextlib.suppress(TimeoutError):
@@ -687,9 +718,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intent", type=_intent, default=Intent.RELIABLE,
                    help="reliable (default) or realtime")
     p.add_argument("--priority", type=_priority, default=0, help="0..7 (default 0)")
+    p.add_argument("--lane", type=_lane, default=0,
+                   help="0..255 (default 0): RELIABLE messages are in order within a lane")
+    p.add_argument("--file", action="append", metavar="PATH",
+                   help="send this file's contents as one message (up to 1 MiB; large ones "
+                        "travel in fragments); repeat for several, after any MESSAGE")
     p.add_argument("--wait", type=_non_negative, default=1.0, metavar="S",
                    help="seconds to print replies after sending (default 1; 0: do not wait)")
-    p.add_argument("message", nargs="*", help="messages to send (default: lines of stdin)")
+    p.add_argument("message", nargs="*",
+                   help="messages to send (default: lines of stdin, unless --file)")
     p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("proxy", help="a UDP proxy that injects faults, to try an application "
