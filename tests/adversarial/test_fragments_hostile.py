@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from hostile import SEQ_MASK, Hostile
 
 from corelink import Link, Node
-from hostile import SEQ_MASK, Hostile
 from intentra.config import EndpointConfig
 from intentra.constants import EXTENDED_BIT, CloseReason, Intent, PacketType
 from intentra.core.lanes import PARTIAL_COST, PIECE_COST
