@@ -296,7 +296,7 @@ def test_sessions_flooding_partials_never_evict_another_sessions_message() -> No
     big = bytes(range(250)) * 120
     ep = honest.endpoint
     ep.send(hid, big, REALTIME, 0, link.now)
-    for d, dst in ep.datagrams_to_send(link.now)[:10]:
+    for d, _ in ep.datagrams_to_send(link.now)[:10]:
         victim.endpoint.receive_datagram(d, honest.addr, link.now)
     honest_session = victim.endpoint.sessions[link.responder_id(victim, honest) or 0]
     held_honest = honest_session.rt_reassembly.used
