@@ -147,6 +147,17 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _large_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    limit = EndpointConfig().max_message_size
+    if value != 0 and not 16 <= value <= limit:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: 0 (none) or 16..{limit} bytes")
+    return value
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -595,7 +606,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return _run(run_demo(peers=args.peers, rate=args.rate, duration=args.duration,
                          size=args.size, reliable_every=args.reliable_every,
-                         plain=args.plain, loop=args.loop))
+                         plain=args.plain, loop=args.loop, large_size=args.large_size))
 
 
 def _scenarios(text: str) -> tuple[str, ...]:
@@ -756,6 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_positive(int), default=64, help="message bytes (64)")
     p.add_argument("--reliable-every", type=_positive(int), default=10,
                    help="every Nth update is RELIABLE, the rest REALTIME (10)")
+    p.add_argument("--large-size", type=_large_size, default=2048, metavar="BYTES",
+                   help="each peer also sends one message this large per second, RELIABLE "
+                        "on lane 1 (2048; 0: none)")
     p.add_argument("--plain", action="store_true", help="plain progress lines, no live display")
     p.set_defaults(func=cmd_demo)
 
