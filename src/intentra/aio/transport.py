@@ -871,7 +871,7 @@ class Transport:
         """RELIABLE messages queued or in flight, not yet acknowledged (one peer or all)."""
         sessions = self._endpoint.sessions
         chosen = [sessions.get(peer.conn_id)] if peer is not None else list(sessions.values())
-        return sum(s.send_window.in_flight + s.queued_reliable for s in chosen if s is not None)
+        return sum(s.unacked_reliable() for s in chosen if s is not None)
 
     def _wake_senders(self) -> None:
         for peer in self._waiting:

@@ -388,6 +388,14 @@ class Session:
             return 0
         return -(-n // (chunk - RECORD_FRAGMENT)) - 1
 
+    def unacked_reliable(self) -> int:
+        """RELIABLE messages queued or in flight, not yet acknowledged (a fragmented
+        message counts once, however many of its fragments are in flight)."""
+        if self.frag_lane is None and self.other_last is None and not any(
+                type(e) is ExtOutstanding for e in self.send_window.outstanding.values()):
+            return self.send_window.in_flight + self.queued_reliable
+        return len(self._pending_reliable())
+
     @property
     def has_output(self) -> bool:
         return bool(self.queued or self.retransmit or self.ack_now)
