@@ -60,6 +60,13 @@ def test_quick_bench_runs_every_scenario_with_baselines(tmp_path: Path) -> None:
     for row in streams.values():
         assert 0 < row["in_order"] <= row["delivered"] <= row["sent"]
 
+    large = {row["kind"]: row for row in r["large"]}
+    assert set(large) == {"intentra", "quic"}
+    mine = large["intentra"]
+    assert mine["delivered"] == mine["sent"] == mine["in_order"] > 0, \
+        "large RELIABLE: every message, whole, once, in order"
+    assert mine["mb_per_s"] > 0 and large["quic"]["in_order"] > 0
+
     hs = {row["kind"]: row for row in r["handshakes"]}
     assert hs["intentra"]["handshakes"] > 0 and hs["intentra"]["failed"] == 0
     assert hs["quic"]["handshakes"] > 0

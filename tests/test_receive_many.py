@@ -126,7 +126,7 @@ def test_reading_in_batches_gives_the_credit_back() -> None:
     its sender; reading with ``async for batch in t.batches(max=16)`` lets all 200
     through, in order, exactly once (if receive_many kept the credit, the sender
     would wait for ever)."""
-    config = EndpointConfig(max_reorder_buffer=12_000)
+    config = EndpointConfig(max_reorder_buffer=12_000, max_message_size=10_000)
 
     async def body() -> None:
         async with Transport.bind(LOCAL, PrivateKey.generate(), config=config) as server:
@@ -194,7 +194,7 @@ def test_batches_mixing_both_intents_keep_both_accounts() -> None:
     cut through the mix: the REALTIME bound counts exactly what is left, and the
     RELIABLE credit comes back, so a sender held by 12,000 bytes of credit gets
     all its messages through."""
-    config = EndpointConfig(max_reorder_buffer=12_000)
+    config = EndpointConfig(max_reorder_buffer=12_000, max_message_size=10_000)
 
     async def body() -> None:
         async with Transport.bind(LOCAL, PrivateKey.generate(), config=config,

@@ -85,7 +85,9 @@ def test_messages_queued_in_one_turn_share_datagrams(intent: Intent, max_datagra
     sent = data_sent(link, a)[before:]
     link.advance(0.5)
 
-    by_priority = sorted(messages, key=lambda m: -m[1])  # stable: FIFO within a level
+    # REALTIME leaves by priority (stable: FIFO within a level); RELIABLE messages of
+    # one lane leave in the order sent, whatever their priorities (protocol.md 14.8).
+    by_priority = sorted(messages, key=lambda m: -m[1]) if intent == REALTIME else messages
     first = RSEQ_LEN if intent == RELIABLE else 0
     limit = max_datagram - HEADER_LEN - TAG_LEN
     expected = expected_packing([(len(d), p) for d, p in by_priority], limit, first)
@@ -416,18 +418,26 @@ def test_a_send_queue_full_of_late_realtime_takes_a_new_message() -> None:
     assert session.realtime_queued == 1
 
 
-def test_backed_up_messages_leave_by_priority_fifo_within_a_level() -> None:
+@pytest.mark.parametrize("one_lane", [True, False])
+def test_backed_up_messages_keep_lane_order_and_lanes_leave_by_priority(
+        one_lane: bool) -> None:
+    """docs/protocol.md 14.8: on one lane RELIABLE messages leave (and arrive) in the
+    order sent, whatever their priorities; across lanes priority decides, lanes at one
+    level taking turns in the order they became ready."""
     link, a, b, cid_a, _ = setup(config=EndpointConfig(max_reliable_in_flight=2))
     link.send(a, cid_a, b"fill1")
     link.send(a, cid_a, b"fill2")
     link.pump(a)
     assert a.endpoint.reliable_capacity(cid_a) == 0
     queued = [(1, b"a"), (5, b"b"), (1, b"c"), (7, b"d"), (5, b"e"), (0, b"f"), (7, b"g")]
-    for prio, data in queued:
-        link.send(a, cid_a, data, RELIABLE, prio)
+    for lane, (prio, data) in enumerate(queued, 1):
+        a.endpoint.send(cid_a, data, RELIABLE, prio, link.now, lane=0 if one_lane else lane)
     link.advance(1.0)
 
-    assert b.payloads() == [b"fill1", b"fill2", b"d", b"g", b"b", b"e", b"a", b"c", b"f"]
+    if one_lane:
+        assert b.payloads() == [b"fill1", b"fill2", b"a", b"b", b"c", b"d", b"e", b"f", b"g"]
+    else:
+        assert b.payloads() == [b"fill1", b"fill2", b"d", b"g", b"b", b"e", b"a", b"c", b"f"]
 
 
 def test_queued_messages_leave_as_soon_as_an_ack_opens_the_window() -> None:
@@ -678,7 +688,8 @@ def test_reading_moves_the_credit_edge_and_an_ack_tells_the_sender() -> None:
     application reads, the edge moves, and once it can move by a quarter of
     max_reliable_in_flight an ACK says so at once, and the waiting sender goes on."""
     link = Link(1)
-    a, b = link.add("a"), link.add("b", release_on_take=False)
+    small = EndpointConfig(max_reorder_buffer=262_144, max_message_size=65_536)
+    a, b = link.add("a"), link.add("b", small, release_on_take=False)
     cid, bid = link.establish(a, b)
     link.advance(0.1)
     rs, ss = b.endpoint.sessions[bid], a.endpoint.sessions[cid]

@@ -52,7 +52,7 @@ Bus message (version 1), the NATS payload on ``SUBJECT.rt.HUB`` (REALTIME) and
     0      1    0xB1: magic and bus message version 1
     1      1    intent: 0 RELIABLE, 1 REALTIME
     2      1    priority 0..7
-    3      1    lane 0..255 (0 where the transport has no lanes)
+    3      1    lane 0..255
     4      8    origin hub id
     12     8    seq: the hub's RELIABLE sequence number from 1 (REALTIME: 0), big-endian
     20     8    stamp: publisher's wall clock, microseconds since the Unix epoch, big-endian
@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import re
@@ -452,7 +451,6 @@ class Bridge:
         self._consumer = f"hub-{self.hub_id}"
         self._since_pull = 0
         self._max_payload = 1 << 20
-        self._lanes = "lane" in inspect.signature(Transport.broadcast_nowait).parameters
 
     # ---------------------------------------------------------------- life
 
@@ -694,7 +692,7 @@ class Bridge:
         if OVERHEAD + len(data) > self._max_payload:
             self.stats.drop(intent, "too_large")
             return
-        lane = getattr(msg, "lane", 0)
+        lane = msg.lane
         origin = msg.peer.public_key.to_bytes()
         if intent == _RELIABLE:
             self._seq += 1
@@ -815,11 +813,7 @@ class Bridge:
         exclude = transport.peer_for_key(m.origin)
         intent = _INTENTS[m.intent]
         try:
-            if self._lanes:
-                transport.broadcast_nowait(data, intent, m.priority, exclude=exclude,
-                                           lane=m.lane)  # type: ignore[call-arg]
-            else:
-                transport.broadcast_nowait(data, intent, m.priority, exclude=exclude)
+            transport.broadcast_nowait(data, intent, m.priority, exclude=exclude, lane=m.lane)
         except MessageTooLargeError:
             self.stats.drop(m.intent, "too_large")
             return

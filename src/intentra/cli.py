@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from intentra.aio.transport import Peer, Transport, parse_address
-from intentra.constants import Intent
+from intentra.config import EndpointConfig
+from intentra.constants import MAX_LANE, Intent
 from intentra.errors import (
     AuthenticationError,
     IntentraError,
@@ -107,6 +108,16 @@ def _priority(text: str) -> int:
     return value
 
 
+def _lane(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_LANE:
+        raise argparse.ArgumentTypeError(f"invalid lane {text!r}: an integer 0..{MAX_LANE}")
+    return value
+
+
 def _address(text: str) -> tuple[str, int]:
     try:
         return parse_address(text)
@@ -133,6 +144,17 @@ def _non_negative(text: str) -> float:
         value = -1.0
     if not 0.0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def _large_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    limit = EndpointConfig().max_message_size
+    if value != 0 and not 16 <= value <= limit:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: 0 (none) or 16..{limit} bytes")
     return value
 
 
@@ -433,10 +455,29 @@ async def _stdin_lines() -> AsyncIterator[bytes]:
             return
 
 
-async def _messages(args: argparse.Namespace) -> AsyncIterator[bytes]:
-    if args.message:
+def _read_files(paths: list[str], limit: int) -> list[bytes]:
+    """The contents of ``--file`` paths, one message each, checked before anything is sent."""
+    contents: list[bytes] = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--file {path}: {exc.strerror or exc}") from None
+        if not data:
+            raise UsageError(f"--file {path} is empty; a message is at least 1 byte")
+        if len(data) > limit:
+            raise UsageError(f"--file {path} is {len(data):,} bytes; the largest message is "
+                             f"{limit:,} bytes (max_message_size)")
+        contents.append(data)
+    return contents
+
+
+async def _messages(args: argparse.Namespace, files: list[bytes]) -> AsyncIterator[bytes]:
+    if args.message or files:
         for text in args.message:
             yield text.encode()
+        for data in files:
+            yield data
     else:
         async for line in _stdin_lines():
             yield line
@@ -536,6 +577,7 @@ async def _send(args: argparse.Namespace) -> int:
         except KeyFormatError as exc:
             raise UsageError(f"--server-key: {exc}; pass the base64 key that serve prints") \
                 from None
+    files = _read_files(args.file or [], EndpointConfig().max_message_size)
     host = args.to[0]
     bind = "[::]:0" if ":" in host else "0.0.0.0:0"
     async with await Transport.bind(bind, key) as transport:
@@ -551,8 +593,8 @@ async def _send(args: argparse.Namespace) -> int:
         tasks = [asyncio.create_task(_print_replies(transport)), asyncio.create_task(watch())]
         queued = 0
         try:
-            async for data in _messages(args):  # each line leaves as soon as it is read
-                await peer.send(data, args.intent, args.priority)
+            async for data in _messages(args, files):  # each line leaves as soon as it is read
+                await peer.send(data, args.intent, args.priority, lane=args.lane)
                 queued += 1
             if args.wait > 0:
                 with contextlib.suppress(TimeoutError):
@@ -632,7 +674,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return _run(run_demo(peers=args.peers, rate=args.rate, duration=args.duration,
                          size=args.size, reliable_every=args.reliable_every,
-                         plain=args.plain, loop=args.loop))
+                         plain=args.plain, loop=args.loop, large_size=args.large_size))
 
 
 def _scenarios(text: str) -> tuple[str, ...]:
@@ -780,9 +822,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intent", type=_intent, default=Intent.RELIABLE,
                    help="reliable (default) or realtime")
     p.add_argument("--priority", type=_priority, default=0, help="0..7 (default 0)")
+    p.add_argument("--lane", type=_lane, default=0,
+                   help="0..255 (default 0): RELIABLE messages are in order within a lane")
+    p.add_argument("--file", action="append", metavar="PATH",
+                   help="send this file's contents as one message (up to 1 MiB; large ones "
+                        "travel in fragments); repeat for several, after any MESSAGE")
     p.add_argument("--wait", type=_non_negative, default=1.0, metavar="S",
                    help="seconds to print replies after sending (default 1; 0: do not wait)")
-    p.add_argument("message", nargs="*", help="messages to send (default: lines of stdin)")
+    p.add_argument("message", nargs="*",
+                   help="messages to send (default: lines of stdin, unless --file)")
     p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("proxy", help="a UDP proxy that injects faults, to try an application "
@@ -812,6 +860,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_positive(int), default=64, help="message bytes (64)")
     p.add_argument("--reliable-every", type=_positive(int), default=10,
                    help="every Nth update is RELIABLE, the rest REALTIME (10)")
+    p.add_argument("--large-size", type=_large_size, default=2048, metavar="BYTES",
+                   help="each peer also sends one message this large per second, RELIABLE "
+                        "on lane 1 (2048; 0: none)")
     p.add_argument("--plain", action="store_true", help="plain progress lines, no live display")
     p.set_defaults(func=cmd_demo)
 

@@ -2,7 +2,7 @@
 
 :func:`relay` forwards every message a Transport receives: to every other peer
 (state fan-out, the default) or back to its sender (``echo=True``), with its
-intent and priority, optionally wrapped in an origin envelope
+intent, priority and lane, optionally wrapped in an origin envelope
 (:mod:`intentra.envelope`) so receivers know who sent it. It reads with
 :meth:`Transport.receive_many`: a batch per wake-up, peers served round-robin
 within it, RELIABLE credit given back as each batch is taken.
@@ -69,9 +69,9 @@ async def relay(transport: Transport, *, echo: bool = False, envelope: bool = Fa
             data = wrap(peer.public_key, message) if envelope else message
             try:
                 if echo:
-                    peer.send_nowait(data, intent, priority)
+                    peer.send_nowait(data, intent, priority, lane=msg.lane)
                 else:
-                    broadcast(data, intent, priority, exclude=peer)
+                    broadcast(data, intent, priority, exclude=peer, lane=msg.lane)
             except SendQueueFullError:
                 stats.dropped_queue_full += 1
             except MessageTooLargeError:  # the envelope made it too long

@@ -65,6 +65,9 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("intentra_messages_dropped_receive_queue",
      "REALTIME messages dropped because the application did not read them",
      "messages_dropped_receive_queue"),
+    ("intentra_messages_dropped_reassembly",
+     "Partial REALTIME messages discarded: late, or over the reassembly memory bounds",
+     "messages_dropped_reassembly"),
 )
 
 #: Upper bounds of the smoothed-RTT histogram, seconds.

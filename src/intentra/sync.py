@@ -52,12 +52,13 @@ T = TypeVar("T")
 
 
 class Message(NamedTuple):
-    """A delivered message; ``peer`` is a sync :class:`Peer`."""
+    """A delivered message; ``peer`` is a sync :class:`Peer`, ``lane`` its lane."""
 
     peer: Peer
     data: bytes
     intent: Intent
     priority: int
+    lane: int = 0
 
 
 class _LoopThread:
@@ -161,7 +162,7 @@ class Peer:
         return self._peer.close_reason
 
     def send(self, data: bytes, intent: IntentLike = Intent.RELIABLE, priority: int = 0,
-             timeout: float | None = None) -> None:
+             timeout: float | None = None, *, lane: int = 0) -> None:
         """Queue a message; for RELIABLE, block while the window is full.
 
         Raises:
@@ -169,25 +170,25 @@ class Peer:
             PeerClosedError, MessageTooLargeError, InvalidMessageError: as
                 :meth:`intentra.Peer.send`.
         """
-        self._transport._runner.call(self._peer.send(data, intent, priority), timeout,
-                                     "send (waiting for window room)")
+        self._transport._runner.call(self._peer.send(data, intent, priority, lane=lane),
+                                     timeout, "send (waiting for window room)")
 
     def send_many(self, messages: Iterable[bytes], intent: IntentLike = Intent.RELIABLE,
-                  priority: int = 0, timeout: float | None = None) -> None:
+                  priority: int = 0, timeout: float | None = None, *, lane: int = 0) -> None:
         """Queue many messages in order (see :meth:`intentra.Peer.send_many`)."""
         batch = list(messages)
-        self._transport._runner.call(self._peer.send_many(batch, intent, priority), timeout,
-                                     "send_many")
+        self._transport._runner.call(self._peer.send_many(batch, intent, priority, lane=lane),
+                                     timeout, "send_many")
 
     def send_nowait(self, data: bytes, intent: IntentLike = Intent.REALTIME,
-                    priority: int = 0) -> bool:
+                    priority: int = 0, *, lane: int = 0) -> bool:
         """Queue a message without waiting for window room (see :meth:`intentra.Peer.send_nowait`).
 
         Returns:
             False if a REALTIME message was dropped on a full send queue.
         """
         async def go() -> bool:
-            return self._peer.send_nowait(data, intent, priority)
+            return self._peer.send_nowait(data, intent, priority, lane=lane)
         return self._transport._runner.call(go())
 
     def close(self, reason: CloseReasonLike = CloseReason.NORMAL,
@@ -287,7 +288,7 @@ class Transport:
         if timeout is not None:
             _check_timeout(timeout)
         msg = self._runner.call(self._transport.receive(timeout))
-        return Message(self._wrap(msg.peer), msg.data, msg.intent, msg.priority)
+        return Message(self._wrap(msg.peer), msg.data, msg.intent, msg.priority, msg.lane)
 
     def receive_nowait(self) -> Message | None:
         """A delivered message if one is waiting, else None."""
@@ -295,7 +296,7 @@ class Transport:
             return self._transport.receive_nowait()
         msg = self._runner.call(go())
         return None if msg is None else Message(self._wrap(msg.peer), msg.data, msg.intent,
-                                                msg.priority)
+                                                msg.priority, msg.lane)
 
     def receive_many(self, max: int = aio.RECEIVE_MANY,
                      timeout: float | None = None) -> list[Message]:
@@ -349,10 +350,10 @@ class Transport:
                 return
 
     def broadcast(self, data: bytes, intent: IntentLike = Intent.REALTIME, priority: int = 0,
-                  timeout: float | None = None) -> int:
+                  timeout: float | None = None, *, lane: int = 0) -> int:
         """Send to every established peer (see :meth:`intentra.Transport.broadcast`)."""
-        return self._runner.call(self._transport.broadcast(data, intent, priority), timeout,
-                                 "broadcast")
+        return self._runner.call(self._transport.broadcast(data, intent, priority, lane=lane),
+                                 timeout, "broadcast")
 
     def unacked_reliable(self, peer: Peer | None = None) -> int:
         async def go() -> int:

@@ -157,13 +157,16 @@ class Message(NamedTuple):
     """A message delivered to the application (a NamedTuple: one per message, kept cheap).
 
     ``priority`` is the priority of the packet that carried it: the highest
-    priority among the messages packed together.
+    priority among the messages packed together (for a large message, the packet
+    that completed it). ``lane`` is the lane it was sent on (0..255): RELIABLE
+    messages arrive in the order sent within their lane.
     """
 
     peer: Peer
     data: bytes
     intent: Intent
     priority: int
+    lane: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +217,7 @@ class Peer:
         self._target_index = 0
         self._server_key: bytes | None = None
         self._reconnecting: asyncio.Task[None] | None = None
-        self._backlog: list[tuple[bytes, int]] = []  # RELIABLE sent while reconnecting
+        self._backlog: list[tuple[bytes, int, int]] = []  # RELIABLE sent while reconnecting
         self._last_address: Address = transport._endpoint.address(conn_id) or ("", 0)
         self._inbox: deque[Message] = deque()       # delivered, not yet received
         self._inbox_realtime = 0                    # how many of them are REALTIME
@@ -255,17 +258,23 @@ class Peer:
         self._transport._check_open()
 
     async def send(self, data: bytes, intent: IntentLike = Intent.RELIABLE,
-                   priority: int = 0) -> None:
+                   priority: int = 0, *, lane: int = 0) -> None:
         """Queue a message; for RELIABLE, wait while the window is full.
 
         ``intent`` is an :class:`Intent` or its name (``"reliable"``, ``"realtime"``).
+        ``priority`` (0..7) decides what leaves first; ``lane`` (0..255) what waits for
+        what: RELIABLE messages are delivered in the order sent within a lane, and
+        lanes are independent (a loss or a large message on one never delays
+        another). A message may be up to ``EndpointConfig.max_message_size`` (1 MiB by
+        default); longer than a datagram, it travels in fragments, and a large
+        RELIABLE one waits here for window room as a run of messages would.
 
         Raises:
             PeerClosedError: the session ended (also while waiting).
             MessageTooLargeError, InvalidMessageError: bad arguments.
         """
         intent = as_intent(intent)
-        self._transport._endpoint.check_message(data, int(intent), priority)
+        self._transport._endpoint.check_message(data, int(intent), priority, lane)
         if intent == Intent.RELIABLE:
             while True:
                 self._check_open()
@@ -278,10 +287,10 @@ class Peer:
                 room.clear()
                 self._transport._waiting.add(self)
                 await room.wait()
-        self.send_nowait(data, intent, priority)
+        self.send_nowait(data, intent, priority, lane=lane)
 
     async def send_many(self, messages: Iterable[bytes], intent: IntentLike = Intent.RELIABLE,
-                        priority: int = 0) -> None:
+                        priority: int = 0, *, lane: int = 0) -> None:
         """Queue many messages in order, waiting for window room as :meth:`send` does.
 
         The same as ``for m in messages: await peer.send(m, intent, priority)``,
@@ -299,24 +308,28 @@ class Peer:
         batch = messages if isinstance(messages, list | tuple) else list(messages)
         endpoint = self._transport._endpoint
         for data in batch:
-            endpoint.check_message(data, int(intent), priority)
+            endpoint.check_message(data, int(intent), priority, lane)
         if intent != Intent.RELIABLE:
             for data in batch:
-                self.send_nowait(data, intent, priority)
+                self.send_nowait(data, intent, priority, lane=lane)
             return
         done = 0
         while done < len(batch):
-            await self.send(batch[done], intent, priority)  # waits for room, then queues one
+            # waits for room, then queues one
+            await self.send(batch[done], intent, priority, lane=lane)
             done += 1
             room = 0 if self._reconnecting is not None or self.close_reason is not None else \
                 min(endpoint.reliable_capacity(self.conn_id), len(batch) - done)
             for data in batch[done:done + room]:
-                self.send_nowait(data, intent, priority)
+                self.send_nowait(data, intent, priority, lane=lane)
             done += max(room, 0)
 
     def send_nowait(self, data: bytes, intent: IntentLike = Intent.REALTIME,
-                    priority: int = 0) -> bool:
+                    priority: int = 0, *, lane: int = 0) -> bool:
         """Queue a message without waiting; it leaves in this loop turn's flush.
+
+        ``lane`` as for :meth:`send`. A large RELIABLE message is queued whole at
+        once (prefer ``await send``, which waits for window room).
 
         Returns:
             False if a REALTIME message was dropped because the send queue is
@@ -334,15 +347,15 @@ class Peer:
             self._check_open()  # raises with the explanation, unless reconnecting
         if self._reconnecting is not None:
             # Between sessions: RELIABLE waits for the next one, REALTIME is late anyway.
-            transport._endpoint.check_message(data, int(intent), priority)
+            transport._endpoint.check_message(data, int(intent), priority, lane)
             if intent != Intent.RELIABLE:
                 return False
             if len(self._backlog) >= transport._endpoint.config.max_send_queue:
                 raise SendQueueFullError("the peer is reconnecting and its backlog is full")
-            self._backlog.append((bytes(data), priority))
+            self._backlog.append((bytes(data), priority, lane))
             return True
         ok = transport._endpoint.send(self.conn_id, data, intent, priority,
-                                      _now())
+                                      _now(), lane)
         transport._schedule_flush()
         return ok
 
@@ -1008,7 +1021,8 @@ class Transport:
                 return
 
     def broadcast_nowait(self, data: bytes, intent: IntentLike = Intent.REALTIME,
-                         priority: int = 0, exclude: Peer | None = None) -> int:
+                         priority: int = 0, exclude: Peer | None = None, *,
+                         lane: int = 0) -> int:
         """Queue a message for every established peer except ``exclude``, without waiting.
 
         A peer whose send queue is full is skipped (counted in
@@ -1021,12 +1035,12 @@ class Transport:
         intent = as_intent(intent)
         self._check_open()
         count = self._endpoint.broadcast(data, int(intent), priority, _now(),
-                                         None if exclude is None else exclude.conn_id)
+                                         None if exclude is None else exclude.conn_id, lane)
         self._schedule_flush()
         return count
 
     async def broadcast(self, data: bytes, intent: IntentLike = Intent.REALTIME,
-                        priority: int = 0) -> int:
+                        priority: int = 0, *, lane: int = 0) -> int:
         """Send to every established peer; returns how many it was queued for.
 
         REALTIME is queued at once for all; RELIABLE waits, peer by peer,
@@ -1035,12 +1049,12 @@ class Transport:
         intent = as_intent(intent)
         self._check_open()
         if intent != Intent.RELIABLE:
-            return self.broadcast_nowait(data, intent, priority)
-        self._endpoint.check_message(data, int(intent), priority)
+            return self.broadcast_nowait(data, intent, priority, lane=lane)
+        self._endpoint.check_message(data, int(intent), priority, lane)
         count = 0
         for peer in list(self._peers.values()):
             try:
-                await peer.send(data, intent, priority)
+                await peer.send(data, intent, priority, lane=lane)
                 count += 1
             except PeerClosedError:
                 continue
@@ -1050,7 +1064,7 @@ class Transport:
         """RELIABLE messages queued or in flight, not yet acknowledged (one peer or all)."""
         sessions = self._endpoint.sessions
         chosen = [sessions.get(peer.conn_id)] if peer is not None else list(sessions.values())
-        return sum(s.send_window.in_flight + s.queued_reliable for s in chosen if s is not None)
+        return sum(s.unacked_reliable() for s in chosen if s is not None)
 
     def _wake_senders(self) -> None:
         for peer in self._waiting:
@@ -1221,7 +1235,7 @@ class Transport:
         while events:
             for event in events:
                 if type(event) is MessageReceived:
-                    conn_id, data, intent, priority = event
+                    conn_id, data, intent, priority, lane = event
                     if self._sink:
                         self.sink_messages += 1
                         if intent is Intent.RELIABLE:
@@ -1241,7 +1255,8 @@ class Transport:
                         last_peer._inbox_realtime += 1
                     if not inbox:
                         ready.append(last_peer)
-                    inbox.append(_tuple_new(Message, (last_peer, data, intent, priority)))
+                    inbox.append(_tuple_new(Message, (last_peer, data, intent, priority,
+                                                              lane)))
                     continue
                 last_id = -1  # a session event may change what a conn_id maps to
                 if type(event) is HandshakeCompleted:
@@ -1359,7 +1374,7 @@ class Transport:
         peer._wake()
         self._post(PeerEvent("closed", peer, reason))
 
-    async def _reconnect(self, peer: Peer, pending: list[tuple[bytes, int]]) -> None:
+    async def _reconnect(self, peer: Peer, pending: list[tuple[bytes, int, int]]) -> None:
         delay = RECONNECT_FIRST_DELAY
         targets = peer._targets
         tried = 0
@@ -1394,9 +1409,9 @@ class Transport:
         resend = pending + peer._backlog
         peer._backlog = []
         now = _now()
-        for data, priority in resend:  # at least once: the old responder may have had them
+        for data, priority, lane in resend:  # at least once: the old responder may have had them
             with contextlib.suppress(IntentraError):
-                self._endpoint.send(peer.conn_id, data, int(Intent.RELIABLE), priority, now)
+                self._endpoint.send(peer.conn_id, data, int(Intent.RELIABLE), priority, now, lane)
         self._process(now)
         self._post(PeerEvent("reconnected", peer, None, len(resend)))
         peer._wake()

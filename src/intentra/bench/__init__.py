@@ -11,6 +11,9 @@ Scenarios:
                 whose application reads with receive() (a sweep per --workers
                 count), with receive_many(), or not at all (serve --sink)
     stream      one peer as fast as it can, REALTIME and RELIABLE
+    large       one peer sending 1 MiB RELIABLE messages (fragmented, on lane 1) as
+                fast as it can: MB/s delivered whole, against aioquic's stream
+                moving the same messages
     handshakes  complete handshakes per second one responder serves
     latency     one-way latency at 10%, 50% and 90% of the fan-in maximum
     sessions    RSS per established idle session in one endpoint
@@ -45,7 +48,7 @@ from typing import Any
 
 from intentra.bench.proto import Json, Role, RoleError
 
-SCENARIOS = ("fan-in", "stream", "handshakes", "latency", "sessions")
+SCENARIOS = ("fan-in", "stream", "large", "handshakes", "latency", "sessions")
 """What ``intentra bench`` runs by default."""
 EXTRA_SCENARIOS = ("bottleneck", "cluster")
 """Run only when named (bottleneck needs root; each is a minute or more of its own)."""
@@ -63,6 +66,8 @@ class Options:
     size: int = 128
     step_seconds: float = 2.0
     stream_seconds: float = 3.0
+    large_seconds: float = 3.0
+    large_size: int = 1 << 20
     handshake_seconds: float = 3.0
     latency_seconds: float = 3.0
     sessions: int = 10_000
@@ -94,7 +99,8 @@ class Options:
     def quick(cls, **overrides: Any) -> Options:
         """Seconds, not minutes: the smoke run of ``make test``."""
         values: dict[str, Any] = {
-            "peers": 20, "step_seconds": 0.4, "stream_seconds": 0.5,
+            "peers": 20, "step_seconds": 0.4, "stream_seconds": 0.5, "large_seconds": 0.5,
+            "large_size": 256 * 1024,
             "handshake_seconds": 0.5, "latency_seconds": 0.4, "sessions": 100,
             "start_rate": 2000.0, "growth": 4.0, "max_rate": 40_000.0, "smoke": True,
             "bottleneck_loads": (0.4, 2.4), "bottleneck_seconds": 0.8,
@@ -378,6 +384,38 @@ def stream(options: Options, kind: str, intent: str) -> Json:
         return result
 
 
+def large(options: Options, kind: str) -> Json:
+    """``large_size`` RELIABLE messages from one peer for ``large_seconds``: MB/s of
+    whole messages delivered (intentra: fragments on lane 1; aioquic: one stream)."""
+    size = options.large_size
+    with Stack() as stack:
+        if kind == "quic":
+            server, ready = stack.start("quic-server", {"size": size})
+            client, _ = stack.start("quic-client", {
+                "target": f"127.0.0.1:{ready['port']}", "size": size})
+            servers = [server]
+        else:
+            config = {**STREAM_CONFIG, "max_message_size": max(size, 1 << 20),
+                      "max_reorder_buffer": max(size, 1 << 20) + (256 << 10)}
+            servers, target, key = start_servers(stack, kind, 1, config=config)
+            client, _ = stack.start(f"{kind}-generator", {
+                "target": target, "server_key": key, "peers": 1, "size": size,
+                "config": {**config, "congestion_control": True}})
+        reset(servers)
+        sent = client.ask(cmd="bulk", duration=options.large_seconds,
+                          timeout=options.large_seconds + 120)
+        time.sleep(0.3)
+        stats = server_stats(servers)
+        seconds = sent["seconds"]
+        result = {"kind": kind, "size": size, "sent": sent["sent"],
+                  "delivered": stats["messages"], "in_order": stats["in_order"],
+                  "mb_per_s": stats["in_order"] * size / seconds / 1e6,
+                  "sender_cpu": sent["cpu"] / seconds, "server_cpu": stats["cpu"] / seconds}
+        options.progress(f"  large {kind}: {result['mb_per_s']:>8.1f} MB/s of {size:,}-byte "
+                         f"messages ({stats['in_order']:,} of {sent['sent']:,} whole, in order)")
+        return result
+
+
 def handshakes(options: Options, kind: str) -> Json:
     with Stack() as stack:
         if kind == "quic":
@@ -523,6 +561,11 @@ def run(options: Options) -> Report:
             results["stream"].append(stream(options, "raw", "realtime"))
         if "quic" in baselines:
             results["stream"] += [stream(options, "quic", i) for i in ("realtime", "reliable")]
+    if "large" in wanted:
+        say("large")
+        results["large"] = [large(options, "intentra")]
+        if "quic" in baselines:
+            results["large"].append(large(options, "quic"))
     if "handshakes" in wanted:
         say("handshakes")
         results["handshakes"] = [handshakes(options, "intentra")]

@@ -125,6 +125,21 @@ def summary(report: Report) -> list[Row]:
             ratio = mine["rate"] / quic["rate"]
             rows.append((f"stream {intent} vs aioquic", f"{ratio:.1f}x", "1.0x", "",
                          verdict(f"stream {intent} vs quic", ratio)))
+    big = r.get("large", [])
+    mine = _find(big, kind="intentra")
+    quic = _find(big, kind="quic")
+    if mine:
+        cpu = (f"receiver {_share(mine.get('server_cpu'))} / "
+               f"sender {_share(mine.get('sender_cpu'))}")
+        if quic:
+            cpu += (f" | aioquic {_share(quic.get('server_cpu'))} / "
+                    f"{_share(quic.get('sender_cpu'))}")
+        rows.append((f"large {mine['size']:,}-byte RELIABLE MB/s", f"{mine['mb_per_s']:,.1f}",
+                     f"aioquic stream {quic['mb_per_s']:,.1f}" if quic else "-", cpu,
+                     "report"))
+        if quic and quic["mb_per_s"]:
+            rows.append(("large vs aioquic", f"{mine['mb_per_s'] / quic['mb_per_s']:.2f}x",
+                         "1.00x", "", "report"))
     raw_stream = _find(streams, kind="raw")
     if raw_stream:
         rows.append(("stream raw UDP msg/s (1 msg/datagram)", "-",

@@ -533,10 +533,34 @@ def intentra_generator(args: Json) -> None:
             return {"sent": sent, "dropped": dropped, "seconds": loop.time() - start,
                     "cpu": cpu_seconds() - cpu0}
 
+        async def bulk(duration: float) -> Json:
+            """One peer sends ``size``-byte RELIABLE messages on lane 1 for ``duration``
+            seconds (each waits for window room), then waits until all are acknowledged."""
+            loop = asyncio.get_running_loop()
+            peer = peers[0]
+            cpu0 = cpu_seconds()
+            start = loop.time()
+            sent = 0
+            seq = seqs[0]
+            while loop.time() - start < duration:
+                pack_into(buf, 0, clock(), seq)
+                seq += 1
+                await peer.send(bytes(buf), Intent.RELIABLE, lane=1)
+                sent += 1
+            owner = transports[0]
+            while owner.unacked_reliable(peer) > 0:
+                await asyncio.sleep(0.001)
+            seqs[0] = seq
+            return {"sent": sent, "dropped": 0, "seconds": loop.time() - start,
+                    "cpu": cpu_seconds() - cpu0}
+
         async def handle(command: Json) -> bool:
             cmd = command["cmd"]
             if cmd == "quit":
                 return False
+            if cmd == "bulk":
+                reply(**await bulk(float(command["duration"])))
+                return True
             intent = Intent[command.get("intent", "realtime").upper()]
             if cmd == "go":
                 run = replay_plan if command.get("presealed") else paced
