@@ -19,12 +19,12 @@ demo: install
 	$(BIN)/intentra demo
 
 test: install-test
-	$(BIN)/ruff check src tests bench fuzz
+	$(BIN)/ruff check src tests tools fuzz
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 lint: install-test
-	$(BIN)/ruff check src tests bench fuzz
+	$(BIN)/ruff check src tests tools fuzz
 	$(BIN)/mypy
 
 clean:

@@ -1,6 +1,6 @@
 """The soak run of docs/reliability.md, as an opt-in test: ``pytest -m soak``.
 
-It runs ``bench/soak.py`` (100 peers through the fault proxy; 10 minutes, or
+It runs ``tools/soak.py`` (100 peers through the fault proxy; 10 minutes, or
 ``$INTENTRA_SOAK_DURATION`` such as ``2m``) in a subprocess and fails unless
 every check of the script held: RELIABLE exactly once and in order, REALTIME
 never twice, no RSS growth after warm-up. The default run deselects it
@@ -32,7 +32,7 @@ def test_soak_through_the_fault_proxy(tmp_path: Path) -> None:
     duration = os.environ.get("INTENTRA_SOAK_DURATION", "10m")
     out = tmp_path / "soak.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "soak.py"), "--duration", duration,
+        [sys.executable, str(ROOT / "tools" / "soak.py"), "--duration", duration,
          "--json", str(out)], cwd=ROOT, capture_output=True, text=True, check=False,
         timeout=_seconds(duration) + 300)
     assert out.exists(), result.stderr

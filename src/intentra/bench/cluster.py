@@ -52,7 +52,7 @@ def unavailable_reason() -> str | None:
 def hub_role(args: Json) -> None:
     """A hub: Transport, relay, and a Bridge when ``bus`` is given."""
     from intentra import PrivateKey, Transport  # noqa: PLC0415
-    from intentra.bench.roles import commands, cpu_seconds, run_async  # noqa: PLC0415
+    from intentra.bench.measure import commands, cpu_seconds, run_async  # noqa: PLC0415
     from intentra.bus import Bridge, BusConfig  # noqa: PLC0415
     from intentra.hub import RelayStats, relay  # noqa: PLC0415
 
@@ -92,7 +92,7 @@ def hub_role(args: Json) -> None:
 def peers_role(args: Json) -> None:
     """``senders`` and ``receivers`` peers on one hub; receivers count and time arrivals."""
     from intentra import Intent, PrivateKey, PublicKey, Transport  # noqa: PLC0415
-    from intentra.bench.roles import (  # noqa: PLC0415
+    from intentra.bench.measure import (  # noqa: PLC0415
         STAMP,
         commands,
         cpu_seconds,
@@ -187,7 +187,7 @@ ROLES = {"cluster-hub": hub_role, "cluster-peers": peers_role}
 # ---------------------------------------------------------------- the scenario
 
 def _percentiles(samples: list[float]) -> Json:
-    from intentra.bench.roles import percentiles  # noqa: PLC0415
+    from intentra.bench.measure import percentiles  # noqa: PLC0415
 
     return percentiles(array("d", samples))
 

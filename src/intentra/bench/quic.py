@@ -36,8 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from intentra.bench.proto import Json, reply
-from intentra.bench.roles import (
+from intentra.bench.measure import (
     STAMP,
     Counter,
     commands,
@@ -47,6 +46,7 @@ from intentra.bench.roles import (
     rss_kib,
     run_async,
 )
+from intentra.bench.proto import Json, reply
 
 ALPN = ["intentra-bench"]
 PENDING_DATAGRAMS = 256

@@ -9,7 +9,7 @@ figure when other work shares the cores). The token bucket is lifted (it
 would rightly throttle a flood); the receiver's kernel drops what it cannot
 keep up with, as UDP does. Usage:
 
-    python bench/datapath.py [--seconds 3] [--runs 3] [--size 100] [--vary]
+    python tools/datapath.py [--seconds 3] [--runs 3] [--size 100] [--vary]
                              [--burst 256] [--paths plain,gso]
 
 ``--vary`` draws message sizes from 1..2*size: datagrams then differ in size

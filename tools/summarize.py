@@ -6,7 +6,7 @@ Figures in ``core`` are a process's share of one core (CPU seconds per second) a
 the figure above them: the side near 1.00 was the limit.
 
 Usage:
-    python bench/summarize.py run1.json run2.json run3.json [--markdown]
+    python tools/summarize.py run1.json run2.json run3.json [--markdown]
 """
 
 from __future__ import annotations

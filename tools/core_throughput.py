@@ -2,7 +2,7 @@
 
 Measures what the protocol core costs per packet and per message, apart from
 the socket and the event loop. Usage:
-    python bench/core_throughput.py [--messages N] [--per-packet K] [--intent realtime|reliable]
+    python tools/core_throughput.py [--messages N] [--per-packet K] [--intent realtime|reliable]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ checks what comes back: RELIABLE exactly once and in order, REALTIME never
 twice. RSS of the server and of this process is sampled; after warm-up it must
 not grow. Usage:
 
-    python bench/soak.py --duration 10m [--peers 100] [--rate 10] [--loss 0.05]
+    python tools/soak.py --duration 10m [--peers 100] [--rate 10] [--loss 0.05]
         [--dup 0.01] [--jitter 10ms] [--json out.json]
 
 Exit status 0 when every check held, 1 otherwise.

@@ -10,7 +10,7 @@ processes as ``intentra bench fan-in`` (1,000 peers, presealed datagrams in GSO
 batches); the servers interleaved, several rounds, the median printed, with
 each side's share of a core and the machine's busy cores. Usage:
 
-    python bench/fan_in_cost.py [--rate 20000] [--seconds 3] [--rounds 3] [--peers 1000]
+    python tools/fan_in_cost.py [--rate 20000] [--seconds 3] [--rounds 3] [--peers 1000]
                                 [--readers receive,receive_many,sink,raw] [--json FILE]
 """
 

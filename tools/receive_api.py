@@ -6,7 +6,7 @@ reading is timed, so the figure is the API's own cost per message (the network
 and the receive path are done before the clock starts). Each way of reading is
 run several times, interleaved, and the median printed. Usage:
 
-    python bench/receive_api.py [--peers 10] [--messages 2000] [--rounds 5] [--batch 1024]
+    python tools/receive_api.py [--peers 10] [--messages 2000] [--rounds 5] [--batch 1024]
 """
 
 from __future__ import annotations
