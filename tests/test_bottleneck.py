@@ -41,6 +41,8 @@ READER_RATE = 2000.0
 RSS_GROWTH_KIB = 2048
 """Slow reader: the receiver's RSS may grow at most 2 MiB from 1.0 s to the end of the
 run (today's unbounded receive queue grows it about 1 MiB/s)."""
+RECEIVE_BUFFER = 256 * 1024
+"""Slow reader: the receiver's max_reorder_buffer."""
 ACCEPTED_ALLOWANCE = 2048
 """Slow reader: messages the bulk sender's ``send`` may accept beyond what the reader
 reads (windows, queues and credit in flight)."""
@@ -183,8 +185,10 @@ def test_a_latecomer_gets_its_share(link: Bottleneck) -> None:
 
 def test_slow_reader_holds_the_sender_back_without_loss(link: Bottleneck) -> None:
     duration = 5.0
+    # A 256 KiB receive buffer (the default, 1.3 MiB, is sized for 1 MiB messages):
+    # the credit, not the buffer's size, is what this test is about.
     r = _run(link, "slow-reader", load=0.05, senders=2, bulk_senders=1, duration=duration,
-             reader_rate=READER_RATE, reader_batch=20)
+             reader_rate=READER_RATE, reader_batch=20, receive_buffer=RECEIVE_BUFFER)
     check = Checks(f"slow reader ({READER_RATE:,.0f} msg/s) against a send_many bulk sender")
     rss = r["rss_kib"]
     check(rss["growth_after_warmup"] is not None and

@@ -12,6 +12,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 Json = dict[str, Any]
@@ -22,12 +23,20 @@ class RoleError(RuntimeError):
 
 
 class Role:
-    """A role running in its own process (``python -m intentra.bench.roles ROLE``)."""
+    """A role running in its own process (``python -m intentra.bench.roles ROLE``).
+
+    ``module`` is the module run as ``-m`` (another family of roles speaking this
+    protocol, e.g. :mod:`intentra.testing.bottleneck_run`); ``wrap`` prefixes the
+    command line (``Bottleneck.command``: run it inside a network namespace).
+    """
 
     def __init__(self, role: str, args: Json, *, cpu: int | None = None,
-                 pass_fds: tuple[int, ...] = ()) -> None:
+                 pass_fds: tuple[int, ...] = (), module: str = "intentra.bench.roles",
+                 wrap: Callable[..., list[str]] | None = None) -> None:
         self.name = role
-        cmd = [sys.executable, "-m", "intentra.bench.roles", role, json.dumps(args)]
+        cmd = [sys.executable, "-m", module, role, json.dumps(args)]
+        if wrap is not None:
+            cmd = wrap(*cmd)
         if cpu is not None and hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
             cmd = ["taskset", "-c", str(cpu), *cmd] if _have_taskset() else cmd
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module

@@ -50,11 +50,8 @@ import asyncio
 import contextlib
 import json
 import math
-import os
-import select
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -63,6 +60,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from intentra.bench.measure import cpu_seconds, rss_kib, run_async
+from intentra.bench.proto import Role, RoleError, reply
 from intentra.testing.bottleneck import Bottleneck, BottleneckError
 
 __all__ = ["BIN", "HEAD", "RunError", "Scenario", "jain", "main", "run"]
@@ -83,7 +82,7 @@ KINDS = ("intentra", "raw", "quic")
 _START_MARGIN = 0.25
 
 
-class RunError(RuntimeError):
+class RunError(RoleError):
     """A role process failed, timed out or answered nonsense (its stderr is included)."""
 
 
@@ -110,6 +109,9 @@ class Scenario:
     reader_rate: float = 0.0
     """Messages per second the receiving application reads at most (0: as fast as it can)."""
     reader_batch: int = 20
+    receive_buffer: int = 0
+    """The intentra receiver's ``max_reorder_buffer`` (what it holds unread per session),
+    with ``max_message_size`` lowered to fit; 0: the defaults."""
     rate_schedule: tuple[tuple[float, float], ...] = ()
     """(seconds after t0, Mbit/s): link rate changes during the run."""
     stagger: float = 0.0
@@ -134,7 +136,7 @@ class Scenario:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("reliable_every_ms", "reader_rate", "settle", "drain",
-                     "rates_after_start"):
+                     "rates_after_start", "receive_buffer"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.bulk_senders and self.kind != "intentra":
@@ -174,61 +176,9 @@ class Scenario:
 
 # ------------------------------------------------------------------ parent side
 
-class _Role:
-    """One role process inside the namespace; JSON lines both ways."""
-
-    def __init__(self, link: Bottleneck, role: str, args: Json) -> None:
-        self.name = role
-        cmd = link.command(sys.executable, "-m", "intentra.testing.bottleneck_run", role,
-                           json.dumps(args))
-        self.proc = subprocess.Popen(  # noqa: S603 - our interpreter, our module
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, bufsize=1)
-
-    def send(self, **command: Any) -> None:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(json.dumps(command) + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            raise RunError(f"{self.name} exited early: {self._stderr()}") from None
-
-    def read(self, timeout: float) -> Json:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            raise RunError(f"{self.name}: no answer within {timeout:.0f} s")
-        line = self.proc.stdout.readline()
-        if not line:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(5)
-            raise RunError(f"{self.name} exited ({self.proc.returncode}): {self._stderr()}")
-        try:
-            reply: Json = json.loads(line)
-        except json.JSONDecodeError:
-            raise RunError(f"{self.name} printed {line.strip()[:200]!r}") from None
-        if "error" in reply:
-            raise RunError(f"{self.name}: {reply['error']}")
-        return reply
-
-    def _stderr(self) -> str:
-        if self.proc.stderr is None or self.proc.poll() is None:
-            return ""
-        lines = self.proc.stderr.read().strip().splitlines()
-        return " | ".join(lines[-3:]) if lines else "(no output on stderr)"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(RunError, OSError):
-                self.send(cmd="quit")
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+def _start(link: Bottleneck, role: str, args: Json) -> Role:
+    """One role process inside the namespace, speaking the bench's JSON lines."""
+    return Role(role, args, module="intentra.testing.bottleneck_run", wrap=link.command)
 
 
 def run(scenario: Scenario, link: Bottleneck | None = None) -> Json:
@@ -247,16 +197,16 @@ def run(scenario: Scenario, link: Bottleneck | None = None) -> Json:
             return run(scenario, own)
     if link.rate_mbit != scenario.link_mbit:
         link.set_rate(scenario.link_mbit)
-    roles: list[_Role] = []
+    roles: list[Role] = []
     try:
-        receiver = _Role(link, "receiver", scenario.to_json())
+        receiver = _start(link, "receiver", scenario.to_json())
         roles.append(receiver)
         ready = receiver.read(60)
         senders = []
         for index in range(scenario.senders):
             args = {**scenario.to_json(), "index": index, "port": ready["port"],
                     "server_key": ready["key"]}
-            senders.append(_Role(link, "sender", args))
+            senders.append(_start(link, "sender", args))
         roles += senders
         for sender in senders:
             sender.read(60)
@@ -276,6 +226,8 @@ def run(scenario: Scenario, link: Bottleneck | None = None) -> Json:
         if link.rate_mbit != scenario.link_mbit:
             link.set_rate(scenario.link_mbit)
         return result
+    except RoleError as exc:
+        raise RunError(str(exc)) from None
     finally:
         for role in reversed(roles):
             role.stop()
@@ -483,25 +435,6 @@ def _phases(s: Scenario, rec: Records, t0_ns: int) -> list[Json]:
 
 # ------------------------------------------------------------------ role side
 
-def _reply(**values: Any) -> None:
-    sys.stdout.write(json.dumps(values) + "\n")
-    sys.stdout.flush()
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process so far (user + system): is a role the limit?"""
-    times = os.times()
-    return times.user + times.system
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 class _Commands:
     """Commands from the parent on stdin, read by a thread, awaited in the loop."""
 
@@ -596,7 +529,7 @@ async def _sender(s: Scenario, args: Json, commands: _Commands) -> None:
 
         t = await Transport.bind("127.0.0.1:0", PrivateKey.generate())
         peer = await t.connect(target, server_key=PublicKey.from_base64(args["server_key"]))
-        _reply(ready=True)
+        reply(ready=True)
         t0 = float((await commands.expect("start"))["t0"])
         dropped = [0]
         waited = [0.0]
@@ -646,8 +579,8 @@ async def _sender(s: Scenario, args: Json, commands: _Commands) -> None:
             sent_rt, sent_rl, lag = await _pace(s, t0 + index * s.stagger, t0 + s.duration,
                                                 rt, rl)
         sampler.cancel()
-        _reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
-               cpu_seconds=_cpu_seconds(),
+        reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
+               cpu_seconds=cpu_seconds(),
                send_wait_seconds=waited[0], reliable_lag_max_s=lag,
                bulk=index < s.bulk_senders, stats=_stats(t), status=samples)
         await commands.wait_quit()  # keep retransmitting until the parent quits
@@ -656,7 +589,7 @@ async def _sender(s: Scenario, args: Json, commands: _Commands) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         sock.connect(target)
-        _reply(ready=True)
+        reply(ready=True)
         t0 = float((await commands.expect("start"))["t0"])
         dropped = [0]
 
@@ -671,8 +604,8 @@ async def _sender(s: Scenario, args: Json, commands: _Commands) -> None:
 
         sent_rt, sent_rl, lag = await _pace(s, t0 + index * s.stagger, t0 + s.duration,
                                             lambda q: send_raw(q, REALTIME), rl_raw)
-        _reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
-               cpu_seconds=_cpu_seconds(),
+        reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
+               cpu_seconds=cpu_seconds(),
                reliable_lag_max_s=lag)
         await commands.wait_quit()
     else:
@@ -688,7 +621,7 @@ async def _quic_sender(s: Scenario, index: int, target: tuple[str, int], buf: by
     async with connect(target[0], target[1], configuration=_configuration(True)) as client:
         quic = client._quic
         stream_id = quic.get_next_available_stream_id()
-        _reply(ready=True, congestion_control=quic._configuration.congestion_control_algorithm)
+        reply(ready=True, congestion_control=quic._configuration.congestion_control_algorithm)
         t0 = float((await commands.expect("start"))["t0"])
         dropped = [0]
 
@@ -704,8 +637,8 @@ async def _quic_sender(s: Scenario, index: int, target: tuple[str, int], buf: by
 
         sent_rt, sent_rl, lag = await _pace(s, t0 + index * s.stagger, t0 + s.duration,
                                             rt, rl, client.transmit)
-        _reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
-               cpu_seconds=_cpu_seconds(),
+        reply(sent={"realtime": sent_rt, "reliable": sent_rl}, dropped_at_sender=dropped[0],
+               cpu_seconds=cpu_seconds(),
                reliable_lag_max_s=lag)
         await commands.wait_quit()
 
@@ -722,9 +655,14 @@ async def _receiver(s: Scenario, commands: _Commands) -> None:
 
     if s.kind == "intentra":
         from intentra import PrivateKey, Transport  # noqa: PLC0415
+        from intentra.config import EndpointConfig  # noqa: PLC0415
 
         key = PrivateKey.generate()
-        t = await Transport.bind("127.0.0.1:0", key)
+        config = EndpointConfig()
+        if s.receive_buffer:
+            config = EndpointConfig(max_reorder_buffer=s.receive_buffer,
+                                    max_message_size=s.receive_buffer - config.max_datagram)
+        t = await Transport.bind("127.0.0.1:0", key, config=config)
         port, pub = t.local_address[1], key.public_key.to_base64()
 
         async def read() -> None:
@@ -774,10 +712,10 @@ async def _receiver(s: Scenario, commands: _Commands) -> None:
 
     async def sample() -> None:
         while True:
-            rss.append((time.monotonic() - t0_box[0], _rss_kib()))
+            rss.append((time.monotonic() - t0_box[0], rss_kib()))
             await asyncio.sleep(BIN)
 
-    _reply(ready=True, port=port, key=pub)
+    reply(ready=True, port=port, key=pub)
     t0 = float((await commands.expect("start"))["t0"])
     t0_box[0] = t0
     sampler = asyncio.ensure_future(sample())
@@ -787,11 +725,11 @@ async def _receiver(s: Scenario, commands: _Commands) -> None:
             rec.reliable_count(i) < n for i, n in enumerate(expected)):
         await asyncio.sleep(0.05)
     drained = time.monotonic() - stopped
-    cpu_seconds = _cpu_seconds()
+    cpu_used = cpu_seconds()
     await asyncio.sleep(0.1)  # REALTIME in flight behind the last RELIABLE
     sampler.cancel()
-    result = analyse(s, rec, int(t0 * 1e9), expected, rss, drained, cpu_seconds)
-    _reply(**result)
+    result = analyse(s, rec, int(t0 * 1e9), expected, rss, drained, cpu_used)
+    reply(**result)
     await commands.wait_quit()
     for undo in cleanup:
         undo()
@@ -854,15 +792,10 @@ def _role(role: str, args: Json) -> None:
         except SystemExit:
             return
         except Exception as exc:
-            _reply(error=f"{type(exc).__name__}: {exc}")
+            reply(error=f"{type(exc).__name__}: {exc}")
             raise
 
-    try:
-        import uvloop  # noqa: PLC0415 - optional extra
-    except ImportError:
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
+    run_async(main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
