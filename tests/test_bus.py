@@ -228,7 +228,7 @@ def test_a_bridge_publishes_only_once_started() -> None:
     import asyncio  # noqa: PLC0415
 
     from intentra import Intent, PrivateKey, Transport  # noqa: PLC0415
-    from intentra.aio.transport import Message  # noqa: PLC0415
+    from intentra.aio.peer import Message  # noqa: PLC0415
     from intentra.bus import Bridge  # noqa: PLC0415
 
     async def body() -> None:

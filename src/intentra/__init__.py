@@ -5,7 +5,8 @@ late) and a 0-7 priority, over a Noise XX handshake with stateless cookies.
 See README.md for a tour and docs/protocol.md for the wire protocol.
 """
 
-from intentra.aio.transport import Message, Peer, PeerEvent, Transport
+from intentra.aio.peer import Message, Peer, PeerEvent
+from intentra.aio.transport import Transport
 from intentra.config import EndpointConfig
 from intentra.constants import CloseReason, Intent
 from intentra.errors import (

@@ -80,7 +80,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from intentra.aio.transport import Message, Transport
+from intentra.aio.peer import Message
+from intentra.aio.transport import Transport
 from intentra.constants import Intent
 from intentra.envelope import MAGIC as ENVELOPE_MAGIC
 from intentra.errors import BusError, IntentraError, MessageTooLargeError

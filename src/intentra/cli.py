@@ -21,7 +21,9 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from intentra.aio.transport import Peer, Transport, parse_address
+from intentra.aio.args import parse_address
+from intentra.aio.peer import Peer
+from intentra.aio.transport import Transport
 from intentra.config import EndpointConfig
 from intentra.constants import MAX_LANE, Intent
 from intentra.errors import (

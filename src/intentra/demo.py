@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from intentra.aio.transport import Message, Peer, Transport
+from intentra.aio.peer import Message, Peer
+from intentra.aio.transport import Transport
 from intentra.constants import Intent
 from intentra.errors import IntentraError, SendQueueFullError
 from intentra.keys import PrivateKey

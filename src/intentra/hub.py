@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from intentra.aio.transport import Message, Transport
+from intentra.aio.peer import Message
+from intentra.aio.transport import Transport
 from intentra.envelope import wrap
 from intentra.errors import (
     IntentraError,

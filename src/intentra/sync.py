@@ -35,7 +35,7 @@ from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Self, TypeVar
 
 from intentra.aio import transport as aio
-from intentra.aio.transport import CloseReasonLike, IntentLike
+from intentra.aio.args import CloseReasonLike, IntentLike, check_batch_size
 from intentra.config import EndpointConfig
 from intentra.constants import CloseReason, Intent
 from intentra.errors import (
@@ -312,7 +312,7 @@ class Transport:
             ReceiveTimeoutError: nothing within ``timeout`` (a ``TimeoutError``).
             TransportClosedError: the transport was closed.
         """
-        limit = aio._check_max(max)
+        limit = check_batch_size(max)
         if timeout is not None:
             _check_timeout(timeout)
         batch = self._runner.call(self._transport.receive_many(limit, timeout))
@@ -332,7 +332,7 @@ class Transport:
         Raises:
             InvalidArgumentError: ``max`` is not an integer >= 1 (at once).
         """
-        return self._iterate_batches(aio._check_max(max))
+        return self._iterate_batches(check_batch_size(max))
 
     def _iterate_batches(self, limit: int) -> Iterator[list[Message]]:
         while True:
