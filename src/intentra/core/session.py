@@ -95,9 +95,9 @@ CREDIT_PROBE_MAX: Final = 1.0
 ELICIT_EVERY: Final = 15
 """REALTIME DATA packets sent without A = 1 before the next one asks for an ACK."""
 ELICIT_GAP: Final = 0.1
+"""Seconds after which the next REALTIME DATA packet asks for an ACK in any case."""
 ELICIT_EARLY: Final = 8
 """RTT samples a session takes before its REALTIME packets stop all asking for ACKs."""
-"""Seconds after which the next REALTIME DATA packet asks for an ACK in any case."""
 SKIP_SPACING: Final = 256
 """A sender skips one pn (chosen at random) in every SKIP_SPACING to 2 x SKIP_SPACING - 1."""
 MIN_FRAGMENT: Final = 64
@@ -500,10 +500,12 @@ class Session:
         RELIABLE DATA is always ack-eliciting, and so is REALTIME DATA while the
         controller holds this sender back (it needs every sample then). A sender
         with room to spare marks every ELICIT_EVERY-th packet, and the first after
-        ELICIT_GAP or after the path went idle: a hub that hears many quiet peers
-        then sends an ACK per 16 packets, not one per packet. Until a session has
-        ELICIT_EARLY RTT samples every packet asks, so the first samples come before
-        any queue.
+        ELICIT_GAP: a hub that hears many quiet peers then sends an ACK per 16
+        packets or 100 ms, not one per packet. (A packet sent onto an empty path
+        does not ask for that alone: a peer sending 30 updates a second on a fast
+        path always finds it empty, and would get an ACK for each.) Until a session
+        has ELICIT_EARLY RTT samples every packet asks, so the first samples come
+        before any queue.
         """
         recovery = self.recovery
         # Dense while the controller needs samples; with it off, nothing does.
@@ -512,7 +514,7 @@ class Session:
             self.pushing or self.rtt.samples < ELICIT_EARLY
             or 2 * recovery.in_flight >= self.cc.cwnd)
         if (intent == _RELIABLE or dense or self.unelicited >= ELICIT_EVERY
-                or recovery.in_flight == 0 or now - self.elicited_at >= ELICIT_GAP):
+                or now - self.elicited_at >= ELICIT_GAP):
             eliciting = _ELICIT
             self.unelicited = 0
             self.elicited_at = now
