@@ -578,6 +578,17 @@ typedef struct {
     Py_ssize_t received, malformed, unknown, rate_limit, crypto, replay, delivered_rt;
 } Counts;
 
+/* The words of the last ReplayWindow._bits written, per conn_id slot: an int is
+ * immutable, so while ``_bits`` is still that very object (a strong reference is
+ * kept, so its address cannot be reused) its words need no conversion. A cache
+ * of a value, not state: any other object is converted afresh. */
+#define BITS_CACHE 256
+#define BITS_CACHE_WORDS 16
+typedef struct {
+    PyObject *bits;
+    uint64_t words[BITS_CACHE_WORDS];
+} BitsEntry;
+
 typedef struct {
     PyObject_HEAD
     PyObject *endpoint;
@@ -591,6 +602,7 @@ typedef struct {
     uint64_t ack_every;
     long catch_up;
     Counts counts;
+    BitsEntry *bits_cache;
 } ReceiverObject;
 
 static PyObject *str_sessions, *str_failed_opens, *str_stats, *str_events, *str_dirty,
@@ -621,6 +633,13 @@ Receiver_init(ReceiverObject *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->message_received, mr);
     Py_INCREF(rt);
     Py_XSETREF(self->realtime, rt);
+    if (self->bits_cache == NULL) {
+        self->bits_cache = PyMem_Calloc(BITS_CACHE, sizeof(BitsEntry));
+        if (self->bits_cache == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
     for (int i = 0; i < NSLOTS; i++) {
         if (self->slots[i].name == NULL) {
             self->slots[i].cname = slot_names[i];
@@ -655,6 +674,12 @@ Receiver_dealloc(ReceiverObject *self)
 {
     PyObject_GC_UnTrack(self);
     Receiver_clear(self);
+    if (self->bits_cache != NULL) {
+        for (int i = 0; i < BITS_CACHE; i++)
+            Py_XDECREF(self->bits_cache[i].bits);
+        PyMem_Free(self->bits_cache);
+        self->bits_cache = NULL;
+    }
     for (int i = 0; i < NSLOTS; i++) {
         Py_CLEAR(self->slots[i].name);
         if (self->slots[i].type != NULL) {
@@ -1004,6 +1029,44 @@ fast_eligible(ReceiverObject *self, PyObject *session, int home, const Header *h
     return r == 0 && acked == h->ack;
 }
 
+/* replay._bits as words (cached, see BitsEntry). 0, or -1 with an exception. */
+static int
+load_bits(ReceiverObject *self, uint32_t conn_id, PyObject *replay, uint64_t *words,
+          Py_ssize_t nwords)
+{
+    PyObject *b = slot_get(SL(R_BITS), replay);
+    if (b == NULL)
+        return -1;
+    if (nwords <= BITS_CACHE_WORDS) {
+        BitsEntry *e = &self->bits_cache[conn_id % BITS_CACHE];
+        if (e->bits == b) {
+            memcpy(words, e->words, (size_t)nwords * 8);
+            Py_DECREF(b);
+            return 0;
+        }
+    }
+    memset(words, 0, (size_t)nwords * 8);
+    int r = long_to_words(b, words, nwords);
+    Py_DECREF(b);
+    return r;
+}
+
+/* replay._bits := nb (stolen), remembering its words. */
+static int
+store_bits(ReceiverObject *self, uint32_t conn_id, PyObject *replay, PyObject *nb,
+           const uint64_t *words, Py_ssize_t nwords)
+{
+    if (nb == NULL)
+        return -1;
+    if (nwords <= BITS_CACHE_WORDS) {
+        BitsEntry *e = &self->bits_cache[conn_id % BITS_CACHE];
+        Py_INCREF(nb);
+        Py_XSETREF(e->bits, nb);
+        memcpy(e->words, words, (size_t)nwords * 8);
+    }
+    return slot_set_new(SL(R_BITS), replay, nb);
+}
+
 /* One datagram of DATA, ACK or CLOSE whose header passed; steps 2-8. */
 static int
 receive_sealed(ReceiverObject *self, PyObject *data, PyObject *addr, PyObject *now_obj,
@@ -1097,13 +1160,7 @@ receive_sealed(ReceiverObject *self, PyObject *data, PyObject *addr, PyObject *n
         uint64_t diff = highest - pn;
         int fresh = 0;
         if (diff < size) {
-            PyObject *b = slot_get(SL(R_BITS), replay);
-            if (b == NULL)
-                goto done_s;
-            memset(words, 0, (size_t)nwords * 8);
-            r = long_to_words(b, words, nwords);
-            Py_DECREF(b);
-            if (r < 0)
+            if (load_bits(self, h->conn_id, replay, words, nwords) < 0)
                 goto done_s;
             words_loaded = 1;
             fresh = !((words[diff / 64] >> (diff % 64)) & 1);
@@ -1224,16 +1281,8 @@ receive_sealed(ReceiverObject *self, PyObject *data, PyObject *addr, PyObject *n
         if (newest) {
             uint64_t shift = pn - highest;
             if (shift < size) {
-                if (!words_loaded) {
-                    PyObject *b = slot_get(SL(R_BITS), replay);
-                    if (b == NULL)
-                        goto done_s;
-                    memset(words, 0, (size_t)nwords * 8);
-                    r = long_to_words(b, words, nwords);
-                    Py_DECREF(b);
-                    if (r < 0)
-                        goto done_s;
-                }
+                if (!words_loaded && load_bits(self, h->conn_id, replay, words, nwords) < 0)
+                    goto done_s;
                 /* words <<= shift, | 1, & mask(size) */
                 uint64_t ws = shift / 64, bs = shift % 64;
                 for (Py_ssize_t i = nwords - 1; i >= 0; i--) {
@@ -1246,15 +1295,18 @@ receive_sealed(ReceiverObject *self, PyObject *data, PyObject *addr, PyObject *n
                     words[nwords - 1] &= ((uint64_t)1 << (size % 64)) - 1;
                 nb = words_to_long(words, nwords);
             } else {
+                memset(words, 0, (size_t)nwords * 8);
+                words[0] = 1;
                 nb = PyLong_FromLong(1);
             }
-            if (slot_set_new(SL(R_BITS), replay, nb) < 0
+            if (store_bits(self, h->conn_id, replay, nb, words, nwords) < 0
                 || slot_set_new(SL(R_HIGHEST), replay, PyLong_FromUnsignedLongLong(pn)) < 0)
                 goto done_s;
         } else {
             uint64_t diff = highest - pn; /* < size: it was fresh */
             words[diff / 64] |= (uint64_t)1 << (diff % 64);
-            if (slot_set_new(SL(R_BITS), replay, words_to_long(words, nwords)) < 0)
+            if (store_bits(self, h->conn_id, replay, words_to_long(words, nwords), words,
+                           nwords) < 0)
                 goto done_s;
         }
     }
