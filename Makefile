@@ -3,7 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install install-test clean
+.PHONY: demo test test-python lint install install-test clean
+
+# The sans-I/O core's suites, rerun on the pure-Python reference by `make test`
+# (the whole suite runs on the default path, native where it was built, and the
+# differential tests compare both paths on every input; see README "Tests").
+PYTHON_PATH_TESTS := tests/adversarial tests/test_session.py tests/test_handshake.py \
+	tests/test_key_catch_up.py tests/test_congestion.py tests/test_datapath.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +28,11 @@ test: install-test
 	$(BIN)/ruff check src tests bench fuzz
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+	INTENTRA_NATIVE=0 $(BIN)/pytest -q $(PYTHON_PATH_TESTS)
+
+# The whole suite on the pure-Python datapath (what runs where the extension is not built).
+test-python: install-test
+	INTENTRA_NATIVE=0 $(BIN)/pytest -q
 
 lint: install-test
 	$(BIN)/ruff check src tests bench fuzz
@@ -29,3 +40,4 @@ lint: install-test
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -f src/intentra/_native*.so

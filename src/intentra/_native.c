@@ -462,12 +462,6 @@ put_be32(unsigned char *p, uint32_t v)
     p[3] = (unsigned char)v;
 }
 
-static inline uint64_t
-be64(const unsigned char *p)
-{
-    return ((uint64_t)be32(p) << 32) | be32(p + 4);
-}
-
 /* docs/protocol.md section 3, rules 1-5, in core/wire.py's parse_header order.
  * HS and any datagram with bit 2 of byte 1 set go to the Python core whole
  * (H_PYTHON): it owns the handshake, and the meaning of that bit belongs to the

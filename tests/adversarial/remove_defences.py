@@ -725,6 +725,10 @@ def run_one(mutation: Mutation | None, timeout: float, ignore: tuple[str, ...] =
             [str(copy)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env["HYPOTHESIS_STORAGE_DIRECTORY"] = str(Path(tmp) / "hypothesis")
+        # The mutations edit the Python reference; endpoints of the suite run it
+        # (the native datapath, tested against it by test_native_differential,
+        # would otherwise carry the unmutated defences).
+        env["INTENTRA_NATIVE"] = "0"
         # The mutant must shadow the editable install, in exactly this environment.
         probe = subprocess.run(
             [sys.executable, "-c", "import intentra; print(intentra.__file__)"],
