@@ -222,7 +222,7 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
       "        # 5. AEAD open; on failure nothing in the session changes.",
       "a forgery burns its pn in the replay window"),
     m("s4-step6-no-mark", "4-6", "core/endpoint.py",
-      "        replay.mark(pn)\n        if moves_phase:\n", "        if moves_phase:\n",
+      "        replay.mark(pn)\n        self._authenticated(", "        self._authenticated(",
       "authenticated packets are never marked (replays accepted)"),
     m("s4-aad-not-header", "4-6", "core/aead.py",
       "from cryptography.hazmat.primitives.ciphers.aead import AESGCM\n", _AAD_IGNORED,
