@@ -610,6 +610,9 @@ static const char *count_names[] = {
     "messages_delivered_realtime",
 };
 
+static void batch_release(ReceiverObject *self);
+static int batch_setup(ReceiverObject *self);
+
 static int
 Receiver_init(ReceiverObject *self, PyObject *args, PyObject *kwds)
 {
@@ -642,6 +645,14 @@ Receiver_init(ReceiverObject *self, PyObject *args, PyObject *kwds)
                 return -1;
         }
     }
+    /* The endpoint's containers, bound methods and configuration, taken once: an
+     * Endpoint sets them in its __init__ and never replaces them (its config is
+     * frozen), and the Receiver is made last there. */
+    batch_release(self);
+    if (batch_setup(self) < 0) {
+        batch_release(self);
+        return -1;
+    }
     return 0;
 }
 
@@ -651,6 +662,15 @@ Receiver_traverse(ReceiverObject *self, visitproc visit, void *arg)
     Py_VISIT(self->endpoint);
     Py_VISIT(self->message_received);
     Py_VISIT(self->realtime);
+    Py_VISIT(self->sessions);
+    Py_VISIT(self->failed_opens);
+    Py_VISIT(self->stats);
+    Py_VISIT(self->events_append);
+    Py_VISIT(self->dirty_add);
+    Py_VISIT(self->flush_add);
+    Py_VISIT(self->py_receive);
+    Py_VISIT(self->py_authenticated);
+    Py_VISIT(self->py_failed_open);
     return 0;
 }
 
@@ -660,6 +680,7 @@ Receiver_clear(ReceiverObject *self)
     Py_CLEAR(self->endpoint);
     Py_CLEAR(self->message_received);
     Py_CLEAR(self->realtime);
+    batch_release(self);
     return 0;
 }
 
@@ -1375,16 +1396,14 @@ Receiver_receive(ReceiverObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *seq = PySequence_Fast(batch, "batch must be a sequence of (data, address)");
     if (seq == NULL)
         return NULL;
-    if (self->endpoint == NULL) {
+    if (self->endpoint == NULL || self->sessions == NULL) {
         Py_DECREF(seq);
         PyErr_SetString(PyExc_RuntimeError, "Receiver not initialised");
         return NULL;
     }
-    if (batch_setup(self) < 0) {
-        batch_release(self);
-        Py_DECREF(seq);
-        return NULL;
-    }
+    memset(&self->counts, 0, sizeof(self->counts));
+    /* held for the batch: a callback cannot free what the loop is using */
+    Py_INCREF(self);
     int rc = 0;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
     for (Py_ssize_t i = 0; i < count && rc == 0; i++) {
@@ -1433,7 +1452,7 @@ Receiver_receive(ReceiverObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(addr);
     }
     counts_flush(self);
-    batch_release(self);
+    Py_DECREF(self);
     Py_DECREF(seq);
     if (rc < 0)
         return NULL;
