@@ -11,6 +11,7 @@ Never: reads anything but the environment variable and the import of the module.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from types import ModuleType
@@ -21,11 +22,9 @@ ENV_VAR: Final = "INTENTRA_NATIVE"
 _module: ModuleType | None
 _import_error: str
 try:
-    from intentra import _native as _imported
+    _module, _import_error = importlib.import_module("intentra._native"), ""
 except ImportError as exc:  # not built: no compiler or no OpenSSL headers at install
     _module, _import_error = None, str(exc)
-else:
-    _module, _import_error = _imported, ""
 
 _warned = False
 
@@ -81,9 +80,11 @@ def describe(native: bool | None = None) -> str:
         native = _module is not None and requested()
     if native and _module is not None:
         return f"native (C, {_module.OPENSSL_VERSION})"
+    if not requested():
+        return f"python ({ENV_VAR}=0)"
     if _module is None:
         return "python (the native module is not built)"
-    return f"python ({ENV_VAR}=0)" if not requested() else "python"
+    return "python"
 
 
 __all__ = ["ENV_VAR", "available", "describe", "enabled", "module", "requested"]
