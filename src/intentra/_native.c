@@ -422,7 +422,7 @@ enum {
     /* ReplayWindow */
     R_HIGHEST, R_BITS, R_SIZE,
     /* ReceiveKeys */
-    K_PHASE, K_PREV, K_FIRST_PN, K_PREV_EXPIRES_AT, K_CUR, K_NEXT, K_NEXT_KEY,
+    K_PHASE, K_PREV, K_FIRST_PN, K_PREV_EXPIRES_AT, K_CUR, K_NEXT, K_NEXT_KEY, K_FACTORY,
     /* SendWindow, Recovery */
     W_ACKED, V_IN_FLIGHT,
     NSLOTS
@@ -435,6 +435,7 @@ static const char *slot_names[NSLOTS] = {
     "tokens", "updated_at", "rate", "burst",
     "highest", "_bits", "size",
     "phase", "_prev", "first_pn_current", "prev_expires_at", "_cur", "_next", "_next_key",
+    "_factory",
     "acked", "in_flight",
 };
 
@@ -1240,13 +1241,14 @@ receive_sealed(ReceiverObject *self, PyObject *data, PyObject *addr, PyObject *n
             Py_DECREF(prev);
             aead = slot_get(SL(K_NEXT), keys);
             if (aead == Py_None) {
-                /* the next key's AEAD is made when first needed, as ReceiveKeys.open does */
+                /* the next key's AEAD is made when first needed, as ReceiveKeys.open
+                 * does, by the keys' own factory */
                 Py_DECREF(aead);
                 PyObject *next_key = slot_get(SL(K_NEXT_KEY), keys);
-                if (next_key == NULL)
-                    goto done_s;
-                aead = PyObject_CallOneArg((PyObject *)&AeadType, next_key);
-                Py_DECREF(next_key);
+                PyObject *factory = next_key ? slot_get(SL(K_FACTORY), keys) : NULL;
+                aead = factory ? PyObject_CallOneArg(factory, next_key) : NULL;
+                Py_XDECREF(next_key);
+                Py_XDECREF(factory);
                 if (aead == NULL || slot_set(SL(K_NEXT), keys, aead) < 0)
                     goto done_s;
             }
@@ -1401,6 +1403,9 @@ Receiver_receive(ReceiverObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "Receiver not initialised");
         return NULL;
     }
+    /* A callback that receives again (none does today) counts its own batch:
+     * the outer one's counts wait aside. */
+    Counts outer = self->counts;
     memset(&self->counts, 0, sizeof(self->counts));
     /* held for the batch: a callback cannot free what the loop is using */
     Py_INCREF(self);
@@ -1452,6 +1457,7 @@ Receiver_receive(ReceiverObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(addr);
     }
     counts_flush(self);
+    self->counts = outer;
     Py_DECREF(self);
     Py_DECREF(seq);
     if (rc < 0)
@@ -1655,7 +1661,9 @@ Reader_read(ReaderObject *self, PyObject *arg)
     PyObject *list = PyList_New(0);
     if (list == NULL)
         return NULL;
-    while (PyList_GET_SIZE(list) < limit) {
+    /* At most ``limit`` calls, as the Python datapath: a socket that keeps failing
+     * (an error queued, or closed under us) cannot hold the loop. */
+    for (Py_ssize_t call = 0; call < limit && PyList_GET_SIZE(list) < limit; call++) {
         int want = self->nslots;
         if (!self->gro && limit - PyList_GET_SIZE(list) < want)
             want = (int)(limit - PyList_GET_SIZE(list));
@@ -1672,10 +1680,8 @@ Reader_read(ReaderObject *self, PyObject *arg)
                 self->msgs[i].msg_hdr.msg_controllen = sizeof(self->control[i]);
             }
         }
-        int got;
-        Py_BEGIN_ALLOW_THREADS
-        got = recvmmsg(self->fd, self->msgs, (unsigned)want, MSG_DONTWAIT, NULL);
-        Py_END_ALLOW_THREADS
+        /* Non-blocking, so the GIL stays held: the buffers are this object's. */
+        int got = recvmmsg(self->fd, self->msgs, (unsigned)want, MSG_DONTWAIT, NULL);
         self->calls++;
         if (got < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
