@@ -2,6 +2,8 @@
 
 One run on a 2-core machine that also runs its own load generator moves by 10-30%
 from one run to the next; docs/performance.md reports the median of several.
+Figures in ``core`` are a process's share of one core (CPU seconds per second) at
+the figure above them: the side near 1.00 was the limit.
 
 Usage:
     python bench/summarize.py run1.json run2.json run3.json [--markdown]
@@ -19,9 +21,13 @@ from typing import Any
 Json = dict[str, Any]
 
 
+DEFAULTS = {"reader": "receive"}
+"""Fields older runs lack, with the value they meant (fan-in read with receive())."""
+
+
 def _row(rows: list[Json], **match: Any) -> Json | None:
     for row in rows:
-        if all(row.get(k) == v for k, v in match.items()):
+        if all(row.get(k, DEFAULTS.get(k)) == v for k, v in match.items()):
             return row
     return None
 
@@ -39,20 +45,49 @@ def _latency(results: Json, kind: str, load: float, key: str) -> float | None:
 
 def _get(results: Json, scenario: str, field: str, **match: Any) -> float | None:
     row = _row(results.get(scenario, []), **match)
-    return None if row is None else float(row[field])
+    return None if row is None or row.get(field) is None else float(row[field])
+
+
+def _per_second(results: Json, scenario: str, field: str, **match: Any) -> float | None:
+    """``field`` (CPU seconds) per second of the run: a share of one core."""
+    row = _row(results.get(scenario, []), **match)
+    if row is None or field not in row or not row.get("seconds"):
+        return None
+    return float(row[field]) / float(row["seconds"])
+
+
+def _fan_in(name: str, **match: Any) -> list[tuple[str, str, Callable[[Json], float | None]]]:
+    """The fan-in maximum of one server, and each side's share of a core at that rate."""
+    return [
+        (f"fan-in msg/s at >=99%, {name}", "msg/s",
+         lambda r: _get(r, "fan-in", "max_rate_99", **match)),
+        (f"  server CPU at that rate, {name}", "core",
+         lambda r: _get(r, "fan-in", "server_cpu", **match)),
+        (f"  generator CPU at that rate, {name}", "core",
+         lambda r: _get(r, "fan-in", "generator_cpu", **match)),
+        (f"  machine's busy cores at that rate, {name}", "core",
+         lambda r: _get(r, "fan-in", "machine_cpu", **match)),
+    ]
 
 
 FIGURES: list[tuple[str, str, Callable[[Json], float | None]]] = [
-    ("fan-in msg/s at >=99%, intentra, 1 worker", "msg/s",
-     lambda r: _get(r, "fan-in", "max_rate_99", kind="intentra", workers=1)),
-    ("fan-in msg/s at >=99%, intentra, 2 workers", "msg/s",
-     lambda r: _get(r, "fan-in", "max_rate_99", kind="intentra", workers=2)),
-    ("fan-in msg/s at >=99%, raw UDP", "msg/s",
-     lambda r: _get(r, "fan-in", "max_rate_99", kind="raw")),
+    *_fan_in("intentra, 1 worker, receive()", kind="intentra", workers=1, reader="receive"),
+    *_fan_in("intentra, 2 workers, receive()", kind="intentra", workers=2, reader="receive"),
+    *_fan_in("intentra, receive_many()", kind="intentra", workers=1, reader="receive_many"),
+    *_fan_in("intentra, serve --sink", kind="intentra", workers=1, reader="sink"),
+    *_fan_in("raw UDP", kind="raw"),
     ("stream REALTIME, intentra", "msg/s",
      lambda r: _get(r, "stream", "rate", kind="intentra", intent="realtime")),
+    ("  receiver CPU, stream REALTIME, intentra", "core",
+     lambda r: _get(r, "stream", "server_cpu", kind="intentra", intent="realtime")),
+    ("  sender CPU, stream REALTIME, intentra", "core",
+     lambda r: _get(r, "stream", "sender_cpu", kind="intentra", intent="realtime")),
     ("stream RELIABLE, intentra", "msg/s",
      lambda r: _get(r, "stream", "rate", kind="intentra", intent="reliable")),
+    ("  receiver CPU, stream RELIABLE, intentra", "core",
+     lambda r: _get(r, "stream", "server_cpu", kind="intentra", intent="reliable")),
+    ("  sender CPU, stream RELIABLE, intentra", "core",
+     lambda r: _get(r, "stream", "sender_cpu", kind="intentra", intent="reliable")),
     ("stream, raw UDP (1 message per datagram)", "msg/s",
      lambda r: _get(r, "stream", "rate", kind="raw")),
     ("stream DATAGRAM frames, aioquic", "msg/s",
@@ -60,6 +95,10 @@ FIGURES: list[tuple[str, str, Callable[[Json], float | None]]] = [
     ("stream one stream, aioquic", "msg/s",
      lambda r: _get(r, "stream", "rate", kind="quic", intent="reliable")),
     ("handshakes/s, intentra", "1/s", lambda r: _get(r, "handshakes", "rate", kind="intentra")),
+    ("  responder CPU, handshakes, intentra", "core",
+     lambda r: _get(r, "handshakes", "server_cpu", kind="intentra")),
+    ("  initiators' CPU, handshakes, intentra", "core",
+     lambda r: _per_second(r, "handshakes", "cpu", kind="intentra")),
     ("handshakes/s, aioquic", "1/s", lambda r: _get(r, "handshakes", "rate", kind="quic")),
     ("latency p50 at 50% load, intentra", "ms",
      lambda r: _latency(r, "intentra", 0.5, "p50_ms")),
@@ -96,12 +135,12 @@ def main() -> None:
         print("| figure | median | min | max | runs |")
         print("|---|---:|---:|---:|---:|")
         for name, unit, med, lo, hi, n in rows:
-            digits = 2 if unit in {"ms", "KiB"} else 0
+            digits = 2 if unit in {"ms", "KiB", "core"} else 0
             print(f"| {name} ({unit}) | {med:,.{digits}f} | {lo:,.{digits}f} | {hi:,.{digits}f} "
                   f"| {n} |")
         return
     for name, unit, med, lo, hi, n in rows:
-        print(f"{name:<46} {med:>12,.2f} {unit:<6} (min {lo:,.2f}, max {hi:,.2f}, {n} runs)")
+        print(f"{name:<58} {med:>12,.2f} {unit:<6} (min {lo:,.2f}, max {hi:,.2f}, {n} runs)")
 
 
 if __name__ == "__main__":

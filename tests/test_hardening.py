@@ -15,7 +15,7 @@ import math
 import time
 from array import array
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -414,6 +414,11 @@ def test_previous_key_past_its_lifetime_opens_nothing_even_before_the_timer() ->
 # ------------------------------------------------------------- 6. memoryview
 
 
+ONE_DATAGRAM: Final = EndpointConfig(max_message_size=EndpointConfig().max_datagram_message)
+"""Messages no longer than one datagram carries: these tests are about memoryviews and
+packing, not fragments (tests/test_fragments.py has those)."""
+
+
 def too_large_views(max_message: int) -> list[memoryview]:
     items = max_message // 8 + 1  # a few bytes over as bytes, far under as items
     return [
@@ -438,7 +443,7 @@ def check_datagrams(datagrams: list[Datagram] | list[tuple[bytes, Address]],
 @pytest.mark.parametrize("how", ["send", "broadcast"])
 def test_memoryview_larger_than_max_message_in_bytes_is_refused(
         intent: Intent, case: int, how: str) -> None:
-    link, a, _, cid_a, _ = established()
+    link, a, _, cid_a, _ = established(config=ONE_DATAGRAM)
     ea = a.endpoint
     view = too_large_views(ea.config.max_message_size)[case]
     assert view.nbytes > ea.config.max_message_size
@@ -459,7 +464,7 @@ def test_memoryview_larger_than_max_message_in_bytes_is_refused(
 
 @pytest.mark.parametrize("intent", [REALTIME, RELIABLE], ids=["realtime", "reliable"])
 def test_valid_memoryviews_are_delivered_intact_in_full_datagrams(intent: Intent) -> None:
-    link, a, b, cid_a, _ = established()
+    link, a, b, cid_a, _ = established(config=ONE_DATAGRAM)
     ea = a.endpoint
     max_message = ea.config.max_message_size
     items = max_message // 8
@@ -480,7 +485,7 @@ def test_valid_memoryviews_are_delivered_intact_in_full_datagrams(intent: Intent
 
 
 def test_realtime_messages_never_produce_an_empty_data_packet() -> None:
-    link, a, b, cid_a, _ = established()
+    link, a, b, cid_a, _ = established(config=ONE_DATAGRAM)
     ea = a.endpoint
     max_message = ea.config.max_message_size
     sizes = [max_message, 1, max_message, 600, 600, max_message - 1, max_message]

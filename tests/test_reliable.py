@@ -380,10 +380,13 @@ def test_first_credit_reserves_max_datagram_per_message() -> None:
 
 
 def test_a_reorder_buffer_below_one_reservation_is_refused() -> None:
-    """It could never advertise credit: RELIABLE would wait for ever."""
+    """It could never hold the largest message whole and advertise credit for one more
+    position: a large RELIABLE message would wait for ever (protocol.md 14.7)."""
     with pytest.raises(ConfigError, match="max_reorder_buffer"):
-        EndpointConfig(max_reorder_buffer=500, max_datagram=600)
-    EndpointConfig(max_reorder_buffer=600, max_datagram=600)  # one message of credit
+        EndpointConfig(max_reorder_buffer=500, max_datagram=600, max_message_size=100)
+    with pytest.raises(ConfigError, match="max_reorder_buffer"):
+        EndpointConfig(max_reorder_buffer=1_048_576)  # the default 1 MiB message + 0
+    EndpointConfig(max_reorder_buffer=700, max_datagram=600, max_message_size=100)
 
 
 def test_credit_is_capped_by_the_16_bit_field() -> None:

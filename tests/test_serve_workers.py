@@ -94,7 +94,7 @@ def test_workers_refuse_hub_mode(tmp_path: Path) -> None:
     keygen(key)
     result = intentra("serve", "--bind", "127.0.0.1:0", "--key", str(key), "--workers", "2",
                       cwd=tmp_path)
-    assert "--workers needs --echo or --sink" in assert_usage_error(result)
+    assert "--workers needs --echo, --sink or --bus" in assert_usage_error(result)
     result = intentra("serve", "--bind", "127.0.0.1:0", "--key", str(key), "--echo", "--sink",
                       cwd=tmp_path)
     assert "choose one of --echo and --sink" in assert_usage_error(result)

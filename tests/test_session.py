@@ -85,7 +85,9 @@ def test_messages_queued_in_one_turn_share_datagrams(intent: Intent, max_datagra
     sent = data_sent(link, a)[before:]
     link.advance(0.5)
 
-    by_priority = sorted(messages, key=lambda m: -m[1])  # stable: FIFO within a level
+    # REALTIME leaves by priority (stable: FIFO within a level); RELIABLE messages of
+    # one lane leave in the order sent, whatever their priorities (protocol.md 14.8).
+    by_priority = sorted(messages, key=lambda m: -m[1]) if intent == REALTIME else messages
     first = RSEQ_LEN if intent == RELIABLE else 0
     limit = max_datagram - HEADER_LEN - TAG_LEN
     expected = expected_packing([(len(d), p) for d, p in by_priority], limit, first)
@@ -416,18 +418,26 @@ def test_a_send_queue_full_of_late_realtime_takes_a_new_message() -> None:
     assert session.realtime_queued == 1
 
 
-def test_backed_up_messages_leave_by_priority_fifo_within_a_level() -> None:
+@pytest.mark.parametrize("one_lane", [True, False])
+def test_backed_up_messages_keep_lane_order_and_lanes_leave_by_priority(
+        one_lane: bool) -> None:
+    """docs/protocol.md 14.8: on one lane RELIABLE messages leave (and arrive) in the
+    order sent, whatever their priorities; across lanes priority decides, lanes at one
+    level taking turns in the order they became ready."""
     link, a, b, cid_a, _ = setup(config=EndpointConfig(max_reliable_in_flight=2))
     link.send(a, cid_a, b"fill1")
     link.send(a, cid_a, b"fill2")
     link.pump(a)
     assert a.endpoint.reliable_capacity(cid_a) == 0
     queued = [(1, b"a"), (5, b"b"), (1, b"c"), (7, b"d"), (5, b"e"), (0, b"f"), (7, b"g")]
-    for prio, data in queued:
-        link.send(a, cid_a, data, RELIABLE, prio)
+    for lane, (prio, data) in enumerate(queued, 1):
+        a.endpoint.send(cid_a, data, RELIABLE, prio, link.now, lane=0 if one_lane else lane)
     link.advance(1.0)
 
-    assert b.payloads() == [b"fill1", b"fill2", b"d", b"g", b"b", b"e", b"a", b"c", b"f"]
+    if one_lane:
+        assert b.payloads() == [b"fill1", b"fill2", b"a", b"b", b"c", b"d", b"e", b"f", b"g"]
+    else:
+        assert b.payloads() == [b"fill1", b"fill2", b"d", b"g", b"b", b"e", b"a", b"c", b"f"]
 
 
 def test_queued_messages_leave_as_soon_as_an_ack_opens_the_window() -> None:
@@ -521,6 +531,52 @@ def test_keepalive_keeps_a_quiet_session_alive(config: EndpointConfig) -> None:
     link.send(a, cid_a, b"still here")
     link.advance(0.1)
     assert b.payloads() == [b"still here"]
+
+
+def test_a_dead_peer_is_noticed_peer_timeout_after_the_first_unanswered_packet() -> None:
+    config = EndpointConfig()
+    link, a, b, cid_a, _ = setup(config=config)
+    link.advance(3.0)  # quiet a while: the silence counts from the data, not from before
+    link.path(a, b).loss = 1.0  # b is gone: nothing reaches it, nothing comes back
+    sent_at = link.now
+    link.send(a, cid_a, b"anyone there?")
+    link.advance(30.0)
+
+    [(t, closed)] = a.timed(SessionClosed)
+    assert (closed.reason, closed.by_peer) == (CloseReason.TIMEOUT, False)
+    # PEER_TIMEOUT, not MAX_RETRANSMISSIONS' backoff (about 11 s) or IDLE_TIMEOUT.
+    assert t == pytest.approx(sent_at + config.peer_timeout, abs=0.01)
+
+
+def test_a_dead_idle_peer_is_noticed_after_a_keepalive() -> None:
+    config = EndpointConfig()
+    link, a, b, _, _ = setup(config=config)
+    for path in link.both(a, b):
+        path.loss = 1.0
+    started = link.now
+    link.advance(60.0)
+
+    [(t, closed)] = a.timed(SessionClosed)
+    assert closed.reason is CloseReason.TIMEOUT
+    assert t <= started + config.keepalive_interval + config.peer_timeout + 0.01
+
+
+def test_a_slow_path_is_not_taken_for_a_dead_peer() -> None:
+    """Three probe timeouts of the path bound PEER_TIMEOUT from below: once the
+    round trip is known to be seconds long, an answer 6 s late is late, not never."""
+    config = EndpointConfig()
+    link, a, b, cid_a, _ = setup(config=config)
+    sent: list[bytes] = []
+    for hold in (2.0, 3.0):  # every datagram 2 s late (a 4 s round trip), then 3 s
+        for path in link.both(a, b):
+            path.reorder, path.hold = 1.0, hold
+        for _ in range(3):
+            sent.append(b"slow %d" % len(sent))
+            link.send(a, cid_a, sent[-1])
+            link.advance(10.0)
+    assert a.of_type(SessionClosed) == [] and b.of_type(SessionClosed) == []
+    assert b.payloads() == sent
+    assert a.endpoint.sessions[cid_a].send_window.outstanding == {}
 
 
 @pytest.mark.parametrize("reason", list(CloseReason))
@@ -632,7 +688,8 @@ def test_reading_moves_the_credit_edge_and_an_ack_tells_the_sender() -> None:
     application reads, the edge moves, and once it can move by a quarter of
     max_reliable_in_flight an ACK says so at once, and the waiting sender goes on."""
     link = Link(1)
-    a, b = link.add("a"), link.add("b", release_on_take=False)
+    small = EndpointConfig(max_reorder_buffer=262_144, max_message_size=65_536)
+    a, b = link.add("a"), link.add("b", small, release_on_take=False)
     cid, bid = link.establish(a, b)
     link.advance(0.1)
     rs, ss = b.endpoint.sessions[bid], a.endpoint.sessions[cid]

@@ -42,6 +42,7 @@ from intentra import (
     Transport,
     TransportClosedError,
 )
+from intentra.constants import MAX_MESSAGE_LIMIT
 from intentra.core.endpoint import Endpoint
 
 T = TypeVar("T")
@@ -301,7 +302,7 @@ def test_dual_stack_transport_connects_to_an_ipv4_server() -> None:
 
 def test_reliable_messages_exactly_once_in_order_both_directions() -> None:
     n = 3000
-    max_size = EndpointConfig().max_message_size
+    max_size = EndpointConfig().max_datagram_message
 
     async def body() -> None:
         async with transports() as made:
@@ -542,7 +543,11 @@ def test_send_blocked_on_a_full_window_fails_when_the_session_closes(
     run(body())
 
 
-def test_backed_up_queue_is_sent_in_priority_order() -> None:
+@pytest.mark.parametrize("lanes", [False, True], ids=["one-lane", "own-lanes"])
+def test_backed_up_queue_keeps_lane_order_and_lanes_go_by_priority(lanes: bool) -> None:
+    """docs/protocol.md 14.8: RELIABLE messages of one lane leave and arrive in the order
+    sent, whatever their priorities (issue 10: cmd1 p0, cmd2 p7, cmd3 p3, cmd4 p0 used
+    to arrive cmd2, cmd3, cmd1, cmd4); messages on lanes of their own go by priority."""
     async def body() -> None:
         async with transports() as made:
             server, client, cpeer, speer = await pair(
@@ -553,14 +558,21 @@ def test_backed_up_queue_is_sent_in_priority_order() -> None:
             assert session.send_window.in_flight == 1
             order = [(0, b"p0-a"), (7, b"p7-a"), (3, b"p3"), (7, b"p7-b"), (0, b"p0-b"),
                      (5, b"p5")]
-            for priority, data in order:  # queued behind "first", all in one loop turn
-                assert cpeer.send_nowait(data, Intent.RELIABLE, priority)
+            for lane, (priority, data) in enumerate(order, 1):  # behind "first", one turn
+                assert cpeer.send_nowait(data, Intent.RELIABLE, priority,
+                                         lane=lane if lanes else 0)
             assert session.queued_reliable == len(order)
 
             got = await receive_n(server, 1 + len(order))
-            assert [(m.data, m.priority) for m in got] == [
-                (b"first", 0), (b"p7-a", 7), (b"p7-b", 7), (b"p5", 5), (b"p3", 3),
-                (b"p0-a", 0), (b"p0-b", 0)]
+            if lanes:
+                assert [(m.data, m.priority) for m in got] == [
+                    (b"first", 0), (b"p7-a", 7), (b"p7-b", 7), (b"p5", 5), (b"p3", 3),
+                    (b"p0-a", 0), (b"p0-b", 0)]
+                assert [m.lane for m in got] == [0, 2, 4, 6, 3, 1, 5]
+            else:
+                assert [(m.data, m.priority) for m in got] == [(b"first", 0)] + [
+                    (data, priority) for priority, data in order]
+                assert {m.lane for m in got} == {0}
             assert all(m.peer is speer and m.intent == Intent.RELIABLE for m in got)
     run(body())
 
@@ -829,19 +841,23 @@ def test_bad_messages_are_refused_before_anything_is_queued() -> None:
     run(body())
 
 
-def test_message_size_limit_follows_max_datagram() -> None:
+def test_the_largest_unfragmented_message_follows_max_datagram() -> None:
+    """A message of max_datagram_message bytes leaves in one datagram; one byte more is
+    fragmented (docs/protocol.md section 14), and both arrive."""
     async def body() -> None:
         async with transports() as made:
             config = EndpointConfig(max_datagram=2048)
-            server, _client, cpeer, _ = await pair(made, config, config)
-            limit = config.max_message_size
-            assert limit > EndpointConfig().max_message_size
+            server, client, cpeer, _ = await pair(made, config, config)
+            limit = config.max_datagram_message
+            assert limit > EndpointConfig().max_datagram_message
+            sent = client.endpoint.stats.packets_sent
             await step(cpeer.send(b"z" * limit, Intent.RELIABLE))
-            await step(cpeer.send(b"r" * limit, Intent.REALTIME))
-            msgs = await receive_n(server, 2)
-            assert sorted(m.data for m in msgs) == [b"r" * limit, b"z" * limit]
-            with pytest.raises(MessageTooLargeError):
-                await step(cpeer.send(b"z" * (limit + 1)))
+            [msg] = await receive_n(server, 1)
+            assert msg.data == b"z" * limit
+            assert client.endpoint.stats.packets_sent == sent + 1
+            await step(cpeer.send(b"r" * (limit + 1), Intent.REALTIME, lane=3))
+            [msg] = await receive_n(server, 1)
+            assert (msg.data, msg.lane) == (b"r" * (limit + 1), 3)
     run(body())
 
 
@@ -1011,7 +1027,9 @@ def test_send_many_checks_every_message_before_queueing_any() -> None:
             with pytest.raises(InvalidMessageError):
                 await cpeer.send_many([b"ok", b"fine", b""])
             with pytest.raises(MessageTooLargeError):
-                await cpeer.send_many([b"ok", bytes(5000)])
+                await cpeer.send_many([b"ok", bytes(EndpointConfig().max_message_size + 1)])
+            with pytest.raises(InvalidMessageError, match="lane"):
+                await cpeer.send_many([b"ok"], lane=256)
             assert client.unacked_reliable(cpeer) == 0
             await cpeer.send(b"after")
             assert [m.data for m in await receive_n(server, 1)] == [b"after"]
@@ -1150,14 +1168,16 @@ def test_the_too_large_advice_fits_what_the_user_can_do() -> None:
     """Issue 13 defect 6: the advice names the Python setting only when raising it helps,
     never when max_datagram is already the largest, and says what the limit is."""
     small = Endpoint(bytes(32), random.Random(1).randbytes)
+    limit = EndpointConfig().max_message_size
+    small.check_message(bytes(limit), 0, 0)  # the largest is fine: it is fragmented
     with pytest.raises(MessageTooLargeError) as info:
-        small.check_message(bytes(1500), 0, 0)
-    assert "1162 bytes" in str(info.value) and "max_datagram=2048" in str(info.value)
-    assert "split it" in str(info.value)
-    top = Endpoint(bytes(32), random.Random(2).randbytes, EndpointConfig(max_datagram=2048))
+        small.check_message(bytes(limit + 1), 0, 0)
+    text = str(info.value)
+    assert f"max_message_size ({limit} bytes)" in text and "split it" in text
+    assert f"max_message_size={limit + 1}" in text and "max_reorder_buffer=" in text
+    top = Endpoint(bytes(32), random.Random(2).randbytes,
+                   EndpointConfig(max_message_size=MAX_MESSAGE_LIMIT,
+                                  max_reorder_buffer=MAX_MESSAGE_LIMIT + 1200))
     with pytest.raises(MessageTooLargeError) as info:
-        top.check_message(bytes(3000), 0, 0)
-    assert "max_datagram" not in str(info.value) and "split it" in str(info.value)
-    with pytest.raises(MessageTooLargeError) as info:
-        small.check_message(bytes(5000), 0, 0)  # beyond what any datagram carries
-    assert "max_datagram" not in str(info.value)
+        top.check_message(bytes(MAX_MESSAGE_LIMIT + 1), 0, 0)  # beyond what any allows
+    assert "64 MiB" in str(info.value) and "max_message_size=" not in str(info.value)

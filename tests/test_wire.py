@@ -90,8 +90,9 @@ HEADER_VECTORS = [pytest.param(v, id=v["name"]) for v in VECTORS["headers"]]
 
 
 def fields(v: dict[str, Any]) -> tuple[int, ...]:
-    return tuple(int(v[k]) for k in ("ptype", "intent", "priority", "key_phase", "payload_len",
-                                     "conn_id", "seq", "ack", "ack_eliciting"))
+    return tuple(int(v.get(k, 0)) for k in ("ptype", "intent", "priority", "key_phase",
+                                            "payload_len", "conn_id", "seq", "ack",
+                                            "ack_eliciting", "extended"))
 
 
 @pytest.mark.parametrize("vector", HEADER_VECTORS)

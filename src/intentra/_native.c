@@ -588,6 +588,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *endpoint;
     PyObject *message_received; /* the MessageReceived class (a NamedTuple) */
+    Py_ssize_t message_fields;  /* 4, or 5 with ``lane`` (0 for what this path delivers) */
     PyObject *realtime;         /* Intent.REALTIME */
     Slot slots[NSLOTS];
     /* per batch (borrowed from the endpoint for its duration) */
@@ -625,6 +626,27 @@ Receiver_init(ReceiverObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "message_received must be a tuple subclass");
         return -1;
     }
+    /* The fields this file fills: conn_id, data, intent, priority, and lane (always 0
+     * here: a message of another lane travels in extended DATA, the Python core's). */
+    PyObject *fields = PyObject_GetAttrString(mr, "_fields");
+    if (fields == NULL)
+        return -1;
+    Py_ssize_t nfields = PyObject_Length(fields);
+    int known = nfields == 4 || nfields == 5;
+    if (known && nfields == 5) {
+        PyObject *last = PySequence_GetItem(fields, 4);
+        known = last != NULL && PyUnicode_Check(last)
+                && PyUnicode_CompareWithASCIIString(last, "lane") == 0;
+        Py_XDECREF(last);
+    }
+    Py_DECREF(fields);
+    if (!known) {
+        PyErr_SetString(PyExc_TypeError, "the C receive path builds MessageReceived as "
+                                         "(conn_id, data, intent, priority[, lane]); "
+                                         "update src/intentra/_native.c with the event");
+        return -1;
+    }
+    self->message_fields = nfields;
     Py_INCREF(endpoint);
     Py_XSETREF(self->endpoint, endpoint);
     Py_INCREF(mr);
@@ -963,7 +985,7 @@ fast_realtime(ReceiverObject *self, PyObject *session, PyObject *conn_id, const 
         off += 2;
         PyObject *data = PyBytes_FromStringAndSize((const char *)pt + off, len);
         off += len;
-        PyObject *ev = data ? mr->tp_alloc(mr, 4) : NULL;
+        PyObject *ev = data ? mr->tp_alloc(mr, self->message_fields) : NULL;
         if (ev == NULL) {
             Py_XDECREF(data);
             Py_DECREF(priority);
@@ -976,6 +998,8 @@ fast_realtime(ReceiverObject *self, PyObject *session, PyObject *conn_id, const 
         PyTuple_SET_ITEM(ev, 2, self->realtime);
         Py_INCREF(priority);
         PyTuple_SET_ITEM(ev, 3, priority);
+        if (self->message_fields == 5)
+            PyTuple_SET_ITEM(ev, 4, PyLong_FromLong(0)); /* lane 0: a cached small int */
         int rc = call1(self->events_append, ev);
         Py_DECREF(ev);
         if (rc < 0) {

@@ -24,7 +24,8 @@ from typing import Any, NoReturn
 import intentra.native
 from intentra import __version__
 from intentra.aio.transport import Peer, Transport, parse_address
-from intentra.constants import Intent
+from intentra.config import EndpointConfig
+from intentra.constants import MAX_LANE, Intent
 from intentra.errors import (
     AuthenticationError,
     IntentraError,
@@ -109,6 +110,16 @@ def _priority(text: str) -> int:
     return value
 
 
+def _lane(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_LANE:
+        raise argparse.ArgumentTypeError(f"invalid lane {text!r}: an integer 0..{MAX_LANE}")
+    return value
+
+
 def _address(text: str) -> tuple[str, int]:
     try:
         return parse_address(text)
@@ -138,6 +149,17 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _large_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    limit = EndpointConfig().max_message_size
+    if value != 0 and not 16 <= value <= limit:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: 0 (none) or 16..{limit} bytes")
+    return value
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -149,7 +171,7 @@ def _probability(text: str) -> float:
 
 
 def _duration(text: str) -> float:
-    from intentra.testing.netem import parse_duration  # noqa: PLC0415
+    from intentra.testing.faultproxy import parse_duration  # noqa: PLC0415
 
     try:
         return parse_duration(text)
@@ -194,6 +216,36 @@ def _mode(args: argparse.Namespace) -> str:
     return "sink" if args.sink else "echo" if args.echo else "hub"
 
 
+def _conn_id_class(text: str) -> tuple[int, int]:
+    index_text, sep, count_text = text.partition("/")
+    try:
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        index, count = -1, 0
+    if not sep or not 0 <= index < count <= 256:
+        raise argparse.ArgumentTypeError(
+            f"expected I/N with 0 <= I < N <= 256 (hub I of N behind a balancer), got {text!r}")
+    return index, count
+
+
+def _bus_servers(text: str) -> list[str]:
+    from intentra.bus import _servers  # noqa: PLC0415
+
+    try:
+        return _servers(text)
+    except IntentraError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _bus_subject(text: str) -> str:
+    from intentra.bus import BusConfig  # noqa: PLC0415
+
+    try:
+        return BusConfig(subject=text).subject
+    except IntentraError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 async def _serve(args: argparse.Namespace) -> int:
     key = _load_key(args.key)
     allowed = _load_allow(args.allow) if args.allow else None
@@ -207,10 +259,16 @@ async def _serve(args: argparse.Namespace) -> int:
 
         die_with_parent()
         master = bytes.fromhex(sys.stdin.readline().strip())
+        hub, hubs = args.conn_id_class or (0, 1)
+        # Hub I of N, worker i of W: conn_ids = I*W + i modulo N*W, so conn_id % W
+        # is still the worker (the port's steering) and (conn_id % NW) // W the hub.
         extra = {"sock": socket.socket(fileno=args.worker_fd), "cookie_master": master,
-                 "conn_id_class": (args.worker_index, args.workers)}
+                 "conn_id_class": (hub * args.workers + args.worker_index,
+                                   hubs * args.workers)}
         if metrics is not None:
             metrics = (metrics[0], metrics[1] + args.worker_index if metrics[1] else 0)
+    elif args.conn_id_class is not None:
+        extra = {"conn_id_class": args.conn_id_class}
     try:
         transport = await Transport.bind(args.bind, key, allowed, metrics_address=metrics,
                                          sink=args.sink, **extra)
@@ -218,6 +276,17 @@ async def _serve(args: argparse.Namespace) -> int:
         where = exc.filename or _shown(*args.bind)
         raise UsageError(f"cannot bind {where}: {exc.strerror or exc}; choose another "
                          "address or stop what uses it") from None
+    bridge = None
+    if args.bus:  # joined before the announcement: a hub that cannot join does not serve
+        from intentra.bus import Bridge, BusConfig  # noqa: PLC0415
+
+        bridge = Bridge(transport, args.bus, config=BusConfig(subject=args.bus_subject),
+                        envelope=args.envelope)
+        try:
+            await bridge.start()
+        except BaseException:
+            await transport.close(flush_timeout=0)
+            raise
     # Handlers before the announcement: a supervisor may signal as soon as it reads it.
     stop = _stop_on_signals()
     shown = _shown(*transport.local_address)
@@ -241,11 +310,15 @@ async def _serve(args: argparse.Namespace) -> int:
 
     from intentra.hub import RelayStats, relay  # noqa: PLC0415
 
+    if bridge is not None:
+        _say(f"{prefix}bus: hub {bridge.hub_id} joined {','.join(bridge.servers)} "
+             f"(subject {bridge.config.subject}, stream {bridge.config.stream})")
     stats = RelayStats()
     task = asyncio.create_task(relay(transport, echo=args.echo, envelope=args.envelope,
-                                     stats=stats))
+                                     stats=stats, bus=bridge))
     await stop.wait()
     peers = len(transport.peers)
+    lost = await bridge.close() if bridge is not None else 0
     await transport.close()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -253,7 +326,19 @@ async def _serve(args: argparse.Namespace) -> int:
     too_large = f"; too large for an envelope: {stats.dropped_too_large}" if args.envelope else ""
     _say(f"{prefix}closed {peers} session(s); relay drops on full queues: "
          f"{stats.dropped_queue_full}{too_large}")
+    if bridge is not None:
+        bs = bridge.stats
+        dropped = sum(bs.dropped.values())
+        _say(f"{prefix}bus: published {bs.published[0]} reliable, {bs.published[1]} realtime; "
+             f"received {bs.received[0]} reliable, {bs.received[1]} realtime; dropped "
+             f"{dropped}{_causes(bs.dropped)}; never stored at exit: {lost}")
     return 0
+
+
+def _causes(dropped: dict[tuple[str, str], int]) -> str:
+    shown = ", ".join(f"{count} {intent} {cause}" for (intent, cause), count
+                      in sorted(dropped.items()) if count)
+    return f" ({shown})" if shown else ""
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -261,6 +346,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("choose one of --echo and --sink")
     if args.envelope and args.sink:
         raise UsageError("--envelope wraps relayed messages; --sink relays nothing")
+    if args.bus and (args.echo or args.sink):
+        raise UsageError("--bus joins hubs; it cannot be used with --echo or --sink")
+    if args.bus_subject != "intentra" and not args.bus:
+        raise UsageError("--bus-subject needs --bus")
     if args.workers > 1 and args.worker_fd is None:
         return _supervise(args)
     return _run(_serve(args))
@@ -270,9 +359,10 @@ def _supervise(args: argparse.Namespace) -> int:
     """serve --workers N: N processes on one port, conn_id steering, one cookie master."""
     from intentra.workers import reuseport_sockets  # noqa: PLC0415
 
-    if not (args.echo or args.sink):
-        raise UsageError("--workers needs --echo or --sink: a hub relays between its own "
-                         "peers, and with several workers each sees only some of them")
+    if not (args.echo or args.sink or args.bus):
+        raise UsageError("--workers needs --echo, --sink or --bus: a hub relays between its "
+                         "own peers, and with several workers each sees only some of them "
+                         "unless they are joined through a bus (--bus nats://HOST:PORT)")
     key = _load_key(args.key)  # fail here, once, on a bad key file
     if args.allow:
         _load_allow(args.allow)
@@ -367,10 +457,29 @@ async def _stdin_lines() -> AsyncIterator[bytes]:
             return
 
 
-async def _messages(args: argparse.Namespace) -> AsyncIterator[bytes]:
-    if args.message:
+def _read_files(paths: list[str], limit: int) -> list[bytes]:
+    """The contents of ``--file`` paths, one message each, checked before anything is sent."""
+    contents: list[bytes] = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--file {path}: {exc.strerror or exc}") from None
+        if not data:
+            raise UsageError(f"--file {path} is empty; a message is at least 1 byte")
+        if len(data) > limit:
+            raise UsageError(f"--file {path} is {len(data):,} bytes; the largest message is "
+                             f"{limit:,} bytes (max_message_size)")
+        contents.append(data)
+    return contents
+
+
+async def _messages(args: argparse.Namespace, files: list[bytes]) -> AsyncIterator[bytes]:
+    if args.message or files:
         for text in args.message:
             yield text.encode()
+        for data in files:
+            yield data
     else:
         async for line in _stdin_lines():
             yield line
@@ -470,6 +579,7 @@ async def _send(args: argparse.Namespace) -> int:
         except KeyFormatError as exc:
             raise UsageError(f"--server-key: {exc}; pass the base64 key that serve prints") \
                 from None
+    files = _read_files(args.file or [], EndpointConfig().max_message_size)
     host = args.to[0]
     bind = "[::]:0" if ":" in host else "0.0.0.0:0"
     async with await Transport.bind(bind, key) as transport:
@@ -485,8 +595,8 @@ async def _send(args: argparse.Namespace) -> int:
         tasks = [asyncio.create_task(_print_replies(transport)), asyncio.create_task(watch())]
         queued = 0
         try:
-            async for data in _messages(args):  # each line leaves as soon as it is read
-                await peer.send(data, args.intent, args.priority)
+            async for data in _messages(args, files):  # each line leaves as soon as it is read
+                await peer.send(data, args.intent, args.priority, lane=args.lane)
                 queued += 1
             if args.wait > 0:
                 with contextlib.suppress(TimeoutError):
@@ -533,7 +643,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 async def _proxy(args: argparse.Namespace) -> int:
-    from intentra.testing.netem import Faults, UdpProxy  # noqa: PLC0415
+    from intentra.testing.faultproxy import Faults, UdpProxy  # noqa: PLC0415
 
     faults = Faults(loss=args.loss, dup=args.dup, reorder=args.reorder, delay=args.delay,
                     jitter=args.jitter, truncate=args.truncate, corrupt=args.corrupt)
@@ -566,7 +676,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return _run(run_demo(peers=args.peers, rate=args.rate, duration=args.duration,
                          size=args.size, reliable_every=args.reliable_every,
-                         plain=args.plain, loop=args.loop))
+                         plain=args.plain, loop=args.loop, large_size=args.large_size))
 
 
 def _scenarios(text: str) -> tuple[str, ...]:
@@ -591,6 +701,17 @@ def _counts(text: str) -> tuple[int, ...]:
     return values
 
 
+def _readers(text: str) -> tuple[str, ...]:
+    from intentra.bench.roles import READERS  # noqa: PLC0415
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in READERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown reader {', '.join(unknown) or text!r}; choose from {', '.join(READERS)}")
+    return names
+
+
 def _loads(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(n) for n in text.split(","))
@@ -611,6 +732,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "step_seconds": args.step, "stream_seconds": args.duration,
         "handshake_seconds": args.duration, "latency_seconds": args.duration,
         "bottleneck_seconds": args.duration, "bottleneck_loads": args.loads,
+        "cluster_hubs": args.hubs,
+        "readers": args.readers, "segments": args.segments,
     }.items() if v is not None}
     chosen["scenarios"] = args.scenarios or SCENARIOS
     chosen["workers"] = args.workers
@@ -671,7 +794,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "intentra_sink_messages_total)")
     p.add_argument("--workers", type=_positive(int), default=1, metavar="N",
                    help="N processes on one port (SO_REUSEPORT), sessions steered by conn_id; "
-                        "needs --echo or --sink (1)")
+                        "needs --echo, --sink or --bus (each worker then joins the bus) (1)")
+    p.add_argument("--conn-id-class", type=_conn_id_class, metavar="I/N",
+                   help="hub I of N behind a UDP balancer: every conn_id this hub hands out "
+                        "is I modulo N (with --workers W: I*W+w modulo N*W), so the balancer "
+                        "routes a datagram by its conn_id, also after the client roams "
+                        "(docs/scaling.md)")
+    p.add_argument("--bus", type=_bus_servers, metavar="nats://HOST:PORT[,nats://...]",
+                   help="join other hubs through these NATS servers (JetStream on): messages "
+                        "of this hub's peers go to every hub's peers (pip install "
+                        "'intentra[bus]'; docs/scaling.md)")
+    p.add_argument("--bus-subject", type=_bus_subject, default="intentra", metavar="NAME",
+                   help="NATS subject prefix and stream name of the bus; hubs with the same "
+                        "one serve one population (intentra)")
     p.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--metrics", type=_address, metavar="HOST:PORT",
@@ -692,9 +827,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intent", type=_intent, default=Intent.RELIABLE,
                    help="reliable (default) or realtime")
     p.add_argument("--priority", type=_priority, default=0, help="0..7 (default 0)")
+    p.add_argument("--lane", type=_lane, default=0,
+                   help="0..255 (default 0): RELIABLE messages are in order within a lane")
+    p.add_argument("--file", action="append", metavar="PATH",
+                   help="send this file's contents as one message (up to 1 MiB; large ones "
+                        "travel in fragments); repeat for several, after any MESSAGE")
     p.add_argument("--wait", type=_non_negative, default=1.0, metavar="S",
                    help="seconds to print replies after sending (default 1; 0: do not wait)")
-    p.add_argument("message", nargs="*", help="messages to send (default: lines of stdin)")
+    p.add_argument("message", nargs="*",
+                   help="messages to send (default: lines of stdin, unless --file)")
     p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("proxy", help="a UDP proxy that injects faults, to try an application "
@@ -724,13 +865,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_positive(int), default=64, help="message bytes (64)")
     p.add_argument("--reliable-every", type=_positive(int), default=10,
                    help="every Nth update is RELIABLE, the rest REALTIME (10)")
+    p.add_argument("--large-size", type=_large_size, default=2048, metavar="BYTES",
+                   help="each peer also sends one message this large per second, RELIABLE "
+                        "on lane 1 (2048; 0: none)")
     p.add_argument("--plain", action="store_true", help="plain progress lines, no live display")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="load scenarios against baselines, side by side")
     p.add_argument("scenarios", nargs="?", type=_scenarios, metavar="SCENARIO[,SCENARIO...]",
                    help="fan-in, stream, handshakes, latency, sessions (default: these "
-                   "five); bottleneck (root only: a sweep through a real 10 Mbit/s link)")
+                   "five); bottleneck (root only: a sweep through a real 10 Mbit/s link); "
+                   "cluster (hubs joined through a 3-node NATS cluster)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run")
     p.add_argument("--peers", type=_positive(int), help="fan-in and latency peers (1000)")
     p.add_argument("--size", type=_positive(int), help="message bytes (128)")
@@ -744,6 +889,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions", type=_positive(int), help="idle sessions to hold (10000)")
     p.add_argument("--workers", type=_counts, default=(1,), metavar="N[,N...]",
                    help="fan-in server processes on one port, e.g. 1,2 (1)")
+    p.add_argument("--hubs", type=_counts, metavar="N[,N...]",
+                   help="cluster: hub counts joined through NATS, each against one hub alone "
+                   "(1,2,3)")
+    p.add_argument("--readers", type=_readers, metavar="R[,R...]",
+                   help="fan-in servers: the application reads with receive (a sweep per "
+                   "--workers), receive_many, or there is none: sink, as serve --sink "
+                   "(receive,receive_many,sink)")
+    p.add_argument("--segments", type=_positive(int), metavar="N",
+                   help="datagrams per GSO send of the load generators' throughput steps "
+                   "(16; 1: one sendto each)")
     p.add_argument("--no-baselines", action="store_true", help="skip raw UDP and aioquic")
     p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     p.add_argument("--plot", metavar="FILE", help="write PNG plots (needs matplotlib)")

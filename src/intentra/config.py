@@ -12,6 +12,7 @@ from intentra.constants import (
     ACK_DELAY,
     HEADER_LEN,
     LEN_PREFIX,
+    MAX_MESSAGE_LIMIT,
     MAX_PACKET_SIZE,
     RSEQ_LEN,
     TAG_LEN,
@@ -34,7 +35,12 @@ class EndpointConfig:
     idle_timeout: float = 60.0
     """Seconds without an authenticated packet before a session is closed."""
     keepalive_interval: float = 15.0
-    """Seconds of silence after which a side sends an ACK."""
+    """Seconds of silence after which a side sends an ACK that asks for an answer."""
+    peer_timeout: float = 5.0
+    """Seconds of silence from the peer while this side waits for an acknowledgement
+    (data or a keepalive outstanding) before the session is closed with TIMEOUT; never
+    less than three probe timeouts of the path. A dead peer is noticed within this of
+    the first unanswered packet, and within keepalive_interval + this when idle."""
     rate_limit_pps: float = 10_000.0
     """Token bucket refill per session, packets per second (applied before decryption)."""
     rate_limit_burst: float = 500.0
@@ -45,8 +51,11 @@ class EndpointConfig:
     """Seconds after which the strike count starts again from zero."""
     max_reliable_in_flight: int = 256
     """Unacknowledged reliable messages per session and direction."""
-    max_reorder_buffer: int = 262_144
-    """Out-of-order reliable bytes a receiver holds per session."""
+    max_reorder_buffer: int = 1_310_720
+    """Reliable bytes a receiver holds per session, bytes: out of order, in partial
+    messages, or delivered and not yet read (it bounds the credit given). At least
+    ``max_message_size + max_datagram``; the default is max_message_size's default
+    plus 256 KiB."""
     max_reorder_total: int = 64 * 1024 * 1024
     """Reliable bytes all sessions of the endpoint together hold, out of order or not yet
     read by the application (it bounds the credit given out; each session may keep
@@ -77,6 +86,15 @@ class EndpointConfig:
     beyond its previous ACK's ``largest_pn`` (ACK_EVERY)."""
     max_datagram: int = 1200
     """Largest datagram a sender builds, bytes (at most MAX_PACKET_SIZE)."""
+    max_message_size: int = 1 << 20
+    """Largest message sent or accepted, bytes (at most 64 MiB); longer than a datagram
+    carries, it travels in fragments (docs/protocol.md section 14). Configure peers alike:
+    a fragment declaring more than the receiver's limit is a violation."""
+    max_realtime_reassembly: int = 2 << 20
+    """Bytes of partial REALTIME messages a receiver holds per session (section 14.7);
+    beyond it the session's oldest partial messages are discarded."""
+    max_realtime_reassembly_total: int = 32 << 20
+    """The same bound for all the sessions of the endpoint together, bytes."""
     key_update_packets: int = 1 << 24
     """Packets under one key before the sender moves to the next."""
     key_update_time: float = 120.0
@@ -137,13 +155,18 @@ class EndpointConfig:
                 f"EndpointConfig.max_datagram must be between {HEADER_LEN + TAG_LEN + 7} and "
                 f"{MAX_PACKET_SIZE}, got {self.max_datagram}"
             )
-        if self.max_reorder_buffer < self.max_datagram:
-            # The credit reserves max_datagram bytes per message (docs/protocol.md 6):
-            # a smaller buffer would advertise no credit ever, and RELIABLE would wait
-            # for ever instead of failing here.
+        if self.max_message_size > MAX_MESSAGE_LIMIT:
+            raise ConfigError(f"EndpointConfig.max_message_size must be at most "
+                              f"{MAX_MESSAGE_LIMIT} (64 MiB), got {self.max_message_size}")
+        if self.max_reorder_buffer < self.max_message_size + self.max_datagram:
+            # The credit reserves max_datagram bytes per position (docs/protocol.md 8)
+            # and a RELIABLE message is held whole until its last fragment (14.7): a
+            # smaller buffer could never complete the largest message, and RELIABLE
+            # would wait for ever instead of failing here.
             raise ConfigError(
-                f"EndpointConfig.max_reorder_buffer must be at least max_datagram "
-                f"({self.max_datagram}), got {self.max_reorder_buffer}")
+                f"EndpointConfig.max_reorder_buffer must be at least max_message_size + "
+                f"max_datagram ({self.max_message_size + self.max_datagram}), got "
+                f"{self.max_reorder_buffer}; raise it or lower max_message_size")
         if not self.min_rto <= self.initial_rto <= self.max_rto:
             raise ConfigError("EndpointConfig needs min_rto <= initial_rto <= max_rto")
         if self.max_reliable_in_flight >= 1 << 31:
@@ -161,6 +184,8 @@ class EndpointConfig:
             raise ConfigError("EndpointConfig.initial_pn must be at least 1 and below pn_limit")
 
     @property
-    def max_message_size(self) -> int:
-        """Largest message one datagram carries (RELIABLE framing, the larger one)."""
+    def max_datagram_message(self) -> int:
+        """Largest message one DATA packet carries whole, without fragments or lane
+        records (RELIABLE framing, the larger one): 1162 bytes at the default
+        max_datagram."""
         return self.max_datagram - HEADER_LEN - TAG_LEN - RSEQ_LEN - LEN_PREFIX

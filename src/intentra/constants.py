@@ -100,6 +100,19 @@ MAX_PRIORITY: Final = 7
 
 #: Bit 1 of header byte 1: the packet asks for an ACK (docs/protocol.md section 3).
 ACK_ELICITING_BIT: Final = 0x02
+#: Bit 2 of header byte 1, X: a DATA plaintext made of records (docs/protocol.md section 14).
+EXTENDED_BIT: Final = 0x04
+#: Lanes are 0..MAX_LANE (docs/protocol.md section 14.1).
+MAX_LANE: Final = 255
+#: The largest ``max_message_size`` an endpoint may configure (64 MiB).
+MAX_MESSAGE_LIMIT: Final = 64 * 1024 * 1024
+#: ``flags`` bit of a record (docs/protocol.md section 14.2): the record is a fragment.
+FRAGMENT_FLAG: Final = 0x01
+#: Record header sizes (docs/protocol.md section 14.2): RELIABLE whole / fragment,
+#: REALTIME whole / fragment.
+RECORD_RELIABLE: Final = 8
+RECORD_FRAGMENT: Final = 16
+RECORD_REALTIME: Final = 4
 #: The longest a receiver waits before acknowledging an ack-eliciting packet, seconds.
 #: A wire constant: the peer's timers (PTO, RTT samples) rely on it.
 ACK_DELAY: Final = 0.010

@@ -2,10 +2,14 @@
 
 The hub is a real ``intentra serve`` process (state fan-out: every message
 goes to all other peers). The peers live in this process, each with its own
-socket, and send state updates at a fixed rate: every Nth one RELIABLE
-(priority 5), the rest REALTIME (priority 1). At the end: messages sent and
-delivered per intent, delivery ratio, one-way latency p50/p99, handshakes and
-the hub's key metrics (scraped from its /metrics endpoint).
+socket, and send state updates at a fixed rate on lane 0: every Nth one RELIABLE
+(priority 5), the rest REALTIME (priority 1). Once a second each peer also sends
+one large RELIABLE message (``large_size`` bytes, fragmented; a map tile, say)
+on lane 1 at priority 0, which the hub relays on lane 1 too: the state updates
+keep their latency beside it. At the end: messages sent and delivered per
+intent, delivery ratio, one-way latency p50/p99 of the state updates and of the
+large messages, handshakes and the hub's key metrics (scraped from its /metrics
+endpoint).
 """
 
 from __future__ import annotations
@@ -58,6 +62,10 @@ class Tally:
     send_drops: int = 0
     latencies_us: list[int] = field(default_factory=list)
     reliable_order_errors: int = 0
+    large_sent: int = 0
+    large_delivered: int = 0
+    large_corrupt: int = 0
+    large_latencies_us: list[int] = field(default_factory=list)
 
 
 def explain(n_peers: int) -> str:
@@ -162,16 +170,26 @@ SETTLE = 5.0
 """Longest wait, seconds, for deliveries still in flight after the senders stop."""
 
 
+LARGE_LANE = 1
+"""The lane of the demo's large messages (the state updates use lane 0)."""
+
+
 async def run_demo(peers: int = 50, rate: float = 50.0, duration: float = 10.0, size: int = 64,
-                   reliable_every: int = 10, plain: bool = False, loop: str = "auto") -> int:
-    """Run the demo and print its summary. Returns the exit status."""
+                   reliable_every: int = 10, plain: bool = False, loop: str = "auto",
+                   large_size: int = 2048) -> int:
+    """Run the demo and print its summary. Returns the exit status.
+
+    ``large_size`` is the size of the large message each peer sends once a second on
+    lane 1 (0: none).
+    """
     size = max(size, _STAMP.size)
     padding = bytes(size - _STAMP.size)
+    large = bytes(i & 0xFF for i in range(large_size - _STAMP.size)) if large_size else b""
     with tempfile.TemporaryDirectory(prefix="intentra-demo-") as tmp:
         proc, hub_address, hub_key, metrics_url = await _start_hub(Path(tmp), loop)
         try:
             return await _drive(proc, hub_address, hub_key, metrics_url, peers, rate, duration,
-                                padding, reliable_every, plain)
+                                padding, reliable_every, plain, large)
         finally:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -181,13 +199,16 @@ async def run_demo(peers: int = 50, rate: float = 50.0, duration: float = 10.0, 
 
 async def _drive(proc: asyncio.subprocess.Process, hub_address: tuple[str, int], hub_key: str,
                  metrics_url: str, n_peers: int, rate: float, duration: float, padding: bytes,
-                 reliable_every: int, plain: bool) -> int:
+                 reliable_every: int, plain: bool, large: bytes = b"") -> int:
     from intentra.keys import PublicKey  # noqa: PLC0415
 
     server_key = PublicKey.from_base64(hub_key)
     print(f"hub pid {proc.pid} on {hub_address[0]}:{hub_address[1]}; "
-          f"{n_peers} peers x {rate:g} Hz for {duration:g} s; event loop: "
-          f"{type(asyncio.get_running_loop()).__module__.split('.')[0]}", flush=True)
+          f"{n_peers} peers x {rate:g} Hz for {duration:g} s"
+          + (f", and one {len(large) + _STAMP.size:,}-byte message each per second on lane "
+             f"{LARGE_LANE}" if large else "")
+          + f"; event loop: {type(asyncio.get_running_loop()).__module__.split('.')[0]}",
+          flush=True)
     print(explain(n_peers), flush=True)
     transports = [await Transport.bind("127.0.0.1:0", PrivateKey.generate())
                   for _ in range(n_peers)]
@@ -218,6 +239,13 @@ async def _drive(proc: asyncio.subprocess.Process, hub_address: tuple[str, int],
             now_ns = time.monotonic_ns()
             while msg is not None:  # drain what is queued without a loop turn each
                 sender, seq, sent_ns = unpack(msg.data)
+                if msg.lane == LARGE_LANE:
+                    tally.large_delivered += 1
+                    tally.large_latencies_us.append((now_ns - sent_ns) // 1000)
+                    if msg.data[_STAMP.size:] != large:
+                        tally.large_corrupt += 1
+                    msg = transport.receive_nowait()
+                    continue
                 delivered[msg.intent] += 1
                 latencies.append((now_ns - sent_ns) // 1000)
                 if msg.intent is Intent.RELIABLE:
@@ -234,10 +262,21 @@ async def _drive(proc: asyncio.subprocess.Process, hub_address: tuple[str, int],
     loop = asyncio.get_running_loop()
     start = loop.time()
     interval = 1.0 / rate
+    per_second = max(round(rate), 1)
     tick = 0
     next_report = start
     try:
         while (now := loop.time()) - start < duration:
+            if large:
+                # once a second per peer, spread over the ticks of that second
+                for index in range(tick % per_second, n_peers, per_second):
+                    try:
+                        links[index].send_nowait(
+                            _STAMP.pack(index, tick, time.monotonic_ns()) + large,
+                            Intent.RELIABLE, 0, lane=LARGE_LANE)
+                        tally.large_sent += 1
+                    except SendQueueFullError:
+                        tally.send_drops += 1
             for index, link in enumerate(links):
                 intent = Intent.RELIABLE if tick % reliable_every == 0 else Intent.REALTIME
                 data = _STAMP.pack(index, tick, time.monotonic_ns()) + padding
@@ -271,8 +310,8 @@ async def _drive(proc: asyncio.subprocess.Process, hub_address: tuple[str, int],
         task.cancel()
     proc.send_signal(signal.SIGINT)
     hub_status = await asyncio.wait_for(proc.wait(), 10)
-    _summary(tally, n_peers, handshake_time, metrics, hub_status, statuses)
-    ok = hub_status == 0 and tally.reliable_order_errors == 0
+    _summary(tally, n_peers, handshake_time, metrics, hub_status, statuses, len(large))
+    ok = hub_status == 0 and tally.reliable_order_errors == 0 and tally.large_corrupt == 0
     return 0 if ok else 1
 
 
@@ -298,7 +337,8 @@ def _paths(links: list[Peer]) -> str:
 
 
 def _summary(tally: Tally, n_peers: int, handshake_time: float, metrics: dict[str, float],
-             hub_status: int | None, statuses: list[PeerStatus] | None = None) -> None:
+             hub_status: int | None, statuses: list[PeerStatus] | None = None,
+             large_size: int = 0) -> None:
     fan = max(n_peers - 1, 1)
     lines = ["", "intentra demo summary",
              f"  peers: {n_peers}, handshakes completed in {handshake_time * 1000:.0f} ms"]
@@ -310,9 +350,20 @@ def _summary(tally: Tally, n_peers: int, handshake_time: float, metrics: dict[st
         ratio = got / expected if expected else float("nan")
         lines.append(f"  {intent.name.lower():<10}{sent:>10,}{expected:>12,}{got:>12,}"
                      f"{ratio:>9.2%}")
+    if tally.large_sent:
+        expected = tally.large_sent * fan
+        lines.append(f"  {'large':<10}{tally.large_sent:>10,}{expected:>12,}"
+                     f"{tally.large_delivered:>12,}{tally.large_delivered / expected:>9.2%}"
+                     f"  ({large_size + _STAMP.size:,} B, RELIABLE, lane {LARGE_LANE})")
     lat = tally.latencies_us
     lines.append(f"  latency one-way: p50 {percentile(lat, 0.5) / 1000:.2f} ms, "
-                 f"p99 {percentile(lat, 0.99) / 1000:.2f} ms, over {len(lat):,} deliveries")
+                 f"p99 {percentile(lat, 0.99) / 1000:.2f} ms, over {len(lat):,} deliveries"
+                 + (" (state updates, lane 0)" if tally.large_sent else ""))
+    if tally.large_sent:
+        big = tally.large_latencies_us
+        lines.append(f"  large messages (lane {LARGE_LANE}): p50 "
+                     f"{percentile(big, 0.5) / 1000:.2f} ms, p99 "
+                     f"{percentile(big, 0.99) / 1000:.2f} ms, {tally.large_corrupt} corrupt")
     lines.append(f"  reliable order errors: {tally.reliable_order_errors}, "
                  f"send drops (full queue): {tally.send_drops}")
     if statuses:

@@ -66,3 +66,7 @@ class TransportClosedError(IntentraError):
 
 class SendQueueFullError(IntentraError):
     """The session's send queue is full (raised only where a caller asked to be told)."""
+
+
+class BusError(IntentraError):
+    """The NATS bus cannot be used: nats-py missing, no server answered, or a bad setting."""

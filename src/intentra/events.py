@@ -50,7 +50,7 @@ class HandshakeFailed:
 
 
 class MessageReceived(NamedTuple):
-    """A message was delivered (REALTIME on arrival, RELIABLE in rseq order).
+    """A message was delivered (REALTIME on arrival, RELIABLE in order within its lane).
 
     A NamedTuple rather than a frozen dataclass like the other events: one is
     built per delivered message, and a tuple costs a sixth of the time.
@@ -60,6 +60,8 @@ class MessageReceived(NamedTuple):
     data: bytes
     intent: Intent
     priority: int
+    lane: int = 0
+    """The message's lane (docs/protocol.md section 14), 0 unless the sender named one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +72,9 @@ class SessionClosed:
     reason: CloseReason
     by_peer: bool
     unacked_reliable: int = 0
-    pending: tuple[tuple[bytes, int], ...] = ()
-    """RELIABLE messages not acknowledged, as (data, priority): those in flight in
-    rseq order, then the queued ones in the order they would have left."""
+    pending: tuple[tuple[bytes, int, int], ...] = ()
+    """RELIABLE messages not acknowledged, as (data, priority, lane): those in flight in
+    rseq order, then each lane's queued ones in the order they would have left."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from intentra.bus import Bridge
     from intentra.core.endpoint import Endpoint
 
 # (metric name without _total, help, Stats field)
@@ -64,6 +65,9 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("intentra_messages_dropped_receive_queue",
      "REALTIME messages dropped because the application did not read them",
      "messages_dropped_receive_queue"),
+    ("intentra_messages_dropped_reassembly",
+     "Partial REALTIME messages discarded: late, or over the reassembly memory bounds",
+     "messages_dropped_reassembly"),
 )
 
 #: Upper bounds of the smoothed-RTT histogram, seconds.
@@ -142,6 +146,67 @@ class EndpointCollector(Collector):
             "intentra_session_smoothed_rtt_seconds",
             "Smoothed RTT of the established sessions (one sample per session per scrape)",
             buckets=buckets, sum_value=total)
+
+
+class BusCollector(Collector):
+    """Reads a :class:`intentra.bus.Bridge`'s counters at scrape time (docs/scaling.md)."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self._bridge = bridge
+
+    def collect(self) -> Iterator[Metric]:
+        bridge = self._bridge
+        stats = bridge.stats
+        names = ("reliable", "realtime")  # by intent value
+        published = CounterMetricFamily(
+            "intentra_bus_published", "Messages of this hub's peers put on the bus (RELIABLE: "
+            "stored by the stream)", labels=["intent"])
+        received = CounterMetricFamily(
+            "intentra_bus_received", "Messages from other hubs fanned out to this hub's peers",
+            labels=["intent"])
+        for value, name in enumerate(names):
+            published.add_metric([name], stats.published[value])
+            received.add_metric([name], stats.received[value])
+        yield published
+        yield received
+        dropped = CounterMetricFamily(
+            "intentra_bus_dropped", "Messages dropped on the way through the bus, by cause",
+            labels=["intent", "cause"])
+        for (intent, cause), count in sorted(stats.dropped.items()):
+            dropped.add_metric([intent, cause], count)
+        yield dropped
+        yield CounterMetricFamily("intentra_bus_duplicates",
+                                  "RELIABLE messages the stream delivered again, dropped by seq",
+                                  value=stats.duplicates)
+        yield CounterMetricFamily("intentra_bus_retransmissions",
+                                  "RELIABLE publishes sent again (no stream acknowledgement)",
+                                  value=stats.retransmissions)
+        yield CounterMetricFamily("intentra_bus_reconnects",
+                                  "Times the NATS connection was re-established",
+                                  value=stats.reconnects)
+        yield GaugeMetricFamily("intentra_bus_connected", "1 while connected to NATS, else 0",
+                                value=1 if bridge.connected else 0)
+        yield GaugeMetricFamily("intentra_bus_hubs", "Other hubs heard from recently",
+                                value=bridge.hubs)
+        yield GaugeMetricFamily("intentra_bus_reliable_backlog",
+                                "RELIABLE messages not yet stored by the stream",
+                                value=bridge.backlog)
+        if stats.rtt is not None:
+            yield GaugeMetricFamily("intentra_bus_rtt_seconds",
+                                    "Round trip to the NATS server (PING to PONG), last measured",
+                                    value=stats.rtt)
+        from intentra.bus import ACK_BUCKETS  # noqa: PLC0415
+
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(ACK_BUCKETS, stats.ack_buckets, strict=True):
+            running += count
+            buckets.append((repr(bound), running))
+        buckets.append(("+Inf", stats.ack_count))
+        yield HistogramMetricFamily(
+            "intentra_bus_reliable_ack_seconds",
+            "RELIABLE publish to the stream's acknowledgement (stored on its replicas)",
+            buckets=buckets, sum_value=stats.ack_sum)
 
 
 def make_registry(endpoint: Endpoint,

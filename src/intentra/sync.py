@@ -1,13 +1,14 @@
 """A blocking API for scripts and control loops that do not run asyncio.
 
 The same concepts as :mod:`intentra` (``Transport.bind``, ``connect``,
-``peer.send``, ``peer.send_nowait``, ``receive``, iteration, ``close``, context
-managers), each call blocking the calling thread. Every sync ``Transport`` runs
-an asyncio event loop in a background thread of its own, where the real
-:class:`intentra.Transport` lives; calls are handed to it and their results, or
-their exceptions, come back to the caller's thread. Blocking calls take a
-``timeout`` in seconds (None: no limit) and raise a ``TimeoutError`` that is
-also an :class:`~intentra.errors.IntentraError` when it runs out::
+``peer.send``, ``peer.send_nowait``, ``receive``, ``receive_many``, iteration,
+``batches``, ``close``, context managers), each call blocking the calling
+thread. Every sync ``Transport`` runs an asyncio event loop in a background
+thread of its own, where the real :class:`intentra.Transport` lives; calls are
+handed to it and their results, or their exceptions, come back to the caller's
+thread. Blocking calls take a ``timeout`` in seconds (None: no limit) and raise
+a ``TimeoutError`` that is also an :class:`~intentra.errors.IntentraError` when
+it runs out::
 
     from intentra import PrivateKey, sync
 
@@ -16,6 +17,7 @@ also an :class:`~intentra.errors.IntentraError` when it runs out::
         peer.send(b"hello")                      # RELIABLE: waits while the window is full
         peer.send_nowait(b"pose 1 2", "realtime")
         msg = t.receive(timeout=1.0)             # ReceiveTimeoutError if nothing came
+        batch = t.receive_many(256, timeout=1.0)  # 1 to 256 messages, one call
         for msg in t:                            # ends when the transport is closed
             ...
 
@@ -29,7 +31,7 @@ import asyncio
 import concurrent.futures
 import threading
 import weakref
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Self, TypeVar
 
 from intentra.aio import transport as aio
@@ -50,12 +52,13 @@ T = TypeVar("T")
 
 
 class Message(NamedTuple):
-    """A delivered message; ``peer`` is a sync :class:`Peer`."""
+    """A delivered message; ``peer`` is a sync :class:`Peer`, ``lane`` its lane."""
 
     peer: Peer
     data: bytes
     intent: Intent
     priority: int
+    lane: int = 0
 
 
 class _LoopThread:
@@ -159,7 +162,7 @@ class Peer:
         return self._peer.close_reason
 
     def send(self, data: bytes, intent: IntentLike = Intent.RELIABLE, priority: int = 0,
-             timeout: float | None = None) -> None:
+             timeout: float | None = None, *, lane: int = 0) -> None:
         """Queue a message; for RELIABLE, block while the window is full.
 
         Raises:
@@ -167,25 +170,25 @@ class Peer:
             PeerClosedError, MessageTooLargeError, InvalidMessageError: as
                 :meth:`intentra.Peer.send`.
         """
-        self._transport._runner.call(self._peer.send(data, intent, priority), timeout,
-                                     "send (waiting for window room)")
+        self._transport._runner.call(self._peer.send(data, intent, priority, lane=lane),
+                                     timeout, "send (waiting for window room)")
 
     def send_many(self, messages: Iterable[bytes], intent: IntentLike = Intent.RELIABLE,
-                  priority: int = 0, timeout: float | None = None) -> None:
+                  priority: int = 0, timeout: float | None = None, *, lane: int = 0) -> None:
         """Queue many messages in order (see :meth:`intentra.Peer.send_many`)."""
         batch = list(messages)
-        self._transport._runner.call(self._peer.send_many(batch, intent, priority), timeout,
-                                     "send_many")
+        self._transport._runner.call(self._peer.send_many(batch, intent, priority, lane=lane),
+                                     timeout, "send_many")
 
     def send_nowait(self, data: bytes, intent: IntentLike = Intent.REALTIME,
-                    priority: int = 0) -> bool:
+                    priority: int = 0, *, lane: int = 0) -> bool:
         """Queue a message without waiting for window room (see :meth:`intentra.Peer.send_nowait`).
 
         Returns:
             False if a REALTIME message was dropped on a full send queue.
         """
         async def go() -> bool:
-            return self._peer.send_nowait(data, intent, priority)
+            return self._peer.send_nowait(data, intent, priority, lane=lane)
         return self._transport._runner.call(go())
 
     def close(self, reason: CloseReasonLike = CloseReason.NORMAL,
@@ -260,9 +263,12 @@ class Transport:
     def closed(self) -> bool:
         return self._transport.closed
 
-    def connect(self, address: str | tuple[str, int], server_key: PublicKey | None = None,
-                reconnect: bool = False, timeout: float | None = None) -> Peer:
+    def connect(self, address: str | tuple[str, int] | Sequence[str | tuple[str, int]],
+                server_key: PublicKey | None = None, reconnect: bool = False,
+                timeout: float | None = None) -> Peer:
         """Handshake (see :meth:`intentra.Transport.connect`); blocks until established.
+
+        ``address`` may be a list of responders, tried in order (as the asyncio API).
 
         Raises:
             HandshakeTimeoutError, AuthenticationError: as the asyncio API.
@@ -282,7 +288,7 @@ class Transport:
         if timeout is not None:
             _check_timeout(timeout)
         msg = self._runner.call(self._transport.receive(timeout))
-        return Message(self._wrap(msg.peer), msg.data, msg.intent, msg.priority)
+        return Message(self._wrap(msg.peer), msg.data, msg.intent, msg.priority, msg.lane)
 
     def receive_nowait(self) -> Message | None:
         """A delivered message if one is waiting, else None."""
@@ -290,7 +296,50 @@ class Transport:
             return self._transport.receive_nowait()
         msg = self._runner.call(go())
         return None if msg is None else Message(self._wrap(msg.peer), msg.data, msg.intent,
-                                                msg.priority)
+                                                msg.priority, msg.lane)
+
+    def receive_many(self, max: int = aio.RECEIVE_MANY,
+                     timeout: float | None = None) -> list[Message]:
+        """Up to ``max`` delivered messages, from any peers: at least one.
+
+        One call (one hand-over to the background loop) for the whole batch,
+        which is what makes it worth it here: see
+        :meth:`intentra.Transport.receive_many` for the fairness among peers
+        and the credit.
+
+        Raises:
+            InvalidArgumentError: ``max`` is not an integer >= 1, or a bad ``timeout``.
+            ReceiveTimeoutError: nothing within ``timeout`` (a ``TimeoutError``).
+            TransportClosedError: the transport was closed.
+        """
+        limit = aio._check_max(max)
+        if timeout is not None:
+            _check_timeout(timeout)
+        batch = self._runner.call(self._transport.receive_many(limit, timeout))
+        mine: dict[aio.Peer, Peer] = {}
+        out: list[Message] = []
+        for msg in batch:
+            peer = mine.get(msg.peer)
+            if peer is None:
+                peer = mine[msg.peer] = self._wrap(msg.peer)
+            out.append(Message(peer, msg.data, msg.intent, msg.priority))
+        return out
+
+    def batches(self, max: int = aio.RECEIVE_MANY) -> Iterator[list[Message]]:
+        """``for batch in t.batches(max=256)``: :meth:`receive_many` until the transport
+        is closed.
+
+        Raises:
+            InvalidArgumentError: ``max`` is not an integer >= 1 (at once).
+        """
+        return self._iterate_batches(aio._check_max(max))
+
+    def _iterate_batches(self, limit: int) -> Iterator[list[Message]]:
+        while True:
+            try:
+                yield self.receive_many(limit)
+            except TransportClosedError:
+                return
 
     def __iter__(self) -> Iterator[Message]:
         """``for msg in t``: every message until the transport is closed."""
@@ -301,10 +350,10 @@ class Transport:
                 return
 
     def broadcast(self, data: bytes, intent: IntentLike = Intent.REALTIME, priority: int = 0,
-                  timeout: float | None = None) -> int:
+                  timeout: float | None = None, *, lane: int = 0) -> int:
         """Send to every established peer (see :meth:`intentra.Transport.broadcast`)."""
-        return self._runner.call(self._transport.broadcast(data, intent, priority), timeout,
-                                 "broadcast")
+        return self._runner.call(self._transport.broadcast(data, intent, priority, lane=lane),
+                                 timeout, "broadcast")
 
     def unacked_reliable(self, peer: Peer | None = None) -> int:
         async def go() -> int:

@@ -185,7 +185,7 @@ def test_responder_admits_only_listed_initiators(allow: str) -> None:
     closed = a.closed(cid)
     assert closed is not None
     assert (closed.reason, closed.by_peer) == (CloseReason.TIMEOUT, False)
-    assert [d for d, _ in closed.pending] == SECRETS
+    assert [d for d, *_ in closed.pending] == SECRETS
     [(t_closed, _)] = a.timed(SessionClosed)
     assert t_closed <= timeout + 0.1
     # Its DATA and every resent FINISH were dropped as unknown, and got no reply.

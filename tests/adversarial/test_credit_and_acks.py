@@ -69,6 +69,9 @@ def pair(seed: int = 5, config: EndpointConfig | None = None,
     advertises to the victim stays where it is (its edge neither grows nor shrinks).
     """
     link = Link(seed)
+    if config is None:
+        # version 2's per-session buffer, so a few hundred messages use it up
+        config = EndpointConfig(max_reorder_buffer=262_144, max_message_size=65_536)
     victim = link.add("victim", config)
     bad = link.add("hostile", config, release_on_take=hostile_reads)
     cid_h, bid = link.establish(bad, victim)

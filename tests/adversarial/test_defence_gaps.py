@@ -477,7 +477,10 @@ PROTOCOL_SECTION_2: Final[dict[str, object]] = {
     "strike_threshold": 10,
     "strike_decay": 5.0,
     "max_reliable_in_flight": 256,
-    "max_reorder_buffer": 262_144,
+    "max_reorder_buffer": 1_310_720,
+    "max_message_size": 1 << 20,
+    "max_realtime_reassembly": 2 << 20,
+    "max_realtime_reassembly_total": 32 << 20,
     "replay_window": 1024,
     "cookie_rotation": 120.0,
     "require_cookie": True,  # protocol.md §7: cookies required by default

@@ -200,8 +200,8 @@ def spec_header_ok(d: bytes) -> bool:
     reserved, eliciting = (d[1] >> 2) & 1, (d[1] >> 1) & 1
     payload_len = int.from_bytes(d[2:4], "big")
     conn_id, seq, ack = (int.from_bytes(d[i:i + 4], "big") for i in (4, 8, 12))
-    if version != 2 or ptype > 3 or intent > 1 or reserved:
-        return False
+    if version != 2 or ptype > 3 or intent > 1 or (reserved and ptype != DATA):
+        return False  # X (bit 2) only in DATA (section 14.4)
     if ptype != DATA and (intent != 0 or priority != 0):
         return False
     if (ptype in (HS, CLOSE) and eliciting) or (ptype == DATA and intent == 0 and not eliciting):
@@ -211,6 +211,8 @@ def spec_header_ok(d: bytes) -> bool:
     if n != HEADER_LEN + payload_len + TAG_LEN or conn_id == 0:
         return False
     if ptype == DATA:
+        if reserved:  # extended DATA: rseq and the smallest record (section 14.4)
+            return payload_len >= (13 if intent == 0 else 5)
         return payload_len >= (7 if intent == 0 else 3)
     if ptype == ACK:
         return payload_len == 28
@@ -503,7 +505,8 @@ def machine_config(max_connections: int, max_handshakes_in_flight: int) -> Endpo
     # Small windows and limits, so that the bounds are reached within a run. v2: the
     # reorder buffer is the credit (max_datagram reserved per message): 4 messages.
     return EndpointConfig(max_reliable_in_flight=8, max_reorder_buffer=2400, max_datagram=600,
-                          max_handshakes_per_ip=2, max_connections=max_connections,
+                          max_message_size=1800, max_handshakes_per_ip=2,
+                          max_connections=max_connections,
                           max_handshakes_in_flight=max_handshakes_in_flight)
 
 
@@ -705,8 +708,9 @@ class ReceivePathUnderAttack(RuleBasedStateMachine):
             message = (b"r%d:" % self.serial).ljust(size, b".")
             w.a.send(w.cid_a, message, Intent.RELIABLE, priority, self.now)
             batch.append((message, priority))
-        # Queued in one turn: they leave (and get their rseq) by priority, FIFO within one.
-        self.sent_reliable.extend(m for m, _ in sorted(batch, key=lambda m: -m[1]))
+        # One lane: they leave (and arrive) in the order sent, whatever their priorities
+        # (protocol.md 14.8).
+        self.sent_reliable.extend(m for m, _ in batch)
         for _ in range(realtime):
             self.serial += 1
             message = b"t%d" % self.serial
@@ -747,7 +751,7 @@ class ReceivePathUnderAttack(RuleBasedStateMachine):
                 assert s.send_window.in_flight <= cfg.max_reliable_in_flight
                 rw = s.recv_window
                 assert rw.buffered_bytes <= cfg.max_reorder_buffer
-                assert rw.buffered_bytes == sum(len(m) for m in rw.buffer.values())
+                assert rw.buffered_bytes == sum(len(m) for m in rw.buffer.values() if m is not None)
                 assert len(rw.buffer) < cfg.max_reliable_in_flight
                 assert s.replay._bits.bit_length() <= s.replay.size == cfg.replay_window
             assert ep.reorder_buffer_bytes <= cfg.max_reorder_buffer * len(ep.sessions)

@@ -39,7 +39,7 @@ def test_a_thousand_parking_sessions_stay_within_the_bound_and_an_honest_one_del
         assert credit >= CREDIT_FLOOR_DATAGRAMS, "every session gets credit"
         # Park a full message in every position but the first: a hole at next.
         hostile = Hostile(link, node, cid, server)
-        body = bytes(config.max_message_size)
+        body = bytes(config.max_datagram_message)
         for rseq in range(2, credit + 1):
             hostile.deliver(hostile.reliable(rseq, body))
             parked += 1

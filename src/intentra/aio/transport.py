@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import operator
 import os
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine, Generator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, Self, TypeVar
 
@@ -54,6 +55,8 @@ from intentra.status import PeerStatus
 
 #: Datagrams read per wake-up before the loop gets a turn (fairness with timers and senders).
 RECEIVE_BATCH: Final = 512
+#: Messages :meth:`Transport.receive_many` returns at most unless told otherwise.
+RECEIVE_MANY: Final = 1024
 _SOCKET_BUFFER: Final = 4 * 1024 * 1024
 
 
@@ -129,7 +132,16 @@ def _as_enum(kind: type[_E], value: object, what: str) -> _E:
                                f"got {value!r}")
 
 
+def _check_max(value: object) -> int:
+    """``value`` as the size limit of a batch, else :class:`InvalidArgumentError`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidArgumentError(f"max is the most messages a batch may hold, an integer "
+                                   f">= 1, got {value!r}")
+    return int(value)
+
+
 _tuple_new = tuple.__new__
+_data_of = operator.itemgetter(1)  # Message.data, at C speed in a batch
 _now = time.monotonic
 """The core's clock. Not ``loop.time()``: uvloop's is libuv's millisecond clock, cached
 for a whole loop iteration, and RTT samples, pacing and the probe timeout need
@@ -146,13 +158,16 @@ class Message(NamedTuple):
     """A message delivered to the application (a NamedTuple: one per message, kept cheap).
 
     ``priority`` is the priority of the packet that carried it: the highest
-    priority among the messages packed together.
+    priority among the messages packed together (for a large message, the packet
+    that completed it). ``lane`` is the lane it was sent on (0..255): RELIABLE
+    messages arrive in the order sent within their lane.
     """
 
     peer: Peer
     data: bytes
     intent: Intent
     priority: int
+    lane: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +175,8 @@ class PeerEvent:
     """Something the application may want to know about a peer (``Transport.peer_event``).
 
     ``kind`` is one of:
-      - ``"connected"``: a new session, either role;
+      - ``"connected"``: a new session accepted from an initiator (``connect()``
+        returns the initiator's own Peer and posts nothing);
       - ``"disconnected"``: a reconnecting peer lost its session (``reason``);
         it is reconnecting, with ``pending`` RELIABLE messages to resend;
       - ``"reconnected"``: it has a new session; ``pending`` were resent;
@@ -198,10 +214,11 @@ class Peer:
         self._room: asyncio.Event | None = None  # made when a send first waits
         self.reconnect = False
         self.reconnects = 0
-        self._target: Address = ("", 0)
+        self._targets: list[Address] = []  # responders to reconnect to, in turn
+        self._target_index = 0
         self._server_key: bytes | None = None
         self._reconnecting: asyncio.Task[None] | None = None
-        self._backlog: list[tuple[bytes, int]] = []  # RELIABLE sent while reconnecting
+        self._backlog: list[tuple[bytes, int, int]] = []  # RELIABLE sent while reconnecting
         self._last_address: Address = transport._endpoint.address(conn_id) or ("", 0)
         self._inbox: deque[Message] = deque()       # delivered, not yet received
         self._inbox_realtime = 0                    # how many of them are REALTIME
@@ -242,17 +259,23 @@ class Peer:
         self._transport._check_open()
 
     async def send(self, data: bytes, intent: IntentLike = Intent.RELIABLE,
-                   priority: int = 0) -> None:
+                   priority: int = 0, *, lane: int = 0) -> None:
         """Queue a message; for RELIABLE, wait while the window is full.
 
         ``intent`` is an :class:`Intent` or its name (``"reliable"``, ``"realtime"``).
+        ``priority`` (0..7) decides what leaves first; ``lane`` (0..255) what waits for
+        what: RELIABLE messages are delivered in the order sent within a lane, and
+        lanes are independent (a loss or a large message on one never delays
+        another). A message may be up to ``EndpointConfig.max_message_size`` (1 MiB by
+        default); longer than a datagram, it travels in fragments, and a large
+        RELIABLE one waits here for window room as a run of messages would.
 
         Raises:
             PeerClosedError: the session ended (also while waiting).
             MessageTooLargeError, InvalidMessageError: bad arguments.
         """
         intent = as_intent(intent)
-        self._transport._endpoint.check_message(data, int(intent), priority)
+        self._transport._endpoint.check_message(data, int(intent), priority, lane)
         if intent == Intent.RELIABLE:
             while True:
                 self._check_open()
@@ -265,10 +288,10 @@ class Peer:
                 room.clear()
                 self._transport._waiting.add(self)
                 await room.wait()
-        self.send_nowait(data, intent, priority)
+        self.send_nowait(data, intent, priority, lane=lane)
 
     async def send_many(self, messages: Iterable[bytes], intent: IntentLike = Intent.RELIABLE,
-                        priority: int = 0) -> None:
+                        priority: int = 0, *, lane: int = 0) -> None:
         """Queue many messages in order, waiting for window room as :meth:`send` does.
 
         The same as ``for m in messages: await peer.send(m, intent, priority)``,
@@ -286,24 +309,28 @@ class Peer:
         batch = messages if isinstance(messages, list | tuple) else list(messages)
         endpoint = self._transport._endpoint
         for data in batch:
-            endpoint.check_message(data, int(intent), priority)
+            endpoint.check_message(data, int(intent), priority, lane)
         if intent != Intent.RELIABLE:
             for data in batch:
-                self.send_nowait(data, intent, priority)
+                self.send_nowait(data, intent, priority, lane=lane)
             return
         done = 0
         while done < len(batch):
-            await self.send(batch[done], intent, priority)  # waits for room, then queues one
+            # waits for room, then queues one
+            await self.send(batch[done], intent, priority, lane=lane)
             done += 1
             room = 0 if self._reconnecting is not None or self.close_reason is not None else \
                 min(endpoint.reliable_capacity(self.conn_id), len(batch) - done)
             for data in batch[done:done + room]:
-                self.send_nowait(data, intent, priority)
+                self.send_nowait(data, intent, priority, lane=lane)
             done += max(room, 0)
 
     def send_nowait(self, data: bytes, intent: IntentLike = Intent.REALTIME,
-                    priority: int = 0) -> bool:
+                    priority: int = 0, *, lane: int = 0) -> bool:
         """Queue a message without waiting; it leaves in this loop turn's flush.
+
+        ``lane`` as for :meth:`send`. A large RELIABLE message is queued whole at
+        once (prefer ``await send``, which waits for window room).
 
         Returns:
             False if a REALTIME message was dropped because the send queue is
@@ -321,15 +348,15 @@ class Peer:
             self._check_open()  # raises with the explanation, unless reconnecting
         if self._reconnecting is not None:
             # Between sessions: RELIABLE waits for the next one, REALTIME is late anyway.
-            transport._endpoint.check_message(data, int(intent), priority)
+            transport._endpoint.check_message(data, int(intent), priority, lane)
             if intent != Intent.RELIABLE:
                 return False
             if len(self._backlog) >= transport._endpoint.config.max_send_queue:
                 raise SendQueueFullError("the peer is reconnecting and its backlog is full")
-            self._backlog.append((bytes(data), priority))
+            self._backlog.append((bytes(data), priority, lane))
             return True
         ok = transport._endpoint.send(self.conn_id, data, intent, priority,
-                                      _now())
+                                      _now(), lane)
         transport._schedule_flush()
         return ok
 
@@ -441,6 +468,7 @@ class Transport:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._flush_scheduled = False
+        self._released: dict[int, int] = {}  # conn_id -> RELIABLE bytes read, not yet released
         self._rx_pending = False  # a received batch is being worked through in chunks
         self._closed = False
         self._closing = False
@@ -656,28 +684,38 @@ class Transport:
 
     # --------------------------------------------------------------- the API
 
-    async def connect(self, address: str | tuple[str, int], server_key: PublicKey | None = None,
-                      reconnect: bool = False) -> Peer:
+    async def connect(self, address: str | tuple[str, int] | Sequence[str | tuple[str, int]],
+                      server_key: PublicKey | None = None, reconnect: bool = False) -> Peer:
         """Handshake with the endpoint at ``address``; returns once established.
 
         Args:
-            address: ``(host, port)`` or ``"host:port"``.
-            server_key: pin the responder's public key (recommended).
+            address: ``(host, port)`` or ``"host:port"``, or a list of them:
+                responders that serve the same peers (hubs joined by
+                :mod:`intentra.bus`, behind one key). They are tried in order
+                until one answers; with ``reconnect=True`` the Peer moves on to
+                the next one when its responder goes away.
+            server_key: pin the responder's public key (recommended; with
+                several addresses every responder must have this key).
 
         Raises:
-            HandshakeTimeoutError: no handshake within the handshake timeout.
+            HandshakeTimeoutError: no handshake within the handshake timeout
+                (with several addresses: with none of them; the last error).
             AuthenticationError: the responder's key is not the pinned one or
                 not on the allow-list.
+            InvalidArgumentError: an empty list of addresses.
 
         With ``reconnect=True`` the Peer outlives its session: when the
-        responder falls silent for the keepalive horizon (2 x keepalive_interval
-        + max_rto) or closes the session (except REPLACED or
+        responder falls silent (``EndpointConfig.peer_timeout`` after a packet it
+        leaves unanswered, keepalives included) or closes the session (except REPLACED or
         PROTOCOL_VIOLATION), it reconnects with exponential backoff (0.5 s
         doubling to 30 s) until it succeeds or is closed, reporting
-        ``disconnected`` and ``reconnected`` :class:`PeerEvent` s. RELIABLE
-        messages not acknowledged by the old session are resent on the new one
-        in order, before newer ones: exactly once within a session, at least
-        once across a reconnect (a restarted responder may have delivered a
+        ``disconnected`` and ``reconnected`` :class:`PeerEvent` s. With several
+        addresses, each attempt goes to the next address in the list (wrapping
+        around), starting with the one after the responder that went away; the
+        backoff doubles once per round of the whole list. RELIABLE messages not
+        acknowledged by the old session are resent on the new one in order,
+        before newer ones: exactly once within a session, at least once across
+        a reconnect (a restarted or other responder may have delivered a
         message whose ACK was lost). Without ``server_key``, a reconnecting Peer
         pins the key of its first session: every later session must be with
         that key. An answer with another key (a responder whose key changed, or
@@ -689,6 +727,35 @@ class Transport:
         one): :class:`AuthenticationError` comes at the handshake timeout.
         """
         self._check_open()
+        if isinstance(address, str | tuple):
+            addresses: list[str | tuple[str, int]] = [address]
+        else:
+            addresses = list(address)
+            if not addresses:
+                raise InvalidArgumentError("connect() needs an address, or a non-empty list "
+                                           "of them")
+        targets = [await self._resolve(a) for a in addresses]
+        key = None if server_key is None else server_key.to_bytes()
+        failure: IntentraError | None = None
+        for index, target in enumerate(targets):
+            try:
+                peer = await self._handshake(target, key, reconnect, None)
+            except (HandshakeTimeoutError, PeerClosedError) as exc:
+                failure = exc  # the next address may answer
+                continue
+            if reconnect:
+                peer.reconnect = True
+                peer._targets = targets
+                peer._target_index = index
+                # Unpinned, the first session's key is pinned for every reconnect: the
+                # Peer is that key, not whoever answers on its address later.
+                peer._server_key = key if key is not None else peer.public_key.to_bytes()
+            return peer
+        assert failure is not None
+        raise failure
+
+    async def _resolve(self, address: str | tuple[str, int]) -> Address:
+        """``address`` as the tuple recvfrom reports for replies from it."""
         host, port = parse_address(address)
         lookup = host
         if self._sock.family == socket.AF_INET6:
@@ -703,15 +770,18 @@ class Transport:
         except socket.gaierror as exc:
             raise ValueError(f"cannot resolve {host!r}: {exc.strerror}") from None
         target: Address = infos[0][4]
-        key = None if server_key is None else server_key.to_bytes()
-        peer = await self._handshake(target, key, reconnect, None)
-        if reconnect:
-            peer.reconnect = True
-            peer._target = target
-            # Unpinned, the first session's key is pinned for every reconnect: the
-            # Peer is that key, not whoever answers on its address later.
-            peer._server_key = key if key is not None else peer.public_key.to_bytes()
-        return peer
+        return target
+
+    def peer_for_key(self, public_key: PublicKey | bytes) -> Peer | None:
+        """The established peer that connected to this endpoint with ``public_key``, if any.
+
+        Only sessions this endpoint answered (it was the responder) are found:
+        a hub's own peers. A bridge uses it to never send a peer's message back
+        to it after the peer moved to another hub.
+        """
+        raw = public_key.to_bytes() if isinstance(public_key, PublicKey) else public_key
+        conn_id = self._endpoint.responder_conn_id(raw)
+        return None if conn_id is None else self._peers.get(conn_id)
 
     def _horizon(self) -> float:
         cfg = self._endpoint.config
@@ -817,11 +887,147 @@ class Transport:
         else:
             ready.popleft()
         if msg[2] is Intent.RELIABLE:
-            self._endpoint.release(peer.conn_id, len(msg[1]))
+            # Credit returns once per session and loop turn (_flush_soon), not per
+            # message: an application reading thousands of messages a turn would
+            # otherwise pay the credit arithmetic for each.
+            released = self._released
+            conn_id = peer.conn_id
+            released[conn_id] = released.get(conn_id, 0) + len(msg[1])
             self._schedule_flush()
         else:
             peer._inbox_realtime -= 1
         return msg
+
+    async def receive_many(self, max: int = RECEIVE_MANY,
+                           timeout: float | None = None) -> list[Message]:
+        """Up to ``max`` delivered messages, from any peers: at least one.
+
+        Waits as :meth:`receive` does until a message is there, then returns
+        every message waiting, up to ``max``, in one list: one await for the
+        whole batch, so an application that takes many messages pays a tuple
+        per message, not a coroutine step. The batch is as fair as
+        :meth:`receive`: each peer with messages waiting gets an equal share
+        of it (at least one while there is room; a share a peer cannot fill
+        goes to the others), its own messages in the order they were
+        delivered, and the next call starts with the peer after the last one
+        served. RELIABLE messages give their room back to their sender's
+        credit as they are taken, exactly as :meth:`receive` does.
+
+        Args:
+            max: the most messages returned, an integer >= 1 (1024).
+            timeout: seconds to wait at most for the first message (None: no
+                limit; 0: only what is already queued).
+
+        Returns:
+            A list of 1 to ``max`` :class:`Message` s.
+
+        Raises:
+            InvalidArgumentError: ``max`` or ``timeout`` is not what it should be.
+            TransportClosedError: the transport was closed (and nothing is left
+                to read).
+            ReceiveTimeoutError: nothing within ``timeout`` (a ``TimeoutError``).
+        """
+        limit = _check_max(max)
+        if timeout is None:
+            if not self._ready:
+                await self._until_ready()
+            return self._take_many(limit)
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
+            raise InvalidArgumentError(f"timeout is a number of seconds >= 0 (or None: no "
+                                       f"limit), got {timeout!r}")
+        try:
+            async with asyncio.timeout(timeout):
+                if not self._ready:
+                    await self._until_ready()
+                return self._take_many(limit)  # no suspension since the wait: not taken
+        except TimeoutError:
+            raise ReceiveTimeoutError(f"no message within {timeout:g} s") from None
+
+    def batches(self, max: int = RECEIVE_MANY
+                ) -> AsyncIterator[list[Message]]:
+        """``async for batch in t.batches(max=256)``: :meth:`receive_many` in a loop.
+
+        Each batch is a list of 1 to ``max`` messages; the iteration ends
+        cleanly when the transport closes (as ``async for msg in t`` does).
+
+        Raises:
+            InvalidArgumentError: ``max`` is not an integer >= 1 (at once, not
+                at the first iteration).
+        """
+        return self._iterate_batches(_check_max(max))
+
+    async def _iterate_batches(self, limit: int) -> AsyncIterator[list[Message]]:
+        while True:
+            try:
+                yield await self.receive_many(limit)
+            except TransportClosedError:
+                return
+
+    async def _until_ready(self) -> None:
+        """Wait until some peer has a message waiting (as :meth:`receive` waits)."""
+        while not self._ready:
+            self._check_open()
+            fut = self._loop.create_future()
+            self._receivers.append(fut)
+            try:
+                await fut
+            finally:
+                if not fut.done():
+                    fut.cancel()
+
+    def _take_many(self, limit: int) -> list[Message]:
+        """Up to ``limit`` messages, shared round-robin among the peers with some waiting.
+
+        Each round gives every ready peer an equal share of the room left (at
+        least one); a peer whose inbox empties leaves the ready queue, one
+        with more waiting goes to its back, so the next batch (or receive())
+        starts after it. Credit goes back once per peer and share, not per
+        message, and one flush is scheduled for the whole batch.
+        """
+        ready = self._ready
+        release = self._endpoint.release
+        reliable = Intent.RELIABLE
+        batch: list[Message] = []
+        room = limit
+        released = False
+        while ready and room:
+            share = room // len(ready) or 1
+            for _ in range(len(ready)):
+                peer = ready[0]
+                inbox = peer._inbox
+                waiting = len(inbox)
+                realtime = peer._inbox_realtime
+                if waiting <= share:
+                    taken = list(inbox)
+                    inbox.clear()
+                    ready.popleft()
+                else:
+                    taken = [inbox.popleft() for _ in range(share)]
+                    ready.rotate(-1)
+                batch += taken
+                n = len(taken)
+                # The inbox's REALTIME count spares a scan when it holds one intent only.
+                if realtime == waiting:          # all REALTIME
+                    realtime, reliable_bytes = n, 0
+                elif realtime == 0:              # all RELIABLE
+                    reliable_bytes = sum(map(len, map(_data_of, taken)))
+                else:
+                    realtime = reliable_bytes = 0
+                    for msg in taken:
+                        if msg[2] is reliable:
+                            reliable_bytes += len(msg[1])
+                        else:
+                            realtime += 1
+                peer._inbox_realtime -= realtime
+                if reliable_bytes:
+                    release(peer.conn_id, reliable_bytes)
+                    released = True
+                room -= n
+                if not room:
+                    break
+        if released:
+            self._schedule_flush()
+        return batch
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._iterate()
@@ -834,7 +1040,8 @@ class Transport:
                 return
 
     def broadcast_nowait(self, data: bytes, intent: IntentLike = Intent.REALTIME,
-                         priority: int = 0, exclude: Peer | None = None) -> int:
+                         priority: int = 0, exclude: Peer | None = None, *,
+                         lane: int = 0) -> int:
         """Queue a message for every established peer except ``exclude``, without waiting.
 
         A peer whose send queue is full is skipped (counted in
@@ -847,12 +1054,12 @@ class Transport:
         intent = as_intent(intent)
         self._check_open()
         count = self._endpoint.broadcast(data, int(intent), priority, _now(),
-                                         None if exclude is None else exclude.conn_id)
+                                         None if exclude is None else exclude.conn_id, lane)
         self._schedule_flush()
         return count
 
     async def broadcast(self, data: bytes, intent: IntentLike = Intent.REALTIME,
-                        priority: int = 0) -> int:
+                        priority: int = 0, *, lane: int = 0) -> int:
         """Send to every established peer; returns how many it was queued for.
 
         REALTIME is queued at once for all; RELIABLE waits, peer by peer,
@@ -861,12 +1068,12 @@ class Transport:
         intent = as_intent(intent)
         self._check_open()
         if intent != Intent.RELIABLE:
-            return self.broadcast_nowait(data, intent, priority)
-        self._endpoint.check_message(data, int(intent), priority)
+            return self.broadcast_nowait(data, intent, priority, lane=lane)
+        self._endpoint.check_message(data, int(intent), priority, lane)
         count = 0
         for peer in list(self._peers.values()):
             try:
-                await peer.send(data, intent, priority)
+                await peer.send(data, intent, priority, lane=lane)
                 count += 1
             except PeerClosedError:
                 continue
@@ -876,7 +1083,7 @@ class Transport:
         """RELIABLE messages queued or in flight, not yet acknowledged (one peer or all)."""
         sessions = self._endpoint.sessions
         chosen = [sessions.get(peer.conn_id)] if peer is not None else list(sessions.values())
-        return sum(s.send_window.in_flight + s.queued_reliable for s in chosen if s is not None)
+        return sum(s.unacked_reliable() for s in chosen if s is not None)
 
     def _wake_senders(self) -> None:
         for peer in self._waiting:
@@ -989,14 +1196,13 @@ class Transport:
             # still works through the rest. A turn also ends after about
             # _FAIR_MESSAGES delivered messages: datagrams packed with tiny
             # messages cost per message.
-            events = endpoint._events
-            delivered = len(events)
+            delivered = endpoint.pending_events
             end = start
             while end < limit:
                 at, end = end, min(end + _ACK_CHUNK, limit)
                 endpoint.receive_datagrams(batch[at:end], now)
                 self._send_due(now)
-                if len(events) - delivered >= _FAIR_MESSAGES:
+                if endpoint.pending_events - delivered >= _FAIR_MESSAGES:
                     break
         self._process(now)
         if end < len(batch):
@@ -1029,49 +1235,60 @@ class Transport:
 
     def _process(self, now: float) -> None:
         endpoint = self._endpoint
+        # 0. credit the application's reads returned (ACKs may become due)
+        if self._released:
+            released = self._released
+            self._released = {}
+            for conn_id, nbytes in released.items():
+                endpoint.release(conn_id, nbytes)
         # 1. datagrams
         self._send_due(now)
         # 2. events (messages first-class: one per delivered message)
-        events = endpoint._events
+        events = endpoint.take_events()
         peers = self._peers
         ready = self._ready
         limit = self._queue_limit
         last_id, last_peer = -1, None
         inbox: deque[Message] = deque()
+        sunk: dict[int, int] = {}
         while events:
-            event = events.popleft()
-            if type(event) is MessageReceived:
-                conn_id, data, intent, priority = event
-                if self._sink:
-                    self.sink_messages += 1
-                    if intent is Intent.RELIABLE:
-                        endpoint.release(conn_id, len(data))
+            for event in events:
+                if type(event) is MessageReceived:
+                    conn_id, data, intent, priority, lane = event
+                    if self._sink:
+                        self.sink_messages += 1
+                        if intent is Intent.RELIABLE:
+                            sunk[conn_id] = sunk.get(conn_id, 0) + len(data)
+                        continue
+                    if conn_id != last_id:
+                        last_id, last_peer = conn_id, peers.get(conn_id)
+                        if last_peer is not None:
+                            inbox = last_peer._inbox
+                    if last_peer is None:
+                        continue
+                    # RELIABLE messages are bounded by the credit and never dropped
+                    # here; REALTIME beyond the peer's bound goes, oldest first.
+                    if intent is Intent.REALTIME:
+                        if last_peer._inbox_realtime >= limit:
+                            self._drop_oldest_realtime(last_peer)
+                        last_peer._inbox_realtime += 1
+                    if not inbox:
+                        ready.append(last_peer)
+                    inbox.append(_tuple_new(Message, (last_peer, data, intent, priority,
+                                                              lane)))
                     continue
-                if conn_id != last_id:
-                    last_id, last_peer = conn_id, peers.get(conn_id)
-                    if last_peer is not None:
-                        inbox = last_peer._inbox
-                if last_peer is None:
-                    continue
-                # RELIABLE messages are bounded by the credit and never dropped
-                # here; REALTIME beyond the peer's bound goes, oldest first.
-                if intent is Intent.REALTIME:
-                    if last_peer._inbox_realtime >= limit:
-                        self._drop_oldest_realtime(last_peer)
-                    last_peer._inbox_realtime += 1
-                if not inbox:
-                    ready.append(last_peer)
-                inbox.append(_tuple_new(Message, (last_peer, data, intent, priority)))
-                continue
-            last_id = -1  # a session event may change what a conn_id maps to
-            if type(event) is HandshakeCompleted:
-                self._on_established(event)
-            elif type(event) is HandshakeConfirmed:
-                self._on_confirmed(event)
-            elif type(event) is SessionClosed:
-                self._on_closed(event)
-            elif type(event) is HandshakeFailed:
-                self._on_failed(event)
+                last_id = -1  # a session event may change what a conn_id maps to
+                if type(event) is HandshakeCompleted:
+                    self._on_established(event)
+                elif type(event) is HandshakeConfirmed:
+                    self._on_confirmed(event)
+                elif type(event) is SessionClosed:
+                    self._on_closed(event)
+                elif type(event) is HandshakeFailed:
+                    self._on_failed(event)
+            events = endpoint.take_events()  # what handling these added
+        for conn_id, nbytes in sunk.items():
+            endpoint.release(conn_id, nbytes)
         if ready and self._receivers:
             while self._receivers:
                 waiter = self._receivers.popleft()
@@ -1176,24 +1393,33 @@ class Transport:
         peer._wake()
         self._post(PeerEvent("closed", peer, reason))
 
-    async def _reconnect(self, peer: Peer, pending: list[tuple[bytes, int]]) -> None:
+    async def _reconnect(self, peer: Peer, pending: list[tuple[bytes, int, int]]) -> None:
         delay = RECONNECT_FIRST_DELAY
+        targets = peer._targets
+        tried = 0
         while True:
             await asyncio.sleep(delay)
             if self._closed or self._closing or peer._closing:
                 return
+            # The responder went away: try the next address first (a single
+            # address is tried again); the backoff grows once per round.
+            peer._target_index = (peer._target_index + 1) % len(targets)
+            tried += 1
             try:
-                await self._handshake(peer._target, peer._server_key, True, peer)
+                await self._handshake(targets[peer._target_index], peer._server_key, True,
+                                      peer)
             except AuthenticationError:
                 # Another key answered: refused, reported, and tried again later
                 # (a forger's RESPONSE must not end the Peer; issue 9 items 2c, 7).
                 if self._closed or self._closing or peer._closing:
                     return
                 self._post(PeerEvent("rejected", peer))
-                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                if tried % len(targets) == 0:
+                    delay = min(delay * 2, RECONNECT_MAX_DELAY)
                 continue
             except IntentraError:
-                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                if tried % len(targets) == 0:
+                    delay = min(delay * 2, RECONNECT_MAX_DELAY)
                 continue
             break
         self._between.discard(peer)
@@ -1202,9 +1428,9 @@ class Transport:
         resend = pending + peer._backlog
         peer._backlog = []
         now = _now()
-        for data, priority in resend:  # at least once: the old responder may have had them
+        for data, priority, lane in resend:  # at least once: the old responder may have had them
             with contextlib.suppress(IntentraError):
-                self._endpoint.send(peer.conn_id, data, int(Intent.RELIABLE), priority, now)
+                self._endpoint.send(peer.conn_id, data, int(Intent.RELIABLE), priority, now, lane)
         self._process(now)
         self._post(PeerEvent("reconnected", peer, None, len(resend)))
         peer._wake()

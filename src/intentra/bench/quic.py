@@ -169,6 +169,31 @@ def quic_client(args: Json) -> None:
             await asyncio.sleep(0.2)  # let the last frames land before closing
             return {"sent": sent, "dropped": 0, "seconds": seconds, "cpu": cpu_seconds() - cpu0}
 
+    async def bulk(duration: float) -> Json:
+        """``size``-byte messages on one stream, one after the other, for ``duration``;
+        the counterpart of the intentra generator's ``bulk`` (the same bytes moved)."""
+        config = _configuration(client=True)
+        async with connect(host, int(port), configuration=config) as client:
+            quic = client._quic
+            buf = payload(size)
+            seq = sent = 0
+            cpu0 = cpu_seconds()
+            start = time.monotonic()
+            stream_id = quic.get_next_available_stream_id()
+            while time.monotonic() - start < duration:
+                stream = quic._streams.get(stream_id)
+                queued = len(getattr(getattr(stream, "sender", None), "_buffer", b""))
+                if queued < max(STREAM_BUFFER, size):
+                    STAMP.pack_into(buf, 0, time.monotonic_ns(), seq)
+                    seq += 1
+                    quic.send_stream_data(stream_id, bytes(buf))
+                    sent += 1
+                client.transmit()
+                await asyncio.sleep(0.0005 if queued >= STREAM_BUFFER else 0)
+            seconds = time.monotonic() - start
+            await asyncio.sleep(0.2)
+            return {"sent": sent, "dropped": 0, "seconds": seconds, "cpu": cpu_seconds() - cpu0}
+
     async def handshakes(duration: float, concurrency: int) -> Json:
         done = failed = 0
         cpu0 = cpu_seconds()
@@ -198,6 +223,8 @@ def quic_client(args: Json) -> None:
                 return False
             if cmd == "blast":
                 reply(**await blast(float(command["duration"]), command.get("intent", "realtime")))
+            elif cmd == "bulk":
+                reply(**await bulk(float(command["duration"])))
             elif cmd == "handshakes":
                 reply(**await handshakes(float(command["duration"]),
                                          int(command.get("concurrency", 8))))

@@ -27,11 +27,28 @@ from array import array
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from intentra.aio.datapath import SOL_UDP, UDP_SEGMENT, plan_sends, probe_gso
 from intentra.bench.proto import Json, reply
 
 STAMP = struct.Struct("!qQ")
 """Timestamp (monotonic ns) and per-peer sequence number at the head of a message."""
 RAW_BUFFER = 65536
+READERS = ("receive", "receive_many", "sink")
+"""How the intentra server's application reads: ``receive()`` per message,
+``receive_many()`` per batch, or no application at all (``serve --sink``)."""
+BATCH = 1024
+"""Messages per receive_many() call of the receive_many reader."""
+SEGMENTS = 16
+"""Datagrams per GSO send of a generator's throughput steps (one peer's in a row)."""
+PACE = 0.001
+"""Seconds a generator sleeps between bursts of what is due (uvloop's timers count
+whole milliseconds: a shorter sleep rounds to none, and the generator would spin)."""
+Send = tuple[Callable[..., int], list[bytes], list[tuple[int, int, bytes]], Any]
+"""One presealed send: (sock.sendmsg, datagrams, control messages, address)."""
+REFUSALS = ("packets_dropped_malformed", "packets_dropped_unknown", "packets_dropped_rate_limit",
+            "packets_dropped_crypto", "replay_rejections")
+"""Server counters of datagrams refused by the receive path (docs/protocol.md section 11)."""
+_SEGMENT = struct.Struct("=H")  # UDP_SEGMENT's control message: a native uint16
 
 
 def rss_kib() -> int:
@@ -46,6 +63,34 @@ def rss_kib() -> int:
 def cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
+
+
+def wait_seconds() -> float:
+    """Seconds this process was runnable but waited for a CPU (Linux schedstat; else 0).
+
+    On a shared machine a process may miss its work for want of a core while
+    its own CPU share stays low: this is the figure that shows it.
+    """
+    try:
+        with open("/proc/self/schedstat", encoding="ascii") as schedstat:
+            return int(schedstat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def machine_busy() -> float:
+    """CPU seconds all the machine's cores were busy since boot (Linux /proc/stat; else 0).
+
+    Busy is everything but idle and iowait; a VM's steal (the host ran something
+    else) counts as busy, as the cores were not ours. A generator reports the
+    difference over its sending window: the cores busy in all, other work too.
+    """
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def source_ip(index: int, target_host: str) -> str:
@@ -105,7 +150,7 @@ class Counter:
         return {"messages": self.messages, "in_order": self.in_order,
                 "seconds": time.monotonic() - self.started,
                 "latency": percentiles(self.latencies, base_ns / 1e9) if self.record else None,
-                "rss_kib": rss_kib(), "cpu": cpu_seconds()}
+                "rss_kib": rss_kib(), "cpu": cpu_seconds(), "wait": wait_seconds()}
 
 
 def payload(size: int) -> bytearray:
@@ -162,6 +207,11 @@ def counting_server(counter: Counter, on_reset: Callable[[], None] | None = None
             if extra is not None:
                 extra(stats)
             reply(**stats)
+        elif cmd == "count":  # the message count alone: no latency percentiles to sort
+            stats = {"messages": counter.messages}
+            if extra is not None:
+                extra(stats)
+            reply(messages=stats["messages"])
         else:
             reply(error=f"unknown command {cmd!r}")
         return True
@@ -198,8 +248,10 @@ def intentra_server(args: Json) -> None:
             cookie_master=None if master is None else base64.b64decode(master),
             reuse_port=bool(args.get("reuse_port", False)), **options)
         counter = Counter()
+        reader = str(args.get("reader", "sink" if sink else "receive"))
 
         async def consume() -> None:
+            """The application of the fan-in scenario: receive() and count each message."""
             receive_nowait = transport.receive_nowait
             see = counter.see
             clock = time.monotonic_ns
@@ -210,7 +262,21 @@ def intentra_server(args: Json) -> None:
                 while (msg := receive_nowait()) is not None:  # type: ignore[assignment]
                     see(msg.peer, msg.data, now)
 
-        task = None if sink else asyncio.ensure_future(consume())
+        async def consume_batches() -> None:
+            """The same application reading with receive_many(): one await per batch."""
+            receive_many = transport.receive_many
+            see = counter.see
+            clock = time.monotonic_ns
+            while True:
+                batch = await receive_many(BATCH)
+                now = clock()
+                for msg in batch:
+                    see(msg.peer, msg.data, now)
+
+        if reader not in READERS or (reader == "sink") != sink:
+            raise ValueError(f"reader {reader!r} with sink={sink}: expected one of {READERS}")
+        task = None if sink else asyncio.ensure_future(
+            consume_batches() if reader == "receive_many" else consume())
         reply(ready=True, port=transport.local_address[1], key=key.public_key.to_base64(),
               rss_kib=rss_kib())
 
@@ -221,7 +287,12 @@ def intentra_server(args: Json) -> None:
             if sink:
                 stats["messages"] = stats["in_order"] = transport.sink_messages
             stats["sessions"] = len(transport.peers)
-            stats["handshakes"] = transport.endpoint.stats.handshakes_completed
+            counts = transport.endpoint.stats
+            stats["handshakes"] = counts.handshakes_completed
+            # What the receive path refused: a generator whose presealed packets
+            # did not authenticate, or repeated a packet number, shows up here.
+            stats["refused"] = {name: getattr(counts, name) for name in REFUSALS}
+            stats["datapath"] = transport.datapath
 
         await commands(counting_server(counter, reset_sink, extra))
         if task is not None:
@@ -304,32 +375,48 @@ def intentra_generator(args: Json) -> None:
         pack_into = STAMP.pack_into
         clock = time.monotonic_ns
 
-        def preseal(total: int, rate: float,
-                          intent: Intent) -> list[tuple[Any, bytes, Any]]:
-            """Seal ``total`` messages round-robin before the clock starts.
+        segments = max(1, int(args.get("segments", SEGMENTS)))
+        # One GSO send carries up to `segments` datagrams of one peer; where a
+        # socket refuses UDP_SEGMENT, that peer's datagrams go one per sendto.
+        gso = [probe_gso(t._sock) for t in transports]
 
-            Each is a genuine packet of its session (its keys, the next packet
-            number): the server does all its work on it. Sealing ahead keeps the
-            generator's own cost (about 11 us a message, as much as the server's)
-            out of the measurement, as the raw-UDP generator has none. Message k
-            carries its scheduled send time, k / rate after the start, as its
-            stamp (``start_ns`` in the reply is the start): an open-loop figure
-            the runner can ask for, though latency steps seal as they go.
+        def preseal(total: int, rate: float, intent: Intent) -> list[Send]:
+            """Seal ``total`` messages, ``segments`` per peer in turn, before the clock starts.
+
+            Each is a genuine packet of its session, sealed by the session itself
+            (its keys, its next packet number): the server does all its work on
+            it. Sealing ahead keeps the generator's own cost (about 11 us a
+            message, as much as the server's) out of the measurement, and GSO
+            sends (one ``sendmsg`` for a peer's run of datagrams) keep the
+            sending to a fraction of a microsecond a datagram, where one
+            ``sendto`` each costs 2 to 3 us. A plan is sent once and then
+            dropped, its unsent tail too: no packet number is ever sent twice
+            under one key (the server would count a replay). Message k carries
+            its scheduled send time, k / rate after the start, as its stamp
+            (``start_ns`` in the reply is the start).
             """
-            loop = asyncio.get_running_loop()
-            now = loop.time()
+            now = time.monotonic()  # the core's clock, as the Transport's
             code = int(intent)
-            plan: list[tuple[Any, bytes, Any]] = []
+            plan: list[Send] = []
+            n = 0
             i = 0
-            for _ in range(total):
+            while n < total:
                 t = transports[i]
-                seq = seqs[i]
-                seqs[i] = seq + 1
-                pack_into(buf, 0, int(len(plan) * 1e9 / rate), seq)
                 endpoint = t.endpoint
-                endpoint.send(peers[i].conn_id, bytes(buf), code, 0, now)
-                sendto = t._sock.sendto
-                plan.extend((sendto, data, addr) for data, addr in endpoint.datagrams_to_send(now))
+                conn_id = peers[i].conn_id
+                out: list[tuple[bytes, Any]] = []
+                for _ in range(min(segments, total - n)):
+                    seq = seqs[i]
+                    seqs[i] = seq + 1
+                    pack_into(buf, 0, int(n * 1e9 / rate), seq)
+                    endpoint.send(conn_id, bytes(buf), code, 0, now)
+                    out += endpoint.datagrams_to_send(now)
+                    n += 1
+                sendmsg = t._sock.sendmsg
+                for parts, size, addr in plan_sends(out, segments if gso[i] else 1):
+                    control = [(SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(size))] \
+                        if len(parts) > 1 else []
+                    plan.append((sendmsg, parts, control, addr))
                 i += 1
                 if i == count:
                     i = 0
@@ -337,30 +424,41 @@ def intentra_generator(args: Json) -> None:
 
         async def replay_plan(rate: float, duration: float, intent: Intent) -> Json:
             plan = preseal(int(rate * duration) + 1, rate, intent)
-            loop = asyncio.get_running_loop()
             cpu0 = cpu_seconds()
-            start = loop.time()
+            wait0 = wait_seconds()
+            busy0 = machine_busy()
+            start = time.monotonic()
             start_ns = clock()
-            sent = dropped = 0
-            while sent < len(plan):
-                elapsed = loop.time() - start
+            sent = dropped = calls = 0
+            index = 0
+            while index < len(plan):
+                elapsed = time.monotonic() - start
                 if elapsed >= duration:
                     break
-                due = min(int(elapsed * rate), len(plan))
-                while sent < due:
-                    sendto, data, addr = plan[sent]
+                due = int(elapsed * rate)
+                while sent < due and index < len(plan):
+                    sendmsg, parts, control, addr = plan[index]
+                    index += 1
                     try:
-                        sendto(data, addr)
+                        sendmsg(parts, control, 0, addr)
                     except OSError:
-                        dropped += 1
-                    sent += 1
-                await asyncio.sleep(0)  # pace by loop turns: smooth arrivals, no bursts
-            return {"sent": sent, "dropped": dropped, "seconds": loop.time() - start,
-                    "cpu": cpu_seconds() - cpu0, "start_ns": start_ns}
+                        dropped += len(parts)
+                    sent += len(parts)
+                    calls += 1
+                # Sleep rather than spin between bursts (at most about a millisecond's
+                # worth of datagrams each): the generator's CPU share then shows how
+                # much of a core the load costs, next to the server's.
+                await asyncio.sleep(PACE)
+            return {"sent": sent, "dropped": dropped, "seconds": time.monotonic() - start,
+                    "cpu": cpu_seconds() - cpu0, "wait": wait_seconds() - wait0,
+                    "machine": machine_busy() - busy0, "start_ns": start_ns, "sends": calls,
+                    "segments": segments, "gso_peers": sum(gso)}
 
         async def paced(rate: float, duration: float, intent: Intent) -> Json:
             loop = asyncio.get_running_loop()
             cpu0 = cpu_seconds()
+            wait0 = wait_seconds()
+            busy0 = machine_busy()
             start = loop.time()
             sent = dropped = 0
             i = 0
@@ -399,7 +497,8 @@ def intentra_generator(args: Json) -> None:
                 await asyncio.sleep(0)
             seconds = loop.time() - start
             return {"sent": sent, "dropped": dropped, "seconds": seconds,
-                    "cpu": cpu_seconds() - cpu0}
+                    "cpu": cpu_seconds() - cpu0, "wait": wait_seconds() - wait0,
+                    "machine": machine_busy() - busy0}
 
         async def blast(duration: float, intent: Intent) -> Json:
             """One peer (the first) as fast as it can."""
@@ -434,10 +533,34 @@ def intentra_generator(args: Json) -> None:
             return {"sent": sent, "dropped": dropped, "seconds": loop.time() - start,
                     "cpu": cpu_seconds() - cpu0}
 
+        async def bulk(duration: float) -> Json:
+            """One peer sends ``size``-byte RELIABLE messages on lane 1 for ``duration``
+            seconds (each waits for window room), then waits until all are acknowledged."""
+            loop = asyncio.get_running_loop()
+            peer = peers[0]
+            cpu0 = cpu_seconds()
+            start = loop.time()
+            sent = 0
+            seq = seqs[0]
+            while loop.time() - start < duration:
+                pack_into(buf, 0, clock(), seq)
+                seq += 1
+                await peer.send(bytes(buf), Intent.RELIABLE, lane=1)
+                sent += 1
+            owner = transports[0]
+            while owner.unacked_reliable(peer) > 0:
+                await asyncio.sleep(0.001)
+            seqs[0] = seq
+            return {"sent": sent, "dropped": 0, "seconds": loop.time() - start,
+                    "cpu": cpu_seconds() - cpu0}
+
         async def handle(command: Json) -> bool:
             cmd = command["cmd"]
             if cmd == "quit":
                 return False
+            if cmd == "bulk":
+                reply(**await bulk(float(command["duration"])))
+                return True
             intent = Intent[command.get("intent", "realtime").upper()]
             if cmd == "go":
                 run = replay_plan if command.get("presealed") else paced
@@ -458,22 +581,36 @@ def intentra_generator(args: Json) -> None:
 # ---------------------------------------------------------------- raw UDP generator
 
 def raw_generator(args: Json) -> None:
-    """The baseline sender: P plain sockets and a blocking ``sendto`` loop."""
+    """The baseline sender: P plain sockets, no encryption, no protocol.
+
+    Throughput steps (``presealed``, as the intentra generator's) and the
+    stream's ``blast`` send each peer's datagrams ``segments`` at a time with
+    one GSO ``sendmsg`` (a timestamp and sequence number written into each,
+    nothing else to do), so the baseline measures its receiver, as the intentra
+    scenarios do; latency steps send one datagram per ``sendto``, stamped just
+    before.
+    """
     host, port = args["target"].rsplit(":", 1)
     target = (host, int(port))
     count = int(args.get("peers", 1))
     size = int(args.get("size", 128))
+    segments = max(1, int(args.get("segments", SEGMENTS)))
     socks = []
     for index in range(count):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((source_ip(index, host), 0))
         socks.append(sock)
+    gso = [probe_gso(sock) for sock in socks]
     reply(ready=True, connect_seconds=0.0, rss_kib=rss_kib())
     seqs = [0] * count
-    buf = payload(size)
+    size = len(payload(size))
+    buf = bytearray(size * segments)
+    view = memoryview(buf)
     pack_into = STAMP.pack_into
     clock = time.monotonic_ns
     sendtos = [s.sendto for s in socks]
+    sendmsgs = [s.sendmsg for s in socks]
+    control = [(SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(size))]
     for line in sys.stdin:
         command = json.loads(line)
         cmd = command["cmd"]
@@ -481,35 +618,53 @@ def raw_generator(args: Json) -> None:
             return
         duration = float(command["duration"])
         rate = float(command["rate"]) if cmd == "go" else float("inf")
+        batched = bool(command.get("presealed")) or cmd != "go"
         cpu0 = cpu_seconds()
+        wait0 = wait_seconds()
+        busy0 = machine_busy()
         start = time.monotonic()
-        sent = errors = 0
+        sent = errors = calls = 0
         i = 0
         while True:
             elapsed = time.monotonic() - start
             if elapsed >= duration:
                 break
             if cmd == "go":
-                due = min(int(elapsed * rate) - sent, 512)
+                due = min(int(elapsed * rate) - sent, 1 << 14)
                 if due <= 0:
-                    time.sleep(0.0005)
+                    time.sleep(PACE if batched else PACE / 2)
                     continue
             else:
                 due = 256
-            for _ in range(due):
+            while due > 0:
+                n = min(segments, due) if batched and gso[i] else 1
+                now = clock()
                 seq = seqs[i]
-                seqs[i] = seq + 1
-                pack_into(buf, 0, clock(), seq)
+                for k in range(n):
+                    pack_into(buf, k * size, now, seq + k)
+                seqs[i] = seq + n
                 try:
-                    sendtos[i](buf, target)
+                    if n > 1:
+                        sendmsgs[i]([view[:n * size]], control, 0, target)
+                    else:
+                        sendtos[i](view[:size], target)
                 except OSError:
-                    errors += 1
+                    errors += n
+                calls += 1
+                sent += n
+                due -= n
                 i += 1
                 if i == count:
                     i = 0
-            sent += due
+            if batched and cmd == "go":
+                # Sleep after each burst: bursts of about PACE's worth keep the
+                # batches whole (a loop that went on would send what fell due
+                # meanwhile, a datagram or two at a time).
+                time.sleep(PACE)
         reply(sent=sent, dropped=errors, seconds=time.monotonic() - start,
-              cpu=cpu_seconds() - cpu0)
+              cpu=cpu_seconds() - cpu0, wait=wait_seconds() - wait0,
+              machine=machine_busy() - busy0, sends=calls,
+              segments=segments if batched else 1)
 
 
 # ---------------------------------------------------------------- handshakes
@@ -579,6 +734,14 @@ def main(argv: list[str] | None = None) -> None:
 
         quic.ROLES[role](args)
         return
+    runner = ROLES.get(role)
+    if role.startswith("cluster-"):  # profiled too: the bus's cost is what to look at
+        from intentra.bench import cluster  # noqa: PLC0415 - nats-py is an optional extra
+
+        runner = cluster.ROLES[role]
+    if runner is None:
+        reply(error=f"unknown role {role!r}")
+        raise SystemExit(1)
     profile_dir = os.environ.get("INTENTRA_BENCH_PROFILE")
     try:
         if profile_dir:
@@ -588,11 +751,11 @@ def main(argv: list[str] | None = None) -> None:
 
             profiler = cProfile.Profile()
             try:
-                profiler.runcall(ROLES[role], args)
+                profiler.runcall(runner, args)
             finally:
                 profiler.dump_stats(os.path.join(profile_dir, f"{role}-{os.getpid()}.prof"))
         else:
-            ROLES[role](args)
+            runner(args)
     except Exception as exc:
         reply(error=f"{type(exc).__name__}: {exc}")
         raise SystemExit(1) from None

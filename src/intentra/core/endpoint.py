@@ -27,12 +27,10 @@ from intentra.config import EndpointConfig
 from intentra.constants import (
     HEADER_LEN,
     KEY_LEN,
-    LEN_PREFIX,
-    MAX_PACKET_SIZE,
+    MAX_LANE,
+    MAX_MESSAGE_LIMIT,
     MAX_PRIORITY,
     MIN_PRIORITY,
-    RSEQ_LEN,
-    TAG_LEN,
     CloseReason,
     HsKind,
     Intent,
@@ -41,6 +39,7 @@ from intentra.constants import (
 from intentra.core.aead import AeadFactory
 from intentra.core.cookie import CookieJar, address_bytes
 from intentra.core.hsguard import InitiatorGuard
+from intentra.core.lanes import ReassemblyBudget
 from intentra.core.noise import InitiatorHandshake, ResponderHandshake
 from intentra.core.ratelimit import TokenBucket
 from intentra.core.reliable import CreditBudget
@@ -160,6 +159,7 @@ class Endpoint:
         cfg = self.config
         self.credit_budget = CreditBudget(cfg.max_reorder_total,
                                           CREDIT_FLOOR_DATAGRAMS * cfg.max_datagram)
+        self.reassembly_budget = ReassemblyBudget(cfg.max_realtime_reassembly_total)
         # The native datapath works on this endpoint's own objects: it keeps no
         # state, so both paths share one pn space, one replay window, one set of keys.
         self._native: Any = None
@@ -185,7 +185,12 @@ class Endpoint:
 
     @property
     def reorder_buffer_bytes(self) -> int:
-        return sum(s.recv_window.buffered_bytes for s in list(self.sessions.values()))
+        """RELIABLE bytes held out of order, in partial messages or waiting for their lane."""
+        total = 0
+        for s in list(self.sessions.values()):
+            window = s.recv_window
+            total += window.buffered_bytes + (window.lanes.held if window.lanes else 0)
+        return total
 
     # ----------------------------------------------------------------- input
 
@@ -215,7 +220,7 @@ class Endpoint:
         if fields is None:
             stats.packets_dropped_malformed += 1
             return
-        ptype, intent, priority, key_phase, _, conn_id, seq, ack, eliciting = fields
+        ptype, intent, priority, key_phase, _, conn_id, seq, ack, eliciting, extended = fields
         if ptype == _HS:
             self._on_hs(data, Header._make(fields), addr, now)
             return
@@ -265,14 +270,17 @@ class Endpoint:
         newest = pn > replay.highest
         replay.mark(pn)
         self._authenticated(session, ptype, intent, priority, ack, eliciting, pn, plaintext,
-                            moves_phase, newest, addr, len(data), now)
+                            moves_phase, newest, addr, len(data), now, extended)
 
     def _authenticated(self, session: Session, ptype: int, intent: int, priority: int,
                        ack: int, eliciting: int, pn: int, plaintext: bytes, moves_phase: int,
-                       newest: bool, addr: Address, size: int, now: float) -> None:
+                       newest: bool, addr: Address, size: int, now: float,
+                       extended: int = 0) -> None:
         """Steps 6 (the key update) to 8 of a packet that authenticated, its pn marked.
 
-        The native datapath calls it too, for every packet it does not finish itself.
+        The native datapath calls it too, for every packet it does not finish itself
+        (never with ``extended``: it hands a datagram with the X bit to
+        :meth:`_receive` whole).
         """
         stats = self.stats
         keys = session.recv_keys
@@ -298,7 +306,7 @@ class Endpoint:
         had_ack_at = session.ack_at is not None
         events = self._events
         before = len(events)
-        session.on_packet(ptype, intent, priority, ack, plaintext, now, pn, eliciting)
+        session.on_packet(ptype, intent, priority, ack, plaintext, now, pn, eliciting, extended)
         # A packet costs per message delivered too: each one past the first is
         # charged to the bucket as debt, so one packing many tiny messages pays
         # for them and a peer's sustained message rate is bounded.
@@ -321,7 +329,8 @@ class Endpoint:
         # in flight only pushes the idle deadline later, which the lazy heap
         # entry handles (see _rearm): a fan-in of REALTIME messages then costs
         # no timer work per packet.
-        if (ptype != _DATA or intent != _REALTIME or moves_phase or session.timer_at is None
+        if (ptype != _DATA or intent != _REALTIME or moves_phase or extended
+                or session.timer_at is None
                 or not had_ack_at or session.recovery.in_flight):
             self._dirty.add(session)
         if session.ack_now or session.retransmit or session.queued:
@@ -410,7 +419,8 @@ class Endpoint:
             return
         conn_id = self._new_conn_id()
         session = Session(conn_id, addr, False, now, cfg, stats, self._out, self._events,
-                          self._rng, self.credit_budget)
+                          self._rng, self.credit_budget,
+                          self.reassembly_budget)
         session.remote_id = body.sender_id
         session.responder_hs = hs
         session.hello_key = hello_key
@@ -687,7 +697,8 @@ class Endpoint:
             raise ValueError("server_key is the 32 raw bytes of an X25519 public key")
         conn_id = self._new_conn_id()
         session = Session(conn_id, addr, True, now, self.config, self.stats, self._out,
-                          self._events, self._rng, self.credit_budget)
+                          self._events, self._rng, self.credit_budget,
+                          self.reassembly_budget)
         session.pinned_key = server_key
         if idle_timeout is not None:
             if not idle_timeout > 0:
@@ -713,12 +724,14 @@ class Endpoint:
                 "connect again", int(CloseReason.NORMAL), False)
         return session
 
-    def check_message(self, data: bytes, intent: int, priority: int) -> None:
+    def check_message(self, data: bytes, intent: int, priority: int, lane: int = 0) -> None:
         """Validate a message before it is queued (raises; changes nothing)."""
         if (type(data) is bytes and 0 < len(data) <= self._max_message
                 and intent in {0, 1} and type(priority) is int
-                and 0 <= priority <= MAX_PRIORITY):
+                and 0 <= priority <= MAX_PRIORITY and lane == 0):
             return  # the common case, checked in one expression
+        if type(lane) is not int or not 0 <= lane <= MAX_LANE:
+            raise InvalidMessageError(f"lane must be an integer 0..{MAX_LANE}, got {lane!r}")
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidMessageError(f"a message is bytes, got {type(data).__name__}")
         size = memoryview(data).nbytes  # len() of a memoryview counts items, not bytes
@@ -732,19 +745,26 @@ class Endpoint:
             raise MessageTooLargeError(self._too_large_advice(size))
 
     def _too_large_advice(self, size: int) -> str:
-        """What a user can do about a message too large for one datagram."""
-        text = (f"message of {size} bytes exceeds {self._max_message} bytes, the largest "
-                "one datagram carries (intentra does not fragment); split it into smaller "
-                "messages")
-        ceiling = MAX_PACKET_SIZE - HEADER_LEN - TAG_LEN - RSEQ_LEN - LEN_PREFIX
-        if self.config.max_datagram < MAX_PACKET_SIZE and size <= ceiling:
-            text += (f", or create the endpoint with EndpointConfig(max_datagram="
-                     f"{MAX_PACKET_SIZE}) for messages up to {ceiling} bytes (Python API; "
-                     "datagrams above the path's MTU may be dropped on the way)")
+        """What a user can do about a message above max_message_size."""
+        text = (f"message of {size} bytes exceeds max_message_size ({self._max_message} "
+                "bytes)")
+        if size <= MAX_MESSAGE_LIMIT:
+            text += (f"; create both endpoints with EndpointConfig(max_message_size={size}, "
+                     f"max_reorder_buffer={size + self.config.max_datagram} or more) to "
+                     "allow it, or split it into smaller messages")
+        else:
+            text += (f"; the most any endpoint allows is {MAX_MESSAGE_LIMIT} bytes (64 MiB): "
+                     "split it into smaller messages")
         return text
 
-    def send(self, conn_id: int, data: bytes, intent: int, priority: int, now: float) -> bool:
+    def send(self, conn_id: int, data: bytes, intent: int, priority: int, now: float,
+             lane: int = 0) -> bool:
         """Queue a message for the next flush.
+
+        ``lane`` (0..255) chooses the message's order of delivery: RELIABLE messages
+        are delivered in the order sent within a lane, independently of other
+        lanes (docs/protocol.md section 14). A message longer than a datagram
+        carries is fragmented.
 
         Returns:
             False if a REALTIME message was dropped because the queue is full.
@@ -754,13 +774,13 @@ class Endpoint:
             SendQueueFullError: a RELIABLE message found the queue full.
             InvalidMessageError, MessageTooLargeError: bad arguments.
         """
-        self.check_message(data, intent, priority)
+        self.check_message(data, intent, priority, lane)
         session = self.sessions.get(conn_id)
         if session is None or session.state is not _ESTABLISHED:
             session = self._established(conn_id)  # raises with the explanation
         if type(data) is not bytes:
             data = memoryview(data).tobytes()
-        if not session.enqueue(data, intent, priority, now):
+        if not session.enqueue(data, intent, priority, now, lane):
             if intent == _REALTIME:
                 self.stats.messages_dropped_queue_full += 1
                 return False
@@ -772,7 +792,7 @@ class Endpoint:
         return True
 
     def broadcast(self, data: bytes, intent: int, priority: int, now: float,
-                  exclude: int | None = None) -> int:
+                  exclude: int | None = None, lane: int = 0) -> int:
         """Queue one message for every established session (but ``exclude``).
 
         Validates once, then enqueues directly: a hub's fan-out costs one
@@ -782,7 +802,7 @@ class Endpoint:
         Returns:
             How many sessions the message was queued for.
         """
-        self.check_message(data, intent, priority)
+        self.check_message(data, intent, priority, lane)
         if type(data) is not bytes:
             data = memoryview(data).tobytes()
         count = 0
@@ -790,7 +810,7 @@ class Endpoint:
         for conn_id, session in self.sessions.items():
             if session.state is not _ESTABLISHED or conn_id == exclude:
                 continue
-            if session.enqueue(data, intent, priority, now):
+            if session.enqueue(data, intent, priority, now, lane):
                 flush.add(session)
                 count += 1
             else:
@@ -814,6 +834,10 @@ class Endpoint:
     def close_all(self, now: float, reason: CloseReason = CloseReason.NORMAL) -> None:
         for conn_id in list(self.sessions):
             self.close(conn_id, now, reason)
+
+    def responder_conn_id(self, peer_key: bytes) -> int | None:
+        """The conn_id of the session this endpoint answered for ``peer_key``, if any."""
+        return self._by_peer_key.get(peer_key)
 
     def peer_key(self, conn_id: int) -> bytes | None:
         session = self.sessions.get(conn_id)
@@ -939,10 +963,21 @@ class Endpoint:
         evs = list(self._events)
         self._events.clear()
         if self._release_on_take:
+            # One release per session for the whole hand-over: the credit and the
+            # ACK decision come out the same as message by message, at a fraction
+            # of the cost.
+            read: dict[int, int] = {}
             for event in evs:
                 if type(event) is MessageReceived and event.intent is Intent.RELIABLE:
-                    self.release(event.conn_id, len(event.data))
+                    read[event.conn_id] = read.get(event.conn_id, 0) + len(event.data)
+            for conn_id, nbytes in read.items():
+                self.release(conn_id, nbytes)
         return evs
+
+    @property
+    def pending_events(self) -> int:
+        """How many events wait for :meth:`take_events`."""
+        return len(self._events)
 
     def release(self, conn_id: int, nbytes: int) -> None:
         """The application read ``nbytes`` of RELIABLE messages from ``conn_id``.

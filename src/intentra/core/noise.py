@@ -130,7 +130,7 @@ def _split(conn: Any) -> tuple[bytes, bytes]:
 class InitiatorHandshake:
     """The initiator's side: msg 1 at creation, then RESPONSE in, FINISH out."""
 
-    __slots__ = ("_ephemeral", "_payload", "_prologue", "_saved", "_static", "msg1")
+    __slots__ = ("_conn", "_ephemeral", "_payload", "_prologue", "_saved", "_static", "msg1")
 
     def __init__(self, static: bytes, ephemeral: bytes, prologue: bytes = PROLOGUE,
                  payload: bytes = b"") -> None:
@@ -141,6 +141,7 @@ class InitiatorHandshake:
         conn = _new(True, self._static, self._ephemeral, prologue)
         self.msg1 = bytes(conn.write_message(payload))
         self._saved = _save(conn)
+        self._conn: Any = conn  # read the first RESPONSE on it; later ones on forks
 
     def consume_response(self, msg2: bytes, payload: bytes = b"") -> InitiatorResult | None:
         """Read msg 2 and write msg 3 carrying ``payload``, on a fork.
@@ -151,7 +152,11 @@ class InitiatorHandshake:
             exactly as before: a result whose key the caller refuses, or a
             failure, leaves it ready for another RESPONSE.
         """
-        conn = _fork(True, self._static, self._ephemeral, self._prologue, self._saved)
+        conn = self._conn
+        if conn is None:
+            conn = _fork(True, self._static, self._ephemeral, self._prologue, self._saved)
+        else:
+            self._conn = None  # a read changes it, whatever the outcome: forks from now on
         try:
             state = conn.noise_protocol.handshake_state
             peer_payload = bytes(conn.read_message(bytes(msg2)))
@@ -178,7 +183,8 @@ class ResponderHandshake:
         self._payload = payload
         self._saved = _save(conn)
         self._hs_cipher = conn.noise_protocol.handshake_state.symmetric_state.cipher_state.cipher
-        self._stage: tuple[bytes, bytes, Any, Any, Any] | None = None
+        # (head of msg 3, the fork that read it up to the payload): see could_be_genuine
+        self._stage: tuple[bytes, Any] | None = None
         self.msg2 = msg2
         self.peer_payload = peer_payload
 
@@ -219,15 +225,17 @@ class ResponderHandshake:
             sym = state.symmetric_state
             proto = conn.noise_protocol
             try:
+                # msg 3's tokens s and se, as the library's read_message does them
                 rs = proto.keypair_class.from_public_bytes(sym.decrypt_and_hash(head))
                 sym.mix_key(proto.dh_fn.dh(self._ephemeral.private, rs.public))
             except Exception:
                 return False
-            stage = self._stage = (head, sym.h, sym.cipher_state.k, sym.cipher_state.n,
-                                   sym.cipher_state.cipher)
-        _, h, k, n, cipher = stage
+            state.rs = rs
+            stage = self._stage = (head, conn)
+        sym = stage[1].noise_protocol.handshake_state.symmetric_state
+        cs = sym.cipher_state
         try:
-            cipher.decrypt(k, n, h, bytes(msg3[KEY_LEN + 16:]))
+            cs.cipher.decrypt(cs.k, cs.n, sym.h, bytes(msg3[KEY_LEN + 16:]))
         except Exception:
             return False
         return True
@@ -239,13 +247,30 @@ class ResponderHandshake:
             The peer's static key and payload and the Split() keys; or None when
             msg 3 does not authenticate (the handshake is then exactly as before).
         """
-        conn = _fork(False, self._static, self._ephemeral, self._prologue, self._saved)
-        try:
+        stage = self._stage
+        if stage is not None and stage[0] == bytes(msg3[:KEY_LEN + 16]):
+            # could_be_genuine read this msg 3 up to its payload (one DH): finish
+            # that fork rather than read it all again. Used up either way.
+            self._stage = None
+            conn = stage[1]
             state = conn.noise_protocol.handshake_state
-            peer_payload = bytes(conn.read_message(bytes(msg3)))
+            try:
+                peer_payload = bytes(state.symmetric_state.decrypt_and_hash(
+                    bytes(msg3[KEY_LEN + 16:])))
+            except Exception:
+                return None
+            state.message_patterns.clear()
+            state.symmetric_state.split()  # the transport keys, and the handshake hash
+            conn.handshake_finished = True
             remote_static = bytes(state.rs.public_bytes)
-        except Exception:
-            return None
+        else:
+            conn = _fork(False, self._static, self._ephemeral, self._prologue, self._saved)
+            try:
+                state = conn.noise_protocol.handshake_state
+                peer_payload = bytes(conn.read_message(bytes(msg3)))
+                remote_static = bytes(state.rs.public_bytes)
+            except Exception:
+                return None
         send, recv = _split(conn)
         return ResponderResult(remote_static, peer_payload, send, recv,
                                bytes(conn.noise_protocol.handshake_hash))

@@ -61,7 +61,8 @@ class Recovery:
     __slots__ = ("app_limited_mark", "cc", "delivered", "delivered_at", "eliciting",
                  "eliciting_sent_at", "first_sent_at", "in_flight",
                  "largest_acked", "last_ack_at", "loss_at", "lost_recent", "pto_count",
-                 "reorder_threshold", "rtt", "sent", "skipped", "spurious", "time_threshold")
+                 "reorder_threshold", "rtt", "sent", "skipped", "spurious", "time_threshold",
+                 "waiting_since")
 
     def __init__(self, rtt: RttEstimator, cc: Controller, now: float) -> None:
         self.rtt = rtt
@@ -70,6 +71,7 @@ class Recovery:
         self.in_flight = 0            # bytes of DATA in flight
         self.eliciting = 0            # ack-eliciting packets sent, not acknowledged or lost
         self.eliciting_sent_at = now  # when the newest of them was sent
+        self.waiting_since = now      # when the oldest of them was sent
         self.delivered = 0            # bytes of DATA acknowledged, ever
         self.delivered_at = now
         self.first_sent_at = now
@@ -99,6 +101,8 @@ class Recovery:
             self.in_flight += size
             self.cc.on_sent(size, now)
         if eliciting:
+            if self.eliciting <= 0:
+                self.waiting_since = now
             self.eliciting += 1
             self.eliciting_sent_at = now
         self.sent[pn] = SentPacket(size, now, eliciting, data, rseq, count, self.delivered,

@@ -12,9 +12,13 @@ Neither class reads a clock: ``now`` is passed in.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from intentra.constants import LEN_PREFIX, MAX_CREDIT, RSEQ_MOD
+
+if TYPE_CHECKING:
+    from intentra.core.lanes import LaneReceiver
+    from intentra.core.session import Session
 
 _MASK: Final = RSEQ_MOD - 1
 _HALF: Final = RSEQ_MOD >> 1
@@ -42,6 +46,25 @@ class Outstanding:
         self.first_sent_at = now
         self.sent_at = now
         self.retries = 0
+
+
+class ExtOutstanding(Outstanding):
+    """A record of an extended DATA packet sent and not yet acknowledged (section 14).
+
+    ``data`` is the record's header, ``chunk`` its data; ``message`` the whole
+    message it belongs to (reported if the session ends before it is acknowledged),
+    ``lane`` and ``lseq`` name it.
+    """
+
+    __slots__ = ("chunk", "lane", "lseq", "message")
+
+    def __init__(self, header: bytes, chunk: bytes | memoryview, priority: int, now: float,
+                 message: bytes, lane: int, lseq: int) -> None:
+        super().__init__(header, priority, now)
+        self.chunk = chunk
+        self.message = message
+        self.lane = lane
+        self.lseq = lseq
 
 
 class SendWindow:
@@ -84,6 +107,15 @@ class SendWindow:
             self.rto_at = now + rto
         return rseq
 
+    def assign_ext(self, entry: ExtOutstanding, now: float, rto: float) -> int:
+        """Give the next rseq to an extended record (section 14); the caller checked room."""
+        rseq = self.next_rseq
+        self.next_rseq = (rseq + 1) & _MASK
+        self.outstanding[rseq] = entry
+        if self.rto_at is None:
+            self.rto_at = now + rto
+        return rseq
+
     def _check_sent(self, rseq: int) -> None:
         last = (self.next_rseq - 1) & _MASK
         if serial_gt(rseq, last):
@@ -107,9 +139,15 @@ class SendWindow:
             rseq = (self.acked + 1) & _MASK
             stop = (ack + 1) & _MASK
             if len(outstanding) <= ((ack - self.acked) & _MASK):
-                for r in [r for r in outstanding if not serial_gt(r, ack)]:
-                    del outstanding[r]
+                # Keys are in rseq order (assign() inserts them so): when the newest
+                # is acknowledged, so is everything.
+                if outstanding and not serial_gt(next(reversed(outstanding)), ack):
+                    outstanding.clear()
                     moved = True
+                else:
+                    for r in [r for r in outstanding if not serial_gt(r, ack)]:
+                        del outstanding[r]
+                        moved = True
             else:
                 while rseq != stop:
                     if outstanding.pop(rseq, None) is not None:
@@ -149,6 +187,8 @@ class SendWindow:
             if entry.sent_at + rto > now:
                 continue
             need = LEN_PREFIX + len(entry.data)
+            if type(entry) is ExtOutstanding:
+                need += len(entry.chunk)
             if due and size + need > budget:
                 break
             due.append(rseq)
@@ -166,14 +206,21 @@ class CreditBudget:
     session may always keep ``floor`` bytes of its own, so a session opened while
     others hold the whole budget still gets credit (the bound is ``limit`` plus
     ``floor`` per session).
+
+    ``favored`` is the one session that may be credited up to its whole
+    MAX_REORDER_BUFFER however little is left, while it holds a partial RELIABLE
+    message (docs/protocol.md section 12): partial messages of several sessions then
+    cannot wait for each other's room for ever. The bound grows by one
+    MAX_REORDER_BUFFER.
     """
 
-    __slots__ = ("floor", "limit", "reserved")
+    __slots__ = ("favored", "floor", "limit", "reserved")
 
     def __init__(self, limit: int, floor: int) -> None:
         self.limit = limit
         self.floor = floor
         self.reserved = 0
+        self.favored: Session | None = None
 
 
 class ReceiveWindow:
@@ -187,18 +234,28 @@ class ReceiveWindow:
     message within the edge always finds room, and the edge never moves back.
     """
 
-    __slots__ = ("buffer", "buffered_bytes", "edge", "gap_since", "max_bytes", "next_rseq",
-                 "reserve", "unread_bytes")
+    __slots__ = ("buffer", "buffered_bytes", "edge", "first_rseq", "gap_since", "lanes",
+                 "max_bytes", "next_rseq", "reserve", "unread_bytes")
 
     def __init__(self, max_bytes: int, reserve: int, first_rseq: int = 1) -> None:
         self.max_bytes = max_bytes
         self.reserve = reserve
+        self.first_rseq = first_rseq & _MASK
         self.next_rseq = first_rseq & _MASK
         self.edge = (first_rseq - 1) & _MASK   # the highest edge advertised
-        self.buffer: dict[int, bytes] = {}
+        # Positions held out of order: the message of an X = 0 packet, or None for a
+        # record of an extended packet (its bytes are in ``lanes``, section 14).
+        self.buffer: dict[int, bytes | None] = {}
         self.buffered_bytes = 0
         self.unread_bytes = 0
         self.gap_since: float | None = None    # when the current hole at next opened
+        self.lanes: LaneReceiver | None = None  # made by the first extended record
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held for the application: out of order, partial, waiting or unread."""
+        lanes = self.lanes
+        return self.buffered_bytes + self.unread_bytes + (lanes.held if lanes else 0)
 
     @property
     def ack(self) -> int:
@@ -223,13 +280,20 @@ class ReceiveWindow:
         open_positions = ((self.edge - self.next_rseq + 1) & _MASK) - len(self.buffer)
         if not 0 < open_positions < _HALF:
             open_positions = 0
-        return self.buffered_bytes + self.unread_bytes + open_positions * self.reserve
+        lanes = self.lanes
+        held = self.buffered_bytes + self.unread_bytes
+        if lanes is not None:
+            held += lanes.held
+        return held + open_positions * self.reserve
 
     def proposed_edge(self, cap: int | None = None) -> int:
         """The edge the receiver can hold now (before the never-backwards rule), with
         at most ``cap`` bytes held and promised in all (the endpoint's share)."""
         limit = self.max_bytes if cap is None else min(self.max_bytes, cap)
         room = limit - self.buffered_bytes - self.unread_bytes
+        lanes = self.lanes
+        if lanes is not None:
+            room -= lanes.held
         n = (room // self.reserve if room > 0 else 0) + len(self.buffer)
         return (self.ack + min(n, MAX_CREDIT)) & _MASK
 
@@ -265,15 +329,12 @@ class ReceiveWindow:
             return 2  # below next: already delivered
         if d == 0:
             out.append(data)
-            nxt = (rseq + 1) & _MASK
-            buf = self.buffer
-            if buf:
-                while nxt in buf:
-                    held = buf.pop(nxt)
-                    self.buffered_bytes -= len(held)
-                    out.append(held)
-                    nxt = (nxt + 1) & _MASK
-            self.next_rseq = nxt
+            if self.lanes is not None:
+                self.lanes.delivered_x0(out)  # it was lane 0's next (section 14.5 step 4)
+            if self.buffer:
+                self._advance((rseq + 1) & _MASK, out)
+            else:
+                self.next_rseq = (rseq + 1) & _MASK
             return 0
         if rseq in self.buffer:
             return 2
@@ -282,3 +343,47 @@ class ReceiveWindow:
         self.buffer[rseq] = data
         self.buffered_bytes += len(data)
         return 1
+
+    def _advance(self, nxt: int, out: list[bytes]) -> None:
+        """Position ``nxt - 1`` was received in order: move ``next`` over every held
+        position that follows, delivering the messages of X = 0 packets among them."""
+        buf = self.buffer
+        if buf:
+            lanes = self.lanes
+            while nxt in buf:
+                held = buf.pop(nxt)
+                if held is not None:
+                    self.buffered_bytes -= len(held)
+                    out.append(held)
+                    if lanes is not None:
+                        lanes.delivered_x0(out)
+                nxt = (nxt + 1) & _MASK
+        self.next_rseq = nxt
+
+    def lane_receiver(self) -> LaneReceiver:
+        """The lanes' state, made by the first extended record (section 14.5).
+
+        Until then every position before ``next`` held one message of an X = 0
+        packet, each one of lane 0 (section 14.5 step 4): lane 0's next ``lseq``
+        follows from ``next`` without counting messages on the way.
+        """
+        lanes = self.lanes
+        if lanes is None:
+            from intentra.core.lanes import LaneReceiver  # noqa: PLC0415 (import cycle)
+            lanes = self.lanes = LaneReceiver()
+            lanes.next[0] = (self.next_rseq - self.first_rseq + 1) & _MASK
+        return lanes
+
+    def is_duplicate(self, rseq: int) -> bool:
+        """Position ``rseq`` was received before (section 14.5 step 3.1)."""
+        d = (rseq - self.next_rseq) & _MASK
+        return d >= _HALF or rseq in self.buffer
+
+    def receive_record(self, rseq: int, out: list[bytes]) -> None:
+        """Position ``rseq`` of an extended record was received (section 14.5 step 3.4);
+        the caller checked it is no duplicate and gave its bytes to ``lanes``. Messages
+        of X = 0 packets now in order are appended to ``out``."""
+        if rseq == self.next_rseq:
+            self._advance((rseq + 1) & _MASK, out)
+        else:
+            self.buffer[rseq] = None

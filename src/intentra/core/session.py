@@ -1,11 +1,11 @@
-"""One peer's state machine (docs/protocol.md sections 4, 5 for one session, 6 and 8).
+"""One peer's state machine (docs/protocol.md sections 4, 5 for one session, 6, 8 and 14).
 
 Owns: the life of a session (``SessionState``), its keys and packet numbers,
 replay window, token bucket, strikes, reliable windows and credit, the
 packet-number acknowledgements it sends and receives, loss recovery and
 congestion control (:mod:`intentra.core.recovery`, :mod:`intentra.core.congestion`),
-the send queue, its scheduling under the congestion budget and packing, and
-its timers.
+the send queue (REALTIME by priority, RELIABLE in lanes), its scheduling under
+the congestion budget, packing and fragmenting (section 14), and its timers.
 Never: reads a clock, a socket or global randomness; decides about packets
 that did not authenticate (the endpoint drops those before they get here).
 
@@ -23,9 +23,14 @@ from typing import TYPE_CHECKING, Final
 from intentra.config import EndpointConfig
 from intentra.constants import (
     ACK_DELAY_UNIT,
+    EXTENDED_BIT,
+    FRAGMENT_FLAG,
     HEADER_LEN,
     LEN_PREFIX,
     MAX_PRIORITY,
+    RECORD_FRAGMENT,
+    RECORD_REALTIME,
+    RECORD_RELIABLE,
     RSEQ_LEN,
     TAG_LEN,
     VERSION,
@@ -35,13 +40,34 @@ from intentra.constants import (
 )
 from intentra.core.aead import AeadFactory, ReceiveKeys, SendKeys
 from intentra.core.congestion import Controller
+from intentra.core.lanes import (
+    OutLane,
+    RealtimeReassembly,
+    ReassemblyBudget,
+)
 from intentra.core.ratelimit import TokenBucket
 from intentra.core.recovery import Recovery, SentPacket
-from intentra.core.reliable import CreditBudget, ReceiveWindow, SendWindow, Violation
+from intentra.core.reliable import (
+    CreditBudget,
+    ExtOutstanding,
+    ReceiveWindow,
+    SendWindow,
+    Violation,
+    serial_gt,
+)
 from intentra.core.replay import ReplayWindow
 from intentra.core.rtt import RttEstimator
 from intentra.core.stats import Stats
-from intentra.core.wire import ACK_BODY, HEADER, U16, U32
+from intentra.core.wire import (
+    ACK_BODY,
+    HEADER,
+    REC_FRAGMENT,
+    REC_REALTIME,
+    REC_RELIABLE,
+    U16,
+    U32,
+    unpack_records,
+)
 from intentra.events import (
     Address,
     Event,
@@ -74,6 +100,55 @@ ELICIT_EARLY: Final = 8
 """Seconds after which the next REALTIME DATA packet asks for an ACK in any case."""
 SKIP_SPACING: Final = 256
 """A sender skips one pn (chosen at random) in every SKIP_SPACING to 2 x SKIP_SPACING - 1."""
+MIN_FRAGMENT: Final = 64
+"""A fragment goes in what is left of the packet being built unless fewer than this many
+bytes of data would fit; then it starts a fresh packet (docs/protocol.md section 12)."""
+
+
+class _Extended:
+    """The extended (X = 1) packets being built during one flush (section 14.2).
+
+    One RELIABLE and one REALTIME packet at a time; the counters are folded into
+    the session's when the flush ends.
+    """
+
+    __slots__ = ("ack", "now", "rel_count", "rel_first", "rel_parts", "rel_prio", "rel_size",
+                 "rt_out", "rt_parts", "rt_prio", "rt_size", "sent_rt", "session")
+
+    def __init__(self, session: Session, ack: int, now: float) -> None:
+        self.session = session
+        self.ack = ack
+        self.now = now
+        self.rel_parts: list[bytes | memoryview] = []
+        self.rel_size = RSEQ_LEN
+        self.rel_prio = 0
+        self.rel_first = 0
+        self.rel_count = 0
+        self.rt_parts: list[bytes | memoryview] = []
+        self.rt_size = 0
+        self.rt_prio = 0
+        self.rt_out = 0      # bytes of queued REALTIME sent or dropped (rt_bytes accounting)
+        self.sent_rt = 0
+
+    def seal_reliable(self) -> bool:
+        parts = self.rel_parts
+        first = self.rel_first
+        ok = self.session._seal_data(_RELIABLE, self.rel_prio, self.ack,
+                                     U32.pack(first) + b"".join(parts), first, self.rel_count,
+                                     self.now, EXTENDED_BIT)
+        self.rel_parts = []
+        self.rel_size = RSEQ_LEN
+        self.rel_prio = 0
+        self.rel_count = 0
+        return ok
+
+    def seal_realtime(self) -> bool:
+        ok = self.session._seal_data(_REALTIME, self.rt_prio, self.ack,
+                                     b"".join(self.rt_parts), 0, 0, self.now, EXTENDED_BIT)
+        self.rt_parts = []
+        self.rt_size = 0
+        self.rt_prio = 0
+        return ok
 
 
 class SessionState(enum.Enum):
@@ -116,6 +191,7 @@ class Session:
         "finish_body",
         "finish_datagram",
         "finish_retry_at",
+        "frag_lane",
         "hello_key",
         "hs_datagram",
         "hs_deadline_at",
@@ -124,10 +200,12 @@ class Session:
         "idle_limit",
         "initiator",
         "initiator_hs",
+        "lanes_out",
         "last_ack_largest",
         "last_recv_at",
         "last_send_at",
         "last_strike_at",
+        "other_last",
         "out",
         "pace_at",
         "path_budget",
@@ -144,7 +222,9 @@ class Session:
         "recovery",
         "recv_keys",
         "recv_window",
-        "rel_queue",
+        "rel_extra",
+        "rel_rings",
+        "rel_small",
         "remote_id",
         "replay",
         "reserved",
@@ -153,7 +233,10 @@ class Session:
         "retransmitted",
         "rng",
         "rt_bytes",
+        "rt_frags",
+        "rt_mid",
         "rt_queue",
+        "rt_reassembly",
         "rtt",
         "rx_bits",
         "rx_largest",
@@ -175,7 +258,8 @@ class Session:
     def __init__(self, conn_id: int, addr: Address, initiator: bool, now: float,
                  config: EndpointConfig, stats: Stats, out: list[tuple[bytes, Address]],
                  events: deque[Event], rng: Callable[[int], bytes] | None = None,
-                 budget: CreditBudget | None = None) -> None:
+                 budget: CreditBudget | None = None,
+                 rt_budget: ReassemblyBudget | None = None) -> None:
         self.conn_id = conn_id
         self.remote_id = 0
         self.addr = addr
@@ -240,8 +324,20 @@ class Session:
         self.recv_window = ReceiveWindow(config.max_reorder_buffer, config.max_datagram)
         self.budget = budget      # the endpoint's, shared by its sessions (None: unbounded)
         self.reserved = 0         # this session's part of it
-        self.rt_queue: list[deque[tuple[bytes, float]] | None] = [None] * (MAX_PRIORITY + 1)
-        self.rel_queue: list[deque[bytes] | None] = [None] * (MAX_PRIORITY + 1)
+        # REALTIME by priority: (data, queued_at, lane). RELIABLE in lanes (section 14.8):
+        # each lane a FIFO, in the ring of the level its turn comes at.
+        self.rt_queue: list[deque[tuple[bytes, float, int]] | None] = [None] * (MAX_PRIORITY + 1)
+        self.lanes_out: dict[int, OutLane] = {}
+        self.rel_rings: list[deque[OutLane] | None] = [None] * (MAX_PRIORITY + 1)
+        self.frag_lane: OutLane | None = None  # the lane whose head is being fragmented
+        self.other_last: int | None = None     # last rseq given to a record of lane != 0
+        self.rel_extra = 0        # positions queued RELIABLE messages take beyond one each
+        # the largest RELIABLE message one X = 0 packet carries
+        self.rel_small = config.max_datagram - HEADER_LEN - TAG_LEN - RSEQ_LEN - LEN_PREFIX
+        self.rt_frags: dict[int, tuple[int, int]] = {}  # level -> (mid, offset) of its head
+        self.rt_mid = 1           # the next REALTIME message id (section 14.3 rule 3)
+        self.rt_reassembly = RealtimeReassembly(config.max_realtime_reassembly, rt_budget,
+                                                config.realtime_deadline, stats)
         self.queued = 0
         self.queued_reliable = 0
         self.rt_bytes = 0         # framing bytes of the queued REALTIME messages
@@ -282,8 +378,24 @@ class Session:
 
     @property
     def reliable_capacity(self) -> int:
-        """Reliable messages the application may still queue without exceeding the window."""
-        return self.send_window.room - self.queued_reliable
+        """Reliable messages the application may still queue without exceeding the window
+        (a large message counts one per fragment it will take)."""
+        return self.send_window.room - self.queued_reliable - self.rel_extra
+
+    def _positions(self, n: int) -> int:
+        """rseq positions beyond one a RELIABLE message of ``n`` bytes will take (about)."""
+        chunk = self.config.max_datagram - HEADER_LEN - TAG_LEN - RSEQ_LEN
+        if n + LEN_PREFIX <= chunk:
+            return 0
+        return -(-n // (chunk - RECORD_FRAGMENT)) - 1
+
+    def unacked_reliable(self) -> int:
+        """RELIABLE messages queued or in flight, not yet acknowledged (a fragmented
+        message counts once, however many of its fragments are in flight)."""
+        if self.frag_lane is None and self.other_last is None and not any(
+                type(e) is ExtOutstanding for e in self.send_window.outstanding.values()):
+            return self.send_window.in_flight + self.queued_reliable
+        return len(self._pending_reliable())
 
     @property
     def has_output(self) -> bool:
@@ -295,7 +407,8 @@ class Session:
 
     # ------------------------------------------------------------- sending
 
-    def enqueue(self, data: bytes, intent: int, priority: int, now: float) -> bool:
+    def enqueue(self, data: bytes, intent: int, priority: int, now: float,
+                lane: int = 0) -> bool:
         """Queue a message; False when the queue is full (the caller counts the drop)."""
         if self.queued >= self.config.max_send_queue and self.rt_bytes:
             self._drop_late_realtime(now)  # they are late anyway: room for the new one
@@ -306,16 +419,35 @@ class Session:
             q = self.rt_queue[priority]
             if q is None:
                 q = self.rt_queue[priority] = deque()
-            q.append((data, now))
+            q.append((data, now, lane))
             self.rt_bytes += LEN_PREFIX + len(data)
         else:
-            rq = self.rel_queue[priority]
-            if rq is None:
-                rq = self.rel_queue[priority] = deque()
-            rq.append(data)
+            olane = self.lanes_out.get(lane)
+            if olane is None:
+                olane = self.lanes_out[lane] = OutLane(lane)
+            olane.queue.append((data, priority))
+            olane.counts[priority] += 1
+            if priority > olane.level:
+                self._lane_up(olane, priority)
+            if len(data) > self.rel_small:
+                self.rel_extra += self._positions(len(data))
             self.queued_reliable += 1
         self.queued += 1
         return True
+
+    def _lane_up(self, olane: OutLane, priority: int) -> None:
+        """A message lends its lane its priority: the lane's turn now comes at it."""
+        rings = self.rel_rings
+        old = olane.level
+        olane.level = priority
+        if old >= 0:
+            ring = rings[old]
+            if ring is not None:
+                ring.remove(olane)
+        ring = rings[priority]
+        if ring is None:
+            ring = rings[priority] = deque()
+        ring.append(olane)
 
     def _next_pn(self, keys: SendKeys, now: float) -> int | None:
         """The packet number for the next packet, after a key update if one is due.
@@ -341,7 +473,7 @@ class Session:
         return pn
 
     def _seal(self, ptype: int, intent: int, priority: int, ack: int, plaintext: bytes,
-              now: float, eliciting: int = _ELICIT) -> int:
+              now: float, eliciting: int = _ELICIT, extended: int = 0) -> int:
         """Seal one packet and put it in ``out``; its pn, or 0 if closed or out of pns."""
         keys = self.send_keys
         if keys is None:
@@ -351,7 +483,7 @@ class Session:
             self.close(CloseReason.KEY_EXHAUSTED, now)
             return 0
         header = HEADER.pack(_VERSION_BITS | ptype,
-                             (intent << 6) | (priority << 3) | eliciting | keys.phase,
+                             (intent << 6) | (priority << 3) | extended | eliciting | keys.phase,
                              len(plaintext), self.remote_id, pn & _SEQ_MASK, ack)
         datagram = header + keys.seal(self.remote_id, pn, header, plaintext)
         self.out.append((datagram, self.addr))
@@ -363,7 +495,7 @@ class Session:
         return pn
 
     def _seal_data(self, intent: int, priority: int, ack: int, plaintext: bytes, rseq: int,
-                   count: int, now: float) -> bool:
+                   count: int, now: float, extended: int = 0) -> bool:
         """Seal a DATA packet and record it for recovery.
 
         RELIABLE DATA is always ack-eliciting, and so is REALTIME DATA while the
@@ -388,7 +520,7 @@ class Session:
         else:
             eliciting = 0
             self.unelicited += 1
-        pn = self._seal(_DATA, intent, priority, ack, plaintext, now, eliciting)
+        pn = self._seal(_DATA, intent, priority, ack, plaintext, now, eliciting, extended)
         if not pn:
             return False
         recovery.on_sent(pn, HEADER_LEN + TAG_LEN + len(plaintext), True, rseq, count, now,
@@ -406,6 +538,8 @@ class Session:
             # The endpoint-wide bound: this session may hold what the others left,
             # and always its floor.
             cap = max(budget.limit - budget.reserved + self.reserved, budget.floor)
+            if window.lanes is not None and window.lanes.partial and self._favored(budget):
+                cap = window.max_bytes  # it can finish its partial message (section 12)
             credit = window.advertise(cap)
             self._account()
         body = ACK_BODY.pack(window.bitmap(), self.rx_largest, self.rx_bits,
@@ -420,6 +554,21 @@ class Session:
             self.last_ack_largest = self.rx_largest
             if eliciting:
                 self.recovery.on_sent(pn, HEADER_LEN + TAG_LEN + len(body), False, 0, 0, now)
+
+    def _favored(self, budget: CreditBudget) -> bool:
+        """Whether this session, holding a partial RELIABLE message, may be credited
+        its whole MAX_REORDER_BUFFER: the first to ask while the favored one (if any)
+        holds no partial message any more keeps the right until it holds none."""
+        favored = budget.favored
+        if favored is self:
+            return True
+        if favored is not None:
+            lanes = favored.recv_window.lanes
+            if favored.state is SessionState.ESTABLISHED and lanes is not None \
+                    and lanes.partial:
+                return False
+        budget.favored = self
+        return True
 
     def flush(self, now: float) -> None:
         """Send what the congestion budget allows, retransmissions first (section 6)."""
@@ -478,11 +627,11 @@ class Session:
         """
         deadline = now - self.config.realtime_deadline
         stats = self.stats
-        for q in self.rt_queue:
+        for level, q in enumerate(self.rt_queue):
             while q and q[0][1] < deadline:
-                data, _ = q.popleft()
+                data = q.popleft()[0]
                 self.queued -= 1
-                self.rt_bytes -= LEN_PREFIX + len(data)
+                self.rt_bytes -= LEN_PREFIX + len(data) - self._rt_forget(level)
                 self.dropped_deadline += 1
                 stats.messages_dropped_deadline += 1
 
@@ -490,47 +639,66 @@ class Session:
         """Drop REALTIME that cannot leave in time, lowest priority and oldest first.
 
         What the path takes within ``realtime_queue_delay`` at the pacing rate
-        stays queued; the rest would only be late (docs/protocol.md section 6).
+        stays queued; the rest would only be late (docs/protocol.md section 6). A
+        large message whose fragments have started to leave is kept: dropping its
+        rest would waste what was sent (its deadline still applies).
         """
         cc = self.cc
         rate = cc.btl_bw if cc.btl_bw > 0.0 else cc.pacing_rate  # what the path delivers
         allowed = max(rate * self.config.realtime_queue_delay, 2.0 * self.config.max_datagram)
+        frags = self.rt_frags
+        if frags:
+            for level, (_, offset) in frags.items():
+                q = self.rt_queue[level]
+                if q:
+                    allowed += LEN_PREFIX + len(q[0][0]) - offset
         if self.rt_bytes <= allowed:
             return
         stats = self.stats
         for level in _LEVELS_UP:
             q = self.rt_queue[level]
+            if not q:
+                continue
+            started = q.popleft() if level in frags else None
             while q and self.rt_bytes > allowed:
-                data, _ = q.popleft()
+                data = q.popleft()[0]
                 self.queued -= 1
                 self.rt_bytes -= LEN_PREFIX + len(data)
                 self.dropped_congestion += 1
                 stats.messages_dropped_congestion += 1
+            if started is not None:
+                q.appendleft(started)
             if self.rt_bytes <= allowed:
                 return
 
     def _flush_retransmits(self, now: float, limit: int, ack: int) -> None:
+        """Resend what was lost, in rseq order; a packet holds consecutive positions of
+        one kind (messages of X = 0 packets, or records of extended ones)."""
         window = self.send_window
         cc = self.cc
         recovery = self.recovery
-        chunks: list[bytes] = []
+        chunks: list[bytes | memoryview] = []
         first = -1
         prev = -2
         size = RSEQ_LEN
         prio = 0
         done = 0
+        ext = 0
+        count = 0
         todo = self.retransmit
         for rseq in todo:
             entry = window.outstanding.get(rseq)
             if entry is None:
                 done += 1
                 continue  # acknowledged meanwhile
-            need = LEN_PREFIX + len(entry.data)
-            if chunks and (rseq != ((prev + 1) & _SEQ_MASK) or size + need > limit):
+            kind = EXTENDED_BIT if type(entry) is ExtOutstanding else 0
+            need = len(entry.data) + (len(entry.chunk) if kind else LEN_PREFIX)  # type: ignore[attr-defined]
+            if chunks and (rseq != ((prev + 1) & _SEQ_MASK) or size + need > limit
+                           or kind != ext):
                 if not self._seal_data(_RELIABLE, prio, ack, U32.pack(first) + b"".join(chunks),
-                                       first, len(chunks), now):
+                                       first, count, now, ext):
                     return
-                chunks, size, prio = [], RSEQ_LEN, 0
+                chunks, size, prio, count = [], RSEQ_LEN, 0, 0
             if not chunks and not cc.can_send(recovery.in_flight, now):
                 break
             entry.retries += 1
@@ -544,7 +712,13 @@ class Session:
             self.retransmitted += 1
             if not chunks:
                 first = rseq
-            chunks.append(U16.pack(len(entry.data)) + entry.data)
+                ext = kind
+            if kind:
+                chunks.append(entry.data)
+                chunks.append(entry.chunk)  # type: ignore[attr-defined]
+            else:
+                chunks.append(U16.pack(len(entry.data)) + entry.data)
+            count += 1
             size += need
             prio = max(prio, entry.priority)
             prev = rseq
@@ -552,16 +726,34 @@ class Session:
         del todo[:done]
         if chunks:
             self._seal_data(_RELIABLE, prio, ack, U32.pack(first) + b"".join(chunks), first,
-                            len(chunks), now)
+                            count, now, ext)
         if window.outstanding and window.rto_at is None:
             window.rto_at = now + self.rtt.rto
+
+    def _x0_allowed(self) -> bool:
+        """A lane-0 RELIABLE message may go in an X = 0 packet (section 14.3 rule 5).
+
+        Conservative (section 12): no record of another lane at or before the last one
+        sent lies beyond the peer's cumulative ``ack``.
+        """
+        other = self.other_last
+        if other is None:
+            return True
+        window = self.send_window
+        if not window.outstanding or not serial_gt(other, window.acked):
+            self.other_last = None  # all of them acknowledged: back to version 2's packets
+            return True
+        return False
 
     def _flush_queue(self, now: float, limit: int, ack: int) -> None:
         """Pack what is queued by priority, as far as the budget allows.
 
         The hot path of a sender: per message one pop and two appends; counters
-        are written back once. Levels go from 7 down, so a packet's priority is
-        that of its first message.
+        are written back once. Levels go from 7 down; at each, REALTIME first, then
+        the lanes whose turn is at that level, in rotation, a message or a fragment
+        at a time (docs/protocol.md section 14.8). Lane-0 messages that fit go in
+        X = 0 packets exactly as version 2 packs them; anything else becomes a
+        record of an extended packet (``_Extended``).
         """
         stats = self.stats
         deadline = self.config.realtime_deadline
@@ -570,6 +762,8 @@ class Session:
         recovery = self.recovery
         rto = self.rtt.rto
         pack_len = U16.pack
+        rt_small = limit - LEN_PREFIX
+        rel_small = limit - RSEQ_LEN - LEN_PREFIX
         rt_parts: list[bytes] = []
         rt_size = 0
         rt_prio = 0
@@ -579,6 +773,10 @@ class Session:
         rel_first = 0
         room = window.room
         sent_rt = sent_rel = rt_out = 0
+        xb: _Extended | None = None
+        rings = self.rel_rings
+        x0_ok = self.other_last is None or self._x0_allowed()
+        blocked = 0
         go = cc.can_send(recovery.in_flight, now)
         try:
             for level in _LEVELS:
@@ -586,15 +784,26 @@ class Session:
                     break
                 q = self.rt_queue[level]
                 while q:
-                    data, queued_at = q[0]
+                    data, queued_at, lane = q[0]
                     n = len(data)
                     need = LEN_PREFIX + n
                     if now - queued_at > deadline:
                         q.popleft()
-                        rt_out += need
+                        rt_out += need - self._rt_forget(level)
                         self.queued -= 1
                         self.dropped_deadline += 1
                         stats.messages_dropped_deadline += 1
+                        continue
+                    if lane or n > rt_small:
+                        # A lane label or fragments: an extended record (section 14.2).
+                        if xb is None:
+                            xb = _Extended(self, ack, now)
+                        status = self._realtime_extended(level, q, xb, limit)
+                        if status < 0:
+                            return
+                        if status == 0:
+                            go = False
+                            break
                         continue
                     if rt_parts and rt_size + need > limit:
                         if not self._seal_data(_REALTIME, rt_prio, ack, b"".join(rt_parts), 0,
@@ -612,38 +821,131 @@ class Session:
                     rt_size += need
                     rt_out += need
                     sent_rt += 1
-                rq = self.rel_queue[level]
-                while rq and room > 0 and go:
-                    data = rq[0]
+                ring = rings[level]
+                while ring and room > 0 and go:
+                    olane = ring[0]
+                    data, prio = olane.queue[0]
                     n = len(data)
-                    need = LEN_PREFIX + n
-                    if rel_parts and rel_size + need > limit:
-                        if not self._seal_data(_RELIABLE, rel_prio, ack,
-                                               U32.pack(rel_first) + b"".join(rel_parts),
-                                               rel_first, len(rel_parts) >> 1, now):
-                            return
-                        rel_parts, rel_size = [], RSEQ_LEN
-                        go = cc.can_send(recovery.in_flight, now)
+                    if x0_ok and n <= rel_small and olane.lane == 0 and olane.offset == 0:
+                        # As version 2: whole lane-0 messages in X = 0 packets. Alone at
+                        # its level, the lane is drained here without a turn per message.
+                        if xb is not None and xb.rel_parts:
+                            if not xb.seal_reliable():
+                                return
+                            go = cc.can_send(recovery.in_flight, now)
+                            if not go:
+                                break
+                        queue = olane.queue
+                        counts = olane.counts
+                        lane_level = olane.level
+                        single = len(ring) == 1
+                        moved = False
+                        taken = 0
+                        while True:
+                            need = LEN_PREFIX + n
+                            if rel_parts and rel_size + need > limit:
+                                if not self._seal_data(_RELIABLE, rel_prio, ack,
+                                                       U32.pack(rel_first)
+                                                       + b"".join(rel_parts),
+                                                       rel_first, len(rel_parts) >> 1, now):
+                                    return
+                                rel_parts, rel_size = [], RSEQ_LEN
+                                go = cc.can_send(recovery.in_flight, now)
+                                if not go:
+                                    break
+                            queue.popleft()
+                            rseq = window.assign(data, prio, now, rto)
+                            if not rel_parts:
+                                rel_first = rseq
+                                rel_prio = prio
+                            elif prio > rel_prio:
+                                rel_prio = prio
+                            rel_parts.append(pack_len(n))
+                            rel_parts.append(data)
+                            rel_size += need
+                            room -= 1
+                            sent_rel += 1
+                            taken += 1
+                            left = counts[prio] - 1
+                            counts[prio] = left
+                            if not left and prio == lane_level:
+                                olane.relevel()
+                                moved = True
+                                break
+                            if not single or room <= 0:
+                                break
+                            data, prio = queue[0]
+                            n = len(data)
+                            if n > rel_small:
+                                break
+                        olane.lseq = (olane.lseq + taken) & _SEQ_MASK
                         if not go:
                             break
-                    rq.popleft()
-                    room -= 1
-                    rseq = window.assign(data, level, now, rto)
-                    if not rel_parts:
-                        rel_first = rseq
-                        rel_prio = level
-                    rel_parts.append(pack_len(n))
-                    rel_parts.append(data)
-                    rel_size += need
-                    sent_rel += 1
+                    else:
+                        if olane.offset == 0 and n + RECORD_RELIABLE > limit - RSEQ_LEN \
+                                and self.frag_lane is not None and self.frag_lane is not olane:
+                            # Another large message is being given positions (section
+                            # 14.3 rule 6): this lane waits; the others at this level go.
+                            blocked += 1
+                            if blocked >= len(ring):
+                                blocked = 0
+                                break
+                            ring.rotate(-1)
+                            continue
+                        if rel_parts:
+                            if not self._seal_data(_RELIABLE, rel_prio, ack,
+                                                   U32.pack(rel_first) + b"".join(rel_parts),
+                                                   rel_first, len(rel_parts) >> 1, now):
+                                return
+                            rel_parts, rel_size = [], RSEQ_LEN
+                            go = cc.can_send(recovery.in_flight, now)
+                            if not go:
+                                break
+                        if xb is None:
+                            xb = _Extended(self, ack, now)
+                        status = self._reliable_record(olane, data, prio, xb, limit, now, rto)
+                        if status < 0:
+                            return
+                        if status == 0:
+                            go = False
+                            break
+                        room -= 1
+                        if olane.lane:
+                            x0_ok = False
+                        moved = status == 2
+                        if moved:
+                            sent_rel += 1
+                            if n > rel_small:
+                                self.rel_extra -= self._positions(n)
+                            moved = olane.pop()
+                            if not olane.queue:
+                                moved = True
+                    blocked = 0
+                    if moved:
+                        ring.popleft()
+                        if olane.level >= 0:
+                            other = rings[olane.level]
+                            if other is None:
+                                other = rings[olane.level] = deque()
+                            other.append(olane)
+                    elif len(ring) > 1:
+                        ring.rotate(-1)
             if rt_parts and not self._seal_data(_REALTIME, rt_prio, ack, b"".join(rt_parts),
                                                 0, 0, now):
                 return
-            if rel_parts:
-                self._seal_data(_RELIABLE, rel_prio, ack,
-                                U32.pack(rel_first) + b"".join(rel_parts), rel_first,
-                                len(rel_parts) >> 1, now)
+            if rel_parts and not self._seal_data(_RELIABLE, rel_prio, ack,
+                                                 U32.pack(rel_first) + b"".join(rel_parts),
+                                                 rel_first, len(rel_parts) >> 1, now):
+                return
+            if xb is not None:
+                if xb.rt_parts and not xb.seal_realtime():
+                    return
+                if xb.rel_parts:
+                    xb.seal_reliable()
         finally:
+            if xb is not None:
+                sent_rt += xb.sent_rt
+                rt_out += xb.rt_out
             self.queued -= sent_rt + sent_rel
             self.queued_reliable -= sent_rel
             self.rt_bytes -= rt_out
@@ -652,10 +954,136 @@ class Session:
         if window.credit:
             self.credit_probe_at = None
 
+    def _reliable_record(self, olane: OutLane, data: bytes, prio: int, xb: _Extended,
+                         limit: int, now: float, rto: float) -> int:
+        """Give the head of ``olane`` (or its next fragment) a position in an extended packet.
+
+        Returns:
+            2 the message is all placed, 1 a fragment of it was, 0 the budget stopped
+            before anything was placed, -1 the session closed.
+        """
+        n = len(data)
+        lane = olane.lane
+        lseq = olane.lseq
+        offset = olane.offset
+        whole = offset == 0 and n + RECORD_RELIABLE <= limit - RSEQ_LEN
+        if whole:
+            need = RECORD_RELIABLE + n
+            take = n
+        else:
+            take = min(n - offset, limit - xb.rel_size - RECORD_FRAGMENT)
+            if take < MIN_FRAGMENT and take < n - offset:
+                take = min(n - offset, limit - RSEQ_LEN - RECORD_FRAGMENT)
+                need = limit + 1  # a fresh packet
+            else:
+                need = RECORD_FRAGMENT + take
+        if xb.rel_parts and xb.rel_size + need > limit:
+            if not xb.seal_reliable():
+                return -1
+            if not self.cc.can_send(self.recovery.in_flight, now):
+                return 0
+            if not whole:
+                take = min(n - offset, limit - RSEQ_LEN - RECORD_FRAGMENT)
+        if whole:
+            header = REC_RELIABLE.pack(lane, 0, lseq, n)
+            chunk: bytes | memoryview = data
+        else:
+            header = REC_FRAGMENT.pack(lane, FRAGMENT_FLAG, lseq, offset, n, take)
+            chunk = memoryview(data)[offset:offset + take]
+        rseq = self.send_window.assign_ext(
+            ExtOutstanding(header, chunk, prio, now, data, lane, lseq), now, rto)
+        if not xb.rel_parts:
+            xb.rel_first = rseq
+        xb.rel_parts.append(header)
+        xb.rel_parts.append(chunk)
+        xb.rel_size += len(header) + take
+        xb.rel_count += 1
+        xb.rel_prio = max(xb.rel_prio, prio)
+        if lane:
+            self.other_last = rseq
+        if whole:
+            return 2
+        olane.offset = offset + take
+        if olane.offset < n:
+            self.frag_lane = olane
+            return 1
+        self.frag_lane = None
+        return 2
+
+    def _realtime_extended(self, level: int, q: deque[tuple[bytes, float, int]],
+                           xb: _Extended, limit: int) -> int:
+        """Send the head of REALTIME level ``level`` as extended records (section 14).
+
+        A whole record if it fits one packet, else fragments, back to back; what the
+        budget stops is remembered in ``rt_frags`` and goes on at the next flush.
+
+        Returns:
+            1 the message is all sent, 0 the budget stopped it, -1 the session closed.
+        """
+        data, _, lane = q[0]
+        n = len(data)
+        now = xb.now
+        cc = self.cc
+        recovery = self.recovery
+        if n + RECORD_REALTIME <= limit and level not in self.rt_frags:
+            need = RECORD_REALTIME + n
+            if xb.rt_parts and xb.rt_size + need > limit:
+                if not xb.seal_realtime():
+                    return -1
+                if not cc.can_send(recovery.in_flight, now):
+                    return 0
+            q.popleft()
+            xb.rt_parts.append(REC_REALTIME.pack(lane, 0, n))
+            xb.rt_parts.append(data)
+            xb.rt_size += need
+            xb.rt_prio = max(level, xb.rt_prio)
+            xb.rt_out += LEN_PREFIX + n
+            xb.sent_rt += 1
+            return 1
+        progress = self.rt_frags.pop(level, None)
+        if progress is None:
+            mid = self.rt_mid
+            self.rt_mid = (mid + 1) & _SEQ_MASK
+            offset = 0
+        else:
+            mid, offset = progress
+        view = memoryview(data)
+        while True:
+            left = limit - xb.rt_size - RECORD_FRAGMENT
+            if left < MIN_FRAGMENT and left < n - offset:
+                if xb.rt_parts:
+                    if not xb.seal_realtime():
+                        return -1
+                    if not cc.can_send(recovery.in_flight, now):
+                        self.rt_frags[level] = (mid, offset)
+                        return 0
+                left = limit - RECORD_FRAGMENT
+            take = min(left, n - offset)
+            xb.rt_parts.append(REC_FRAGMENT.pack(lane, FRAGMENT_FLAG, mid, offset, n, take))
+            xb.rt_parts.append(view[offset:offset + take])
+            xb.rt_size += RECORD_FRAGMENT + take
+            xb.rt_prio = max(level, xb.rt_prio)
+            xb.rt_out += take
+            offset += take
+            if offset == n:
+                q.popleft()
+                xb.rt_out += LEN_PREFIX
+                xb.sent_rt += 1
+                return 1
+
+    def _rt_forget(self, level: int) -> int:
+        """The head of REALTIME level ``level`` leaves the queue unsent: how many of its
+        bytes already left as fragments (they are no longer in ``rt_bytes``)."""
+        if not self.rt_frags:
+            return 0
+        progress = self.rt_frags.pop(level, None)
+        return 0 if progress is None else progress[1]
+
     # ------------------------------------------------------------ receiving
 
     def on_packet(self, ptype: int, intent: int, priority: int, ack: int,
-                  plaintext: bytes, now: float, pn: int = 0, eliciting: int = 1) -> None:
+                  plaintext: bytes, now: float, pn: int = 0, eliciting: int = 1,
+                  extended: int = 0) -> None:
         """Step 8 of the receive order, for a packet that authenticated. Violations strike."""
         # Note the pn for our ACKs (largest_pn, pn_bitmap).
         largest = self.rx_largest
@@ -675,7 +1103,10 @@ class Session:
                     self.ack_now = True
                 elif eliciting and self.ack_at is None:
                     self.ack_at = now + self.config.ack_delay
-                self._on_data(intent, priority, ack, plaintext, now)
+                if extended:
+                    self._on_extended(intent, priority, ack, plaintext, now)
+                else:
+                    self._on_data(intent, priority, ack, plaintext, now)
             elif ptype == _ACK:
                 self._on_ack(ack, plaintext, now)
                 if eliciting:
@@ -763,7 +1194,7 @@ class Session:
             # one REALTIME message: the common case of a lightly loaded sender
             self._apply_ack(ack, now)
             self.events.append(_tuple_new(MessageReceived, (self.conn_id, plaintext[2:],
-                                                            Intent.REALTIME, priority)))
+                                                            Intent.REALTIME, priority, 0)))
             self.stats.messages_delivered_realtime += 1
             return
         messages: list[bytes] = []
@@ -783,7 +1214,7 @@ class Session:
         if intent == _REALTIME:
             self._apply_ack(ack, now)
             realtime = Intent.REALTIME
-            events.extend([_tuple_new(MessageReceived, (conn_id, data, realtime, priority))
+            events.extend([_tuple_new(MessageReceived, (conn_id, data, realtime, priority, 0))
                            for data in messages])
             self.stats.messages_delivered_realtime += len(messages)
             return
@@ -812,9 +1243,82 @@ class Session:
         if ready:
             window.unread_bytes += sum(map(len, ready))
             reliable = Intent.RELIABLE
-            events.extend([_tuple_new(MessageReceived, (conn_id, data, reliable, priority))
+            events.extend([_tuple_new(MessageReceived, (conn_id, data, reliable, priority, 0))
                            for data in ready])
             self.stats.messages_delivered_reliable += len(ready)
+
+    def _on_extended(self, intent: int, priority: int, ack: int, plaintext: bytes,
+                     now: float) -> None:
+        """An extended DATA packet: records of lanes and fragments (section 14.5)."""
+        reliable = intent == _RELIABLE
+        # 1. framing, before anything is applied
+        records = unpack_records(plaintext, RSEQ_LEN if reliable else 0, reliable,
+                                 self.config.max_message_size)
+        if records is None:
+            raise Violation("extended DATA framing")
+        conn_id = self.conn_id
+        events = self.events
+        if not reliable:
+            # 2. ack; 5. REALTIME records, in order
+            self._apply_ack(ack, now)
+            reassembly = self.rt_reassembly
+            realtime = Intent.REALTIME
+            delivered = 0
+            try:
+                for lane, fragment, mid, offset, total, data in records:
+                    message: bytes | None = data
+                    if fragment:
+                        reassembly.check(mid, lane, offset, len(data), total)
+                        message = reassembly.add(mid, lane, offset, total, data, now)
+                        if message is None:
+                            continue
+                    events.append(_tuple_new(MessageReceived,
+                                             (conn_id, message, realtime, priority, lane)))
+                    delivered += 1
+            finally:
+                self.stats.messages_delivered_realtime += delivered
+            return
+        rseq = U32.unpack_from(plaintext)[0]
+        window = self.recv_window
+        window.check(rseq, len(records))
+        # 2. ack; 3. RELIABLE records, in order
+        self._apply_ack(ack, now)
+        lanes = window.lane_receiver()
+        ready: list[bytes] = []
+        ready_lanes: list[tuple[int, bytes]] = []
+        next_before = window.next_rseq
+        try:
+            for lane, fragment, lseq, offset, total, data in records:
+                if not window.is_duplicate(rseq):
+                    lanes.check(lane, fragment, lseq, offset, len(data), total)
+                    lanes.apply(lane, fragment, lseq, offset, total, data, now, ready,
+                                ready_lanes)
+                    window.receive_record(rseq, ready)
+                rseq = (rseq + 1) & _SEQ_MASK
+        finally:
+            # What records before a violation did stands (section 14.5 step 3.2).
+            if window.buffer:
+                self.ack_now = True  # a gap: the bitmaps say what is missing
+                if window.gap_since is None or window.next_rseq != next_before:
+                    window.gap_since = now
+            else:
+                window.gap_since = None
+            self.unacked_messages += len(records)
+            if self.unacked_messages >= self.config.ack_every:
+                self.ack_now = True
+            reliable_intent = Intent.RELIABLE
+            # Delivered, not yet read: counts against the credit (section 8).
+            window.unread_bytes += sum([len(d) for d in ready]) + sum(
+                [len(d) for _, d in ready_lanes])
+            if ready:
+                events.extend([_tuple_new(MessageReceived,
+                                          (conn_id, data, reliable_intent, priority, 0))
+                               for data in ready])
+            if ready_lanes:
+                events.extend([_tuple_new(MessageReceived,
+                                          (conn_id, data, reliable_intent, priority, lane))
+                               for lane, data in ready_lanes])
+            self.stats.messages_delivered_reliable += len(ready) + len(ready_lanes)
 
     def _account(self) -> None:
         """Bring this session's part of the endpoint's budget up to date."""
@@ -867,17 +1371,40 @@ class Session:
         if self.budget is not None:
             self.budget.reserved -= self.reserved  # its credit returns to the endpoint
             self.reserved = 0
+            if self.budget.favored is self:
+                self.budget.favored = None
         if was_established:
             self.stats.connection_closes += 1
-            pending = [(e.data, e.priority) for e in self.send_window.outstanding.values()]
-            for level in _LEVELS:
-                pending.extend((data, level) for data in self.rel_queue[level] or ())
+            pending = self._pending_reliable()
             self.events.append(SessionClosed(self.conn_id, reason, by_peer, len(pending),
                                              tuple(pending)))
+        self.rt_reassembly.clear()
         self.send_keys = None
         self.recv_keys = None
         self.initiator_hs = None
         self.responder_hs = None
+
+    def _pending_reliable(self) -> list[tuple[bytes, int, int]]:
+        """RELIABLE messages not acknowledged, as (data, priority, lane): those with a
+        position in flight in rseq order (a fragmented one once, whole), then each
+        lane's queue in order."""
+        pending: list[tuple[bytes, int, int]] = []
+        seen: set[tuple[int, int]] = set()
+        for e in self.send_window.outstanding.values():
+            if type(e) is ExtOutstanding:
+                key = (e.lane, e.lseq)
+                if key not in seen:
+                    seen.add(key)
+                    pending.append((e.message, e.priority, e.lane))
+            else:
+                pending.append((e.data, e.priority, 0))
+        for number in sorted(self.lanes_out):
+            olane = self.lanes_out[number]
+            for i, (data, priority) in enumerate(olane.queue):
+                if i == 0 and olane.offset and (number, olane.lseq) in seen:
+                    continue  # partly sent: reported above
+                pending.append((data, priority, number))
+        return pending
 
     # ---------------------------------------------------------------- timers
 
@@ -906,13 +1433,34 @@ class Session:
         gap = self.recv_window.gap_since
         if gap is not None:
             t = min(t, gap + cfg.max_retransmissions * cfg.max_rto)
+        silent = self.silence_deadline()
+        if silent is not None and silent < t:
+            t = silent
+        if self.rt_reassembly.partials:
+            late = self.rt_reassembly.expires_at()
+            if late is not None and late < t:
+                t = late
         return t
+
+    def silence_deadline(self) -> float | None:
+        """When the peer counts as gone: PEER_TIMEOUT (at least 3 PTOs) after the
+        oldest packet still waiting for an answer, or after the last packet heard,
+        whichever is later (docs/protocol.md section 8). None when nothing waits."""
+        recovery = self.recovery
+        if recovery.eliciting <= 0:
+            return None
+        start = max(self.last_recv_at, recovery.waiting_since)
+        return start + max(self.config.peer_timeout, 3 * self.rtt.pto)
 
     def on_timer(self, now: float) -> None:
         """Handle every deadline that has passed (the endpoint handles HS states)."""
         cfg = self.config
         if now >= self.last_recv_at + self.idle_limit:
             self.close(CloseReason.TIMEOUT, now)
+            return
+        silent = self.silence_deadline()
+        if silent is not None and now >= silent:
+            self.close(CloseReason.TIMEOUT, now)  # nothing answered: the peer is gone
             return
         gap = self.recv_window.gap_since
         if gap is not None and now >= gap + cfg.max_retransmissions * cfg.max_rto:
@@ -932,6 +1480,8 @@ class Session:
         keys = self.recv_keys
         if keys is not None:
             keys.expire_previous(now)
+        if self.rt_reassembly.partials:
+            self.rt_reassembly.expire(now)  # partial REALTIME messages past the deadline
         recovery = self.recovery
         if recovery.loss_at is not None and now >= recovery.loss_at:
             lost = recovery.on_loss_timer(now)
@@ -968,4 +1518,7 @@ class Session:
             self.ack_now = True
         if (not self.ack_now and not self.retransmit and not self.queued
                 and now >= self.last_send_at + cfg.keepalive_interval):
-            self.ack_now = True  # keepalive
+            # Keepalive: it asks for an answer, so a dead peer is noticed within
+            # PEER_TIMEOUT of it even when no data flows.
+            self.ack_now = True
+            self.ack_probe = True

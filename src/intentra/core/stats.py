@@ -35,6 +35,7 @@ class Stats:
     messages_dropped_reorder_full: int = 0
     messages_dropped_congestion: int = 0
     messages_dropped_receive_queue: int = 0
+    messages_dropped_reassembly: int = 0
     key_updates_send: int = 0
     key_updates_receive: int = 0
     roams: int = 0

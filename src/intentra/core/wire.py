@@ -1,7 +1,8 @@
-"""Header and HS body codec (docs/protocol.md sections 3 and 5).
+"""Header, HS body and record codec (docs/protocol.md sections 3, 5, 7 and 14).
 
-Owns: the byte layout of the 16-byte header and of the four HS bodies, and
-every rejection rule of docs/protocol.md section 3.
+Owns: the byte layout of the 16-byte header, of the four HS bodies and of the
+records of extended DATA packets (section 14.2), and every rejection rule of
+docs/protocol.md section 3 (with 14.4).
 Never: raises on bad input (bad bytes give None), touches keys or state.
 """
 
@@ -14,6 +15,7 @@ from intentra.constants import (
     ACK_PAYLOAD_LEN,
     CLOSE_PAYLOAD_LEN,
     COOKIE_LEN,
+    FRAGMENT_FLAG,
     HEADER_LEN,
     HELLO_PADDING,
     HS_BODY_LEN,
@@ -37,6 +39,13 @@ U64: Final = struct.Struct("!Q")
 _DATA, _ACK, _HS, _CLOSE = (int(t) for t in PacketType)
 _RELIABLE, _REALTIME = int(Intent.RELIABLE), int(Intent.REALTIME)
 _MIN_DATA_PAYLOAD: Final = {_RELIABLE: 7, _REALTIME: 3}
+_MIN_EXTENDED_PAYLOAD: Final = {_RELIABLE: 13, _REALTIME: 5}
+REC_RELIABLE: Final = struct.Struct("!BBIH")
+"""A whole RELIABLE record's header: lane, flags, lseq, len (section 14.2)."""
+REC_FRAGMENT: Final = struct.Struct("!BBIIIH")
+"""A fragment record's header: lane, flags, lseq or mid, offset, total, len."""
+REC_REALTIME: Final = struct.Struct("!BBH")
+"""A whole REALTIME record's header: lane, flags, len."""
 _HELLO_ZEROS: Final = bytes(HELLO_PADDING)
 _ZERO_COOKIE: Final = bytes(COOKIE_LEN)
 
@@ -53,19 +62,22 @@ class Header(NamedTuple):
     seq: int
     ack: int
     ack_eliciting: int = 0
+    extended: int = 0
 
 
 def pack_header(ptype: int, intent: int, priority: int, key_phase: int, payload_len: int,
-                conn_id: int, seq: int, ack: int, ack_eliciting: int | None = None) -> bytes:
+                conn_id: int, seq: int, ack: int, ack_eliciting: int | None = None,
+                extended: int = 0) -> bytes:
     """The 16 header bytes; arguments are not checked (the sender builds them).
 
     ``ack_eliciting`` (the ``A`` bit) defaults to what the rules of section 3 make
-    usual: 1 for DATA, 0 for the other types.
+    usual: 1 for DATA, 0 for the other types. ``extended`` is the ``X`` bit.
     """
     if ack_eliciting is None:
         ack_eliciting = 1 if ptype == _DATA else 0
     return HEADER.pack((VERSION << 4) | ptype,
-                       (intent << 6) | (priority << 3) | (ack_eliciting << 1) | key_phase,
+                       (intent << 6) | (priority << 3) | (extended << 2)
+                       | (ack_eliciting << 1) | key_phase,
                        payload_len, conn_id, seq, ack)
 
 
@@ -80,8 +92,11 @@ def unpack_header(data: bytes | memoryview) -> Header | None:
 
 
 def parse_header(data: bytes | memoryview
-                 ) -> tuple[int, int, int, int, int, int, int, int, int] | None:
-    """:func:`unpack_header` as a plain tuple, for the receive path (no object per packet)."""
+                 ) -> tuple[int, int, int, int, int, int, int, int, int, int] | None:
+    """:func:`unpack_header` as a plain tuple, for the receive path (no object per packet).
+
+    The last field is ``X``: 1 only for extended DATA (section 14).
+    """
     n = len(data)
     if n < HEADER_LEN or n > MAX_PACKET_SIZE:
         return None
@@ -93,14 +108,19 @@ def parse_header(data: bytes | memoryview
     priority = (b1 >> 3) & 0x07
     key_phase = b1 & 0x01
     eliciting = (b1 >> 1) & 0x01
-    if ptype > _CLOSE or intent > _REALTIME or b1 & 0x04:
+    extended = (b1 >> 2) & 0x01
+    if ptype > _CLOSE or intent > _REALTIME:
         return None
     if ptype == _DATA:
         if n != HEADER_LEN + payload_len + TAG_LEN or payload_len < _MIN_DATA_PAYLOAD[intent]:
             return None
         if conn_id == 0 or (intent == _RELIABLE and not eliciting):
             return None
+        if extended and payload_len < _MIN_EXTENDED_PAYLOAD[intent]:
+            return None  # section 14.4
     else:
+        if extended:
+            return None  # X only in DATA (section 14.4)
         if intent != _RELIABLE or priority != 0:
             return None
         if ptype == _HS:
@@ -113,7 +133,75 @@ def parse_header(data: bytes | memoryview
                 return None
         elif payload_len != CLOSE_PAYLOAD_LEN or ack or eliciting:  # CLOSE
             return None
-    return ptype, intent, priority, key_phase, payload_len, conn_id, seq, ack, eliciting
+    return ptype, intent, priority, key_phase, payload_len, conn_id, seq, ack, eliciting, extended
+
+
+# --- records of extended DATA (docs/protocol.md section 14.2) -------------------------------
+
+Record = tuple[int, int, int, int, int, bytes]
+"""A decoded record: lane, fragment (0 or 1), lseq or mid (0 for a whole REALTIME
+record), offset, total (0 and the data's length for a whole record), data."""
+
+
+def pack_record(reliable: bool, lane: int, ident: int, data: bytes | memoryview,
+                offset: int = 0, total: int | None = None) -> bytes:
+    """One record's header (without ``data``); ``total`` None makes a whole record.
+
+    ``ident`` is the lseq (RELIABLE) or the mid (a REALTIME fragment); it is not
+    written for a whole REALTIME record.
+    """
+    n = len(data)
+    if total is not None:
+        return REC_FRAGMENT.pack(lane, FRAGMENT_FLAG, ident, offset, total, n)
+    if reliable:
+        return REC_RELIABLE.pack(lane, 0, ident, n)
+    return REC_REALTIME.pack(lane, 0, n)
+
+
+def unpack_records(plaintext: bytes, start: int, reliable: bool, max_total: int
+                   ) -> list[Record] | None:
+    """Every record of an extended DATA plaintext from ``start``, or None when the
+    framing breaks a rule of section 14.5 step 1 (the packet is then a violation).
+
+    Checks: headers and data within the plaintext and nothing left over, ``len`` at
+    least 1, no flag but ``F``, and for fragments ``total`` at most ``max_total`` and
+    ``offset + len`` at most ``total``.
+    """
+    records: list[Record] = []
+    n = len(plaintext)
+    off = start
+    frag_unpack = REC_FRAGMENT.unpack_from
+    while off < n:
+        if off + 2 > n:
+            return None
+        lane = plaintext[off]
+        flags = plaintext[off + 1]
+        if flags & ~FRAGMENT_FLAG:
+            return None
+        if flags:
+            if off + REC_FRAGMENT.size > n:
+                return None
+            _, _, ident, offset, total, length = frag_unpack(plaintext, off)
+            off += REC_FRAGMENT.size
+            if total > max_total or offset + length > total:
+                return None
+        elif reliable:
+            if off + REC_RELIABLE.size > n:
+                return None
+            _, _, ident, length = REC_RELIABLE.unpack_from(plaintext, off)
+            off += REC_RELIABLE.size
+            offset, total = 0, length
+        else:
+            if off + REC_REALTIME.size > n:
+                return None
+            length = (plaintext[off + 2] << 8) | plaintext[off + 3]
+            off += REC_REALTIME.size
+            ident, offset, total = 0, 0, length
+        if length == 0 or off + length > n:
+            return None
+        records.append((lane, flags, ident, offset, total, plaintext[off:off + length]))
+        off += length
+    return records if records else None
 
 
 # --- HS bodies (docs/protocol.md section 7) -------------------------------------------------

@@ -2,7 +2,7 @@
 
 :class:`UdpProxy` is a fault-injection UDP proxy (loss, duplication, reordering,
 delay, jitter, truncation, corruption, blackholes) over real sockets, with
-deterministic, seeded faults. See :mod:`intentra.testing.netem`.
+deterministic, seeded faults. See :mod:`intentra.testing.faultproxy`.
 
 :mod:`intentra.testing.bottleneck` makes a real slow link (a network namespace
 whose loopback is limited by tbf; root only) and
@@ -10,6 +10,6 @@ whose loopback is limited by tbf; root only) and
 They are not imported here: import them by name.
 """
 
-from intentra.testing.netem import Faults, UdpProxy, parse_duration
+from intentra.testing.faultproxy import Faults, UdpProxy, parse_duration
 
 __all__ = ["Faults", "UdpProxy", "parse_duration"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from intentra.testing import Faults, UdpProxy, netem, parse_duration
+from intentra.testing import Faults, UdpProxy, faultproxy, parse_duration
 
 Address = tuple[str, int]
 TEST_TIMEOUT = 10.0
@@ -291,7 +291,7 @@ def test_reorder_releases_a_lone_datagram_after_the_hold_limit() -> None:
             t0 = asyncio.get_running_loop().time()
             client.send(b"alone", proxy.address)
             await wait_until(lambda: client.got == [b"alone"], timeout=3.0)
-            assert client.times[0] - t0 >= netem.REORDER_MAX_HOLD * 0.9
+            assert client.times[0] - t0 >= faultproxy.REORDER_MAX_HOLD * 0.9
             assert proxy.counts["forward"]["reordered"] == 1
         server.close()
         client.close()
@@ -468,7 +468,7 @@ def test_idle_client_mappings_expire() -> None:
 
 
 def test_held_datagrams_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(netem, "MAX_HELD", 20)
+    monkeypatch.setattr(faultproxy, "MAX_HELD", 20)
 
     async def main() -> None:
         server = Endpoint(echo=True)
@@ -494,7 +494,7 @@ def test_report_is_a_readable_summary() -> None:
         lines = text.splitlines()
         assert len(lines) >= 10
         assert f"{proxy.address[0]}:{proxy.address[1]}" in lines[0]
-        for key in netem.COUNTERS:
+        for key in faultproxy.COUNTERS:
             assert any(line.split()[:1] == [key] for line in lines), key
         received = next(line for line in lines if line.split()[0] == "received")
         assert received.split()[1:] == ["100", str(proxy.counts["backward"]["received"])]
