@@ -1,7 +1,7 @@
 """Coverage-guided differential fuzzing of the native datapath (opt-in; docs/native.md).
 
 Drives ``intentra._native`` through its entry points (``Receiver.receive`` over
-single datagrams and batches, ``AESGCM``, ``pack_messages``) with atheris
+single datagrams and batches, ``AESGCM``) with atheris
 (libFuzzer for Python), beside the pure-Python reference: two responder twins,
 one per path (tests/adversarial/test_native_differential.py), get every input.
 It fails on any exception, on any difference between the twins (datagrams
@@ -118,9 +118,6 @@ def test_one_input(data: bytes) -> None:
         out = aead.encrypt(data[32:44], data[44:], data[:8])
         if aead.decrypt(data[32:44], out, data[:8]) != data[44:]:
             raise AssertionError("AESGCM round trip")
-    parts = [data[i:i + 7] for i in range(0, min(len(data), 140), 7) if data[i:i + 7]]
-    if module.pack_messages(parts) != b"".join(len(p).to_bytes(2, "big") + p for p in parts):
-        raise AssertionError("pack_messages")
 
 
 def main() -> None:

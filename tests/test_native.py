@@ -2,7 +2,7 @@
 
 The behaviour of the whole receive path is compared with the Python reference in
 tests/adversarial/test_native_differential.py; here: the AEAD against
-cryptography's, the packer, the recvmmsg reader against the Python datapath on
+cryptography's, the recvmmsg reader against the Python datapath on
 real sockets, the choice (``INTENTRA_NATIVE``, ``Transport.native``,
 ``intentra --version``) and the build's fallback when no compiler is found.
 """
@@ -60,14 +60,6 @@ def test_the_c_aead_refuses_bad_arguments() -> None:
         module.AESGCM(bytes(16))
     with pytest.raises(ValueError, match="12 bytes"):
         module.AESGCM(bytes(32)).encrypt(bytes(8), b"x", b"")
-
-
-@built
-@given(messages=st.lists(st.binary(min_size=1, max_size=300), max_size=40),
-       prefix=st.binary(max_size=4))
-def test_pack_messages_is_the_data_framing(messages: list[bytes], prefix: bytes) -> None:
-    packed = intentra.native.module().pack_messages(messages, prefix)
-    assert packed == prefix + b"".join(len(m).to_bytes(2, "big") + m for m in messages)
 
 
 # ------------------------------------------------------------- the reader

@@ -3,8 +3,7 @@
  *
  * Owns: AES-256-GCM through OpenSSL's EVP interface (the AESGCM type, a drop-in
  * for the part of cryptography's AESGCM that core/aead.py uses), the receive
- * loop of docs/protocol.md section 6 over a batch of datagrams (Receiver), the
- * packing of small messages into a DATA plaintext (pack_messages), and a
+ * loop of docs/protocol.md section 6 over a batch of datagrams (Receiver), and a
  * recvmmsg/GRO socket reader (Reader).
  *
  * Never: keeps protocol state of its own. Every value the receive order reads
@@ -1509,64 +1508,6 @@ static PyTypeObject ReceiverType = {
     .tp_methods = Receiver_methods,
 };
 
-/* ======================================================== pack_messages */
-
-/* pack_messages(messages, prefix=b"") -> prefix || len (2) | m | len (2) | m ...
- * The DATA plaintext of docs/protocol.md section 5 in one allocation. */
-static PyObject *
-native_pack_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs < 1 || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "pack_messages(messages, prefix=b'')");
-        return NULL;
-    }
-    PyObject *seq = PySequence_Fast(args[0], "messages must be a sequence of bytes");
-    if (seq == NULL)
-        return NULL;
-    Py_buffer prefix = {0};
-    int have_prefix = nargs == 2;
-    if (have_prefix && PyObject_GetBuffer(args[1], &prefix, PyBUF_SIMPLE) < 0) {
-        Py_DECREF(seq);
-        return NULL;
-    }
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), total = have_prefix ? prefix.len : 0;
-    PyObject *out = NULL;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *m = PySequence_Fast_GET_ITEM(seq, i);
-        if (!PyBytes_Check(m)) {
-            PyErr_SetString(PyExc_TypeError, "messages must be bytes");
-            goto done;
-        }
-        Py_ssize_t len = PyBytes_GET_SIZE(m);
-        if (len > 0xFFFF) {
-            PyErr_SetString(PyExc_ValueError, "a message is at most 65535 bytes");
-            goto done;
-        }
-        total += 2 + len;
-    }
-    out = PyBytes_FromStringAndSize(NULL, total);
-    if (out == NULL)
-        goto done;
-    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
-    if (have_prefix) {
-        memcpy(p, prefix.buf, prefix.len);
-        p += prefix.len;
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *m = PySequence_Fast_GET_ITEM(seq, i);
-        Py_ssize_t len = PyBytes_GET_SIZE(m);
-        p[0] = (unsigned char)(len >> 8);
-        p[1] = (unsigned char)len;
-        memcpy(p + 2, PyBytes_AS_STRING(m), len);
-        p += 2 + len;
-    }
-done:
-    if (have_prefix)
-        PyBuffer_Release(&prefix);
-    Py_DECREF(seq);
-    return out;
-}
-
 /* ================================================================ Reader */
 
 #define READ_SLOTS 64
@@ -1801,8 +1742,6 @@ native_aead_opens(PyObject *module, PyObject *unused)
 static PyMethodDef module_methods[] = {
     {"aead_opens", native_aead_opens, METH_NOARGS,
      "AES-GCM opens tried so far in this process (for tests of what forgeries cost)"},
-    {"pack_messages", (PyCFunction)(void (*)(void))native_pack_messages, METH_FASTCALL,
-     "pack_messages(messages, prefix=b'') -> prefix and each message after its 2-byte length"},
     {NULL, NULL, 0, NULL},
 };
 
