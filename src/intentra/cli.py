@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import intentra.native
+from intentra import __version__
 from intentra.aio.args import parse_address
 from intentra.aio.peer import Peer
 from intentra.aio.transport import Transport
@@ -767,6 +769,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Encrypted, authenticated multi-peer UDP transport for real-time state."))
     parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
                         help="event loop: uvloop when installed (auto), or force one")
+    parser.add_argument("--version", action="version",
+                        version=f"intentra {__version__} (datapath: {intentra.native.describe()})",
+                        help="print the version and the datapath in use (native or python)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("keygen", help="write a new private key file (mode 0600)")

@@ -275,7 +275,7 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
       "        # 5. AEAD open; on failure nothing in the session changes.",
       "a forgery burns its pn in the replay window"),
     m("s4-step6-no-mark", "4-6", "core/endpoint.py",
-      "        replay.mark(pn)\n        if moves_phase:\n", "        if moves_phase:\n",
+      "        replay.mark(pn)\n        self._authenticated(", "        self._authenticated(",
       "authenticated packets are never marked (replays accepted)"),
     m("s4-aad-not-header", "4-6", "core/aead.py",
       "from cryptography.hazmat.primitives.ciphers.aead import AESGCM\n", _AAD_IGNORED,
@@ -778,6 +778,10 @@ def run_one(mutation: Mutation | None, timeout: float, ignore: tuple[str, ...] =
             [str(copy)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env["HYPOTHESIS_STORAGE_DIRECTORY"] = str(Path(tmp) / "hypothesis")
+        # The mutations edit the Python reference; endpoints of the suite run it
+        # (the native datapath, tested against it by test_native_differential,
+        # would otherwise carry the unmutated defences).
+        env["INTENTRA_NATIVE"] = "0"
         # The mutant must shadow the editable install, in exactly this environment.
         probe = subprocess.run(
             [sys.executable, "-c", "import intentra; print(intentra.__file__)"],

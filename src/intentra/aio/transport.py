@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterable, Sequence
 from typing import Any, Final, Self
 
+import intentra.native
 from intentra.aio.args import (
     IntentLike,
     address_family,
@@ -239,15 +240,16 @@ class Transport:
                 except OSError as exc:  # say which address: there may be two (metrics)
                     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                     raise OSError(exc.errno, exc.strerror, f"UDP {shown}") from exc
-            path = Datapath(sock, mode)
+            endpoint = Endpoint(
+                key.to_bytes(), os.urandom, config,
+                allowed_peers=None if allowed_peers is None else
+                [k.to_bytes() for k in allowed_peers],
+                cookie_master=cookie_master, wall_offset=time.time() - _now(),
+                conn_id_class=conn_id_class, release_on_take=False)
+            path = Datapath(sock, mode, native=endpoint.native)
         except BaseException:
             sock.close()
             raise
-        endpoint = Endpoint(
-            key.to_bytes(), os.urandom, config,
-            allowed_peers=None if allowed_peers is None else [k.to_bytes() for k in allowed_peers],
-            cookie_master=cookie_master, wall_offset=time.time() - _now(),
-            conn_id_class=conn_id_class, release_on_take=False)
         if not isinstance(receive_queue_size, int) or receive_queue_size < 1:
             sock.close()
             raise ConfigError(f"receive_queue_size is a number of messages per peer, at least "
@@ -289,6 +291,21 @@ class Transport:
         return self._datapath.name
 
     @property
+    def native(self) -> bool:
+        """Whether the per-datagram path runs in C (``intentra._native``); see :attr:`engine`."""
+        return self._endpoint.native
+
+    @property
+    def engine(self) -> str:
+        """The datapath in use beside the socket path of :attr:`datapath`: for example
+        ``"native (C, OpenSSL 3.0.19 27 Jan 2026)"`` or ``"python (INTENTRA_NATIVE=0)"``.
+
+        ``INTENTRA_NATIVE=0`` in the environment (read at :meth:`bind`) forces the
+        pure-Python path; both behave the same (docs/native.md).
+        """
+        return intentra.native.describe(self._endpoint.native)
+
+    @property
     def public_key(self) -> PublicKey:
         return self._key.public_key
 
@@ -325,7 +342,9 @@ class Transport:
 
     def _info_metrics(self) -> dict[str, tuple[str, dict[str, str]]]:
         return {"intentra_datapath": ("The socket path in use (plain, gso, gro, gso+gro)",
-                                      {"path": self._datapath.name})}
+                                      {"path": self._datapath.name}),
+                "intentra_engine": ("The per-datagram path in use: native (C) or python",
+                                    {"engine": "native" if self.native else "python"})}
 
     def _check_open(self) -> None:
         if self._closed or self._closing:

@@ -10,7 +10,8 @@ previous key beyond its expiry.
 from __future__ import annotations
 
 import struct
-from typing import Final
+from collections.abc import Callable
+from typing import Final, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -18,6 +19,20 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 _NONCE: Final = struct.Struct("!IQ")
 _REKEY_NONCE: Final = bytes(4) + b"\xff" * 8
 _ZEROS32: Final = bytes(32)
+
+
+class Aead(Protocol):
+    """What this module needs of an AES-256-GCM object (cryptography's ``AESGCM``, or
+    ``intentra._native.AESGCM`` on the native datapath: the same algorithm on OpenSSL)."""
+
+    def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes) -> bytes: ...
+
+    def decrypt(self, nonce: bytes, data: bytes | memoryview,
+                associated_data: bytes | memoryview) -> bytes: ...
+
+
+AeadFactory = Callable[[bytes], Aead]
+"""Makes the AEAD object of one key; a failed open raises cryptography's InvalidTag."""
 
 
 def rekey(key: bytes) -> bytes:
@@ -32,12 +47,13 @@ def nonce(conn_id: int, pn: int) -> bytes:
 class SendKeys:
     """The sending direction: current key, its phase, and when to update it."""
 
-    __slots__ = ("_aead", "_key", "key_started_at", "packets_under_key", "phase",
+    __slots__ = ("_aead", "_factory", "_key", "key_started_at", "packets_under_key", "phase",
                  "updated_at")
 
-    def __init__(self, key: bytes, now: float) -> None:
+    def __init__(self, key: bytes, now: float, aead: AeadFactory | None = None) -> None:
         self._key = key
-        self._aead = AESGCM(key)
+        self._factory: AeadFactory = aead if aead is not None else AESGCM
+        self._aead = self._factory(key)
         self.phase = 0
         self.packets_under_key = 0
         self.key_started_at = now
@@ -57,7 +73,7 @@ class SendKeys:
     def update(self, now: float) -> None:
         """Move to the next key and flip the phase; the old key is dropped."""
         self._key = rekey(self._key)
-        self._aead = AESGCM(self._key)
+        self._aead = self._factory(self._key)
         self.phase ^= 1
         self.packets_under_key = 0
         self.key_started_at = now
@@ -67,23 +83,24 @@ class SendKeys:
 class ReceiveKeys:
     """The receiving direction: current, next and (briefly) previous key."""
 
-    __slots__ = ("_ahead", "_cur", "_cur_key", "_next", "_next_key", "_prev",
+    __slots__ = ("_ahead", "_cur", "_cur_key", "_factory", "_next", "_next_key", "_prev",
                  "first_pn_current", "phase", "prev_expires_at")
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, aead: AeadFactory | None = None) -> None:
+        self._factory: AeadFactory = aead if aead is not None else AESGCM
         self._cur_key = key
-        self._cur = AESGCM(key)
+        self._cur = self._factory(key)
         self._next_key = rekey(key)
         # The next key is derived at once; its AESGCM (2.6 KiB of key schedule
         # each) only when a packet of the other phase first needs it.
-        self._next: AESGCM | None = None
-        self._prev: AESGCM | None = None
+        self._next: Aead | None = None
+        self._prev: Aead | None = None
         self.prev_expires_at: float | None = None
         self.phase = 0
         self.first_pn_current = 0
         # Keys beyond the next, derived once when catch-up first needs them (a
         # cache of values that follow from the current key; not session state).
-        self._ahead: list[AESGCM] = []
+        self._ahead: list[Aead] = []
 
     def open(self, conn_id: int, pn: int, key_phase: int, header: bytes | memoryview,
              body: bytes | memoryview, catch_up: int = 0) -> tuple[bytes, int] | None:
@@ -102,7 +119,7 @@ class ReceiveKeys:
             many keys forward once the packet has passed every other check.
         """
         n = _NONCE.pack(conn_id, pn)
-        aead: AESGCM
+        aead: Aead
         if key_phase == self.phase:
             aead, steps = self._cur, 0
         elif self._prev is not None and pn < self.first_pn_current:
@@ -110,7 +127,7 @@ class ReceiveKeys:
         else:
             nxt = self._next
             if nxt is None:
-                nxt = self._next = AESGCM(self._next_key)
+                nxt = self._next = self._factory(self._next_key)
             aead, steps = nxt, 1
         try:
             return aead.decrypt(n, body, header), steps
@@ -124,7 +141,7 @@ class ReceiveKeys:
             for _ in range(len(ahead_keys) + 1):
                 key = rekey(key)
             while len(ahead_keys) < catch_up:
-                ahead_keys.append(AESGCM(key))
+                ahead_keys.append(self._factory(key))
                 key = rekey(key)
         for ahead in range(2, 2 + catch_up):
             if (ahead & 1) != (key_phase ^ self.phase):
@@ -145,8 +162,8 @@ class ReceiveKeys:
             self._cur_key = self._next_key
             self._next_key = rekey(self._next_key)
         new_current = self._next if steps == 1 and self._next is not None \
-            else AESGCM(self._next_key)
-        self._prev = self._cur if steps == 1 else AESGCM(self._cur_key)
+            else self._factory(self._next_key)
+        self._prev = self._cur if steps == 1 else self._factory(self._cur_key)
         self.prev_expires_at = now + prev_lifetime
         self._cur_key, self._cur = self._next_key, new_current
         self._next_key = rekey(self._cur_key)

@@ -20,8 +20,9 @@ import hmac
 import ipaddress
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Any, Final
 
+import intentra.native
 from intentra.config import EndpointConfig
 from intentra.constants import (
     HEADER_LEN,
@@ -35,6 +36,7 @@ from intentra.constants import (
     Intent,
     PacketType,
 )
+from intentra.core.aead import AeadFactory
 from intentra.core.cookie import CookieJar, address_bytes
 from intentra.core.hsguard import InitiatorGuard
 from intentra.core.lanes import ReassemblyBudget
@@ -110,12 +112,17 @@ class Endpoint:
             that queues messages for its application passes False and calls
             :meth:`release` when the application reads them, so a slow reader
             holds the sender back instead of growing its queue.
+        native: run the per-datagram path in C (``intentra._native``, docs/native.md):
+            True requires the extension (RuntimeError if it was not built), False
+            is the pure-Python reference, None (the default) uses it when it is
+            built and ``INTENTRA_NATIVE`` is not ``0``. Behaviour is the same.
     """
 
     def __init__(self, static_key: bytes, rng: Rng, config: EndpointConfig | None = None,
                  allowed_peers: Iterable[bytes] | None = None,
                  cookie_master: bytes | None = None, wall_offset: float = 0.0,
-                 conn_id_class: tuple[int, int] = (0, 1), release_on_take: bool = True) -> None:
+                 conn_id_class: tuple[int, int] = (0, 1), release_on_take: bool = True,
+                 native: bool | None = None) -> None:
         if len(static_key) != KEY_LEN:
             raise ValueError("static_key is the 32 raw bytes of an X25519 private key")
         index, count = conn_id_class
@@ -153,6 +160,18 @@ class Endpoint:
         self.credit_budget = CreditBudget(cfg.max_reorder_total,
                                           CREDIT_FLOOR_DATAGRAMS * cfg.max_datagram)
         self.reassembly_budget = ReassemblyBudget(cfg.max_realtime_reassembly_total)
+        # The native datapath works on this endpoint's own objects: it keeps no
+        # state, so both paths share one pn space, one replay window, one set of keys.
+        self._native: Any = None
+        self._aead: AeadFactory | None = None
+        if native is None:
+            native = intentra.native.enabled()
+        if native:
+            module = intentra.native.module()
+            self._aead = module.AESGCM
+            self._native = module.Receiver(self, MessageReceived, Intent.REALTIME)
+        self.native = bool(native)
+        """Whether this endpoint runs the native datapath (``intentra.native.describe``)."""
 
     # ---------------------------------------------------------------- gauges
 
@@ -177,12 +196,23 @@ class Endpoint:
 
     def receive_datagrams(self, batch: Iterable[tuple[bytes, Address]], now: float) -> None:
         """Process a batch of received datagrams (the fast path's entry point)."""
-        receive = self.receive_datagram
+        if self._native is not None:
+            self._native.receive(batch if isinstance(batch, list | tuple) else list(batch), now)
+            return
+        receive = self._receive
         for data, addr in batch:
             receive(data, addr, now)
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         """docs/protocol.md section 4-6 receive order. Never raises on network input."""
+        if self._native is not None:
+            self._native.receive(((data, addr),), now)
+        else:
+            self._receive(data, addr, now)
+
+    def _receive(self, data: bytes, addr: Address, now: float) -> None:
+        """The receive order in Python: the reference (the native path hands it what it
+        does not handle itself, from step 1, with nothing of the datagram done yet)."""
         stats = self.stats
         stats.packets_received += 1
         # 1. header checks (section 3)
@@ -239,7 +269,23 @@ class Endpoint:
         # 6. commit: replay window, then the key update this packet proved
         newest = pn > replay.highest
         replay.mark(pn)
-        if moves_phase:
+        self._authenticated(session, ptype, intent, priority, ack, eliciting, pn, plaintext,
+                            moves_phase, newest, addr, len(data), now, extended)
+
+    def _authenticated(self, session: Session, ptype: int, intent: int, priority: int,
+                       ack: int, eliciting: int, pn: int, plaintext: bytes, moves_phase: int,
+                       newest: bool, addr: Address, size: int, now: float,
+                       extended: int = 0) -> None:
+        """Steps 6 (the key update) to 8 of a packet that authenticated, its pn marked.
+
+        The native datapath calls it too, for every packet it does not finish itself
+        (never with ``extended``: it hands a datagram with the X bit to
+        :meth:`_receive` whole).
+        """
+        stats = self.stats
+        keys = session.recv_keys
+        bucket = session.bucket
+        if moves_phase and keys is not None:
             keys.commit_update(pn, now, 3 * session.rtt.rto, moves_phase)
             stats.key_updates_receive += moves_phase
         # 7. a new address, on the newest packet only (as QUIC does): a reordered
@@ -248,9 +294,9 @@ class Endpoint:
         # from a victim's address cannot aim the session's traffic there.
         if addr != session.addr:
             if newest:
-                self._new_path(session, addr, len(data), now)
+                self._new_path(session, addr, size, now)
         elif session.path_budget is not None:
-            session.path_budget += 3 * len(data)
+            session.path_budget += 3 * size
         session.last_recv_at = now
         if not session.confirmed:
             session.confirmed = True
@@ -477,7 +523,7 @@ class Endpoint:
         session.hs_datagram = b""  # the HELLO is never resent once RESPONSE arrived
         session.cookie = b""
         session.establish(body.sender_id, result.remote_static, result.send_key,
-                          result.receive_key, now)
+                          result.receive_key, now, self._aead)
         session.hs_rto = self.config.initial_rto
         session.hs_retransmit_at = now + session.hs_rto
         session.hs_deadline_at = now + self.config.handshake_timeout  # to be confirmed
@@ -538,7 +584,7 @@ class Endpoint:
         session.addr = addr
         session.validated_addr = addr
         session.establish(session.remote_id, result.remote_static, result.send_key,
-                          result.receive_key, now)
+                          result.receive_key, now, self._aead)
         old_id = self._by_peer_key.get(result.remote_static)
         if old_id is not None:
             old = self.sessions.get(old_id)

@@ -38,7 +38,7 @@ from intentra.constants import (
     Intent,
     PacketType,
 )
-from intentra.core.aead import ReceiveKeys, SendKeys
+from intentra.core.aead import AeadFactory, ReceiveKeys, SendKeys
 from intentra.core.congestion import Controller
 from intentra.core.lanes import (
     OutLane,
@@ -359,11 +359,12 @@ class Session:
     # ----------------------------------------------------------------- state
 
     def establish(self, remote_id: int, peer_key: bytes, send_key: bytes, recv_key: bytes,
-                  now: float) -> None:
+                  now: float, aead: AeadFactory | None = None) -> None:
+        """Established: keys (``aead`` makes their AES-GCM objects; None: cryptography's)."""
         self.remote_id = remote_id
         self.peer_key = peer_key
-        self.send_keys = SendKeys(send_key, now)
-        self.recv_keys = ReceiveKeys(recv_key)
+        self.send_keys = SendKeys(send_key, now, aead)
+        self.recv_keys = ReceiveKeys(recv_key, aead)
         self.state = SessionState.ESTABLISHED
         self.last_recv_at = now
         self.last_send_at = now
