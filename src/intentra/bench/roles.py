@@ -193,7 +193,11 @@ def intentra_generator(args: Json) -> None:
         # The generators seal ahead and replay open-loop (or pace themselves): no
         # congestion controller can govern that, and it is the server under test.
         # The stream scenario's one peer is a real client and asks for it back.
-        config = EndpointConfig(**{"congestion_control": False, **args.get("config", {})})
+        # And a generator does not judge the server's liveness: a server driven past
+        # its capacity answers late (its timers wait behind its socket), and a
+        # generator closing its sessions at PEER_TIMEOUT would end the sweep.
+        config = EndpointConfig(**{"congestion_control": False, "peer_timeout": 60.0,
+                                   **args.get("config", {})})
         gate = asyncio.Semaphore(64)
         transports: list[Any] = [None] * count
         started = time.monotonic()
