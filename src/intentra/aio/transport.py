@@ -477,14 +477,7 @@ class Transport:
             TransportClosedError: the transport was closed.
         """
         while not self._peer_events:
-            self._check_open()
-            fut = self._loop.create_future()
-            self._event_waiters.append(fut)
-            try:
-                await fut
-            finally:
-                if not fut.done():
-                    fut.cancel()
+            await self._wake_up(self._event_waiters)
         return self._peer_events.popleft()
 
     async def peer_events(self) -> AsyncIterator[PeerEvent]:
@@ -519,15 +512,7 @@ class Transport:
         """
         if timeout is not None:
             return await self._receive_within(timeout)
-        while not self._ready:
-            self._check_open()
-            fut = self._loop.create_future()
-            self._receivers.append(fut)
-            try:
-                await fut
-            finally:
-                if not fut.done():
-                    fut.cancel()
+        await self._until_ready()
         return self._take()
 
     async def _receive_within(self, timeout: float) -> Message:
@@ -632,16 +617,20 @@ class Transport:
                 return
 
     async def _until_ready(self) -> None:
-        """Wait until some peer has a message waiting (as :meth:`receive` waits)."""
+        """Wait until some peer has a message waiting."""
         while not self._ready:
-            self._check_open()
-            fut = self._loop.create_future()
-            self._receivers.append(fut)
-            try:
-                await fut
-            finally:
-                if not fut.done():
-                    fut.cancel()
+            await self._wake_up(self._receivers)
+
+    async def _wake_up(self, waiters: deque[asyncio.Future[None]]) -> None:
+        """Wait on a future in ``waiters`` until it is woken (or raise if closed)."""
+        self._check_open()
+        fut = self._loop.create_future()
+        waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if not fut.done():
+                fut.cancel()
 
     def _take_many(self, limit: int) -> list[Message]:
         """Up to ``limit`` messages, shared round-robin among the peers with some waiting.

@@ -1230,18 +1230,7 @@ class Session:
             if window.receive(rseq, data, ready) == 3:
                 self.stats.messages_dropped_reorder_full += 1
             rseq = (rseq + 1) & _SEQ_MASK
-        if window.buffer:
-            self.ack_now = True  # a gap: the bitmaps say what is missing
-            if window.gap_since is None or window.next_rseq != next_before:
-                window.gap_since = now
-        else:
-            window.gap_since = None
-        self.unacked_messages += len(messages)
-        if self.unacked_messages >= self.config.ack_every:
-            # Also at once after ACK_EVERY RELIABLE messages: ACK_EVERY counts pns,
-            # and packing puts a whole window of small messages in ACK_EVERY
-            # packets, so the sender would stall for ACK_DELAY each window.
-            self.ack_now = True
+        self._reliable_arrived(next_before, len(messages), now)
         if ready:
             window.unread_bytes += sum(map(len, ready))
             reliable = Intent.RELIABLE
@@ -1299,15 +1288,7 @@ class Session:
                 rseq = (rseq + 1) & _SEQ_MASK
         finally:
             # What records before a violation did stands (section 14.5 step 3.2).
-            if window.buffer:
-                self.ack_now = True  # a gap: the bitmaps say what is missing
-                if window.gap_since is None or window.next_rseq != next_before:
-                    window.gap_since = now
-            else:
-                window.gap_since = None
-            self.unacked_messages += len(records)
-            if self.unacked_messages >= self.config.ack_every:
-                self.ack_now = True
+            self._reliable_arrived(next_before, len(records), now)
             reliable_intent = Intent.RELIABLE
             # Delivered, not yet read: counts against the credit (section 8).
             window.unread_bytes += sum([len(d) for d in ready]) + sum(
@@ -1321,6 +1302,26 @@ class Session:
                                           (conn_id, data, reliable_intent, priority, lane))
                                for lane, data in ready_lanes])
             self.stats.messages_delivered_reliable += len(ready) + len(ready_lanes)
+
+    def _reliable_arrived(self, next_before: int, count: int, now: float) -> None:
+        """After ``count`` RELIABLE positions arrived: the gap clock and when to ACK.
+
+        A gap asks for an ACK at once (the bitmaps say what is missing) and its
+        clock starts when the hole at ``next`` opens. Also at once after ACK_EVERY
+        RELIABLE messages: ACK_EVERY counts pns, and packing puts a whole window of
+        small messages in ACK_EVERY packets, so the sender would stall for
+        ACK_DELAY each window.
+        """
+        window = self.recv_window
+        if window.buffer:
+            self.ack_now = True
+            if window.gap_since is None or window.next_rseq != next_before:
+                window.gap_since = now
+        else:
+            window.gap_since = None
+        self.unacked_messages += count
+        if self.unacked_messages >= self.config.ack_every:
+            self.ack_now = True
 
     def _account(self) -> None:
         """Bring this session's part of the endpoint's budget up to date."""
