@@ -860,7 +860,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_proxy)
 
     p = sub.add_parser("demo", help="a hub and simulated peers on loopback, with a summary")
-    p.add_argument("--peers", type=_positive(int), default=50, help="simulated peers (50)")
+    p.add_argument("--peers", type=_positive(int), default=30,
+                   help="simulated peers (30; the hub and all peers share this machine)")
     p.add_argument("--rate", type=_positive(float), default=50.0,
                    help="state updates per peer per second (50)")
     p.add_argument("--duration", type=_positive(float), default=10.0, help="seconds (10)")

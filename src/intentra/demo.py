@@ -175,7 +175,7 @@ LARGE_LANE = 1
 """The lane of the demo's large messages (the state updates use lane 0)."""
 
 
-async def run_demo(peers: int = 50, rate: float = 50.0, duration: float = 10.0, size: int = 64,
+async def run_demo(peers: int = 30, rate: float = 50.0, duration: float = 10.0, size: int = 64,
                    reliable_every: int = 10, plain: bool = False, loop: str = "auto",
                    large_size: int = 2048) -> int:
     """Run the demo and print its summary. Returns the exit status.
