@@ -173,7 +173,11 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
     m("s14-whole-while-fragments-held", "14.5", "core/lanes.py",
       "            if not fragment:\n                raise Violation(",
       "            if False:\n                raise Violation(",
-      "a whole record for a message whose fragments are held is taken"),
+      "a whole record for a message whose fragments are held is taken",
+      survives="equivalent: the record then meets the held message's own checks "
+      "(Partial.check), whose total or overlap rule refuses it with a strike just the "
+      "same (test_a_whole_record_for_a_message_with_fragments_held_is_a_strike passes "
+      "either way)"),
     m("s14-fragment-of-a-waiting-message", "14.5", "core/lanes.py",
       "        if waiting is not None and lseq in waiting:", "        if False:",
       "a record for a message held whole already is taken"),
