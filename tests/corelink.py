@@ -369,3 +369,16 @@ class Link:
     def sent_by(self, node: Node, match: Filter | None = None) -> list[Datagram]:
         return [d for d in self.sent
                 if self._by_addr.get(d.src) is node and (match is None or match(d))]
+
+
+def connected_pair(seed: int = 1, config: EndpointConfig | None = None,
+                   config_b: EndpointConfig | None = None
+                   ) -> tuple[Link, Node, Node, int, int]:
+    """Nodes a and b with an established session (b takes ``config`` unless given
+    its own); the link is quiet afterwards. Returns (link, a, b, a's id, b's id)."""
+    link = Link(seed)
+    a = link.add("a", config)
+    b = link.add("b", config_b if config_b is not None else config)
+    cid_a, cid_b = link.establish(a, b)
+    link.advance(0.1)
+    return link, a, b, cid_a, cid_b

@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from corelink import LATENCY, Datagram, DropFirst, Link, Node, is_type
+from corelink import LATENCY, Datagram, DropFirst, Link, Node, connected_pair, is_type
 from intentra.config import EndpointConfig
 from intentra.constants import (
     EXTENDED_BIT,
@@ -44,12 +44,7 @@ CONFIG = EndpointConfig(max_message_size=SMALL_MAX)
 
 def setup(config: EndpointConfig = CONFIG, seed: int = 1,
           config_b: EndpointConfig | None = None) -> tuple[Link, Node, Node, int, int]:
-    link = Link(seed)
-    a = link.add("a", config)
-    b = link.add("b", config_b if config_b is not None else config)
-    cid_a, cid_b = link.establish(a, b)
-    link.advance(0.1)
-    return link, a, b, cid_a, cid_b
+    return connected_pair(seed, config, config_b)
 
 
 def extended(d: Datagram) -> bool:

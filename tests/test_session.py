@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from corelink import LATENCY, Datagram, DropFirst, Link, Node, is_type
+from corelink import LATENCY, Datagram, DropFirst, Link, Node, connected_pair, is_type
 from intentra.config import EndpointConfig
 from intentra.constants import (
     HEADER_LEN,
@@ -27,12 +27,7 @@ DATA = is_type(PacketType.DATA)
 def setup(seed: int = 1, config: EndpointConfig | None = None,
           config_b: EndpointConfig | None = None) -> tuple[Link, Node, Node, int, int]:
     """Two endpoints with an established session; the link is quiet afterwards."""
-    link = Link(seed)
-    a = link.add("a", config)
-    b = link.add("b", config_b if config_b is not None else config)
-    cid_a, cid_b = link.establish(a, b)
-    link.advance(0.1)
-    return link, a, b, cid_a, cid_b
+    return connected_pair(seed, config, config_b)
 
 
 def forge(link: Link, node: Node, conn_id: int, ptype: PacketType, intent: Intent,

@@ -8,7 +8,7 @@ NAT rebinding still moves the session, within one round trip.
 
 from __future__ import annotations
 
-from corelink import Link, Node
+from corelink import Link, Node, connected_pair
 from intentra.constants import Intent, PacketType
 from intentra.events import PeerRoamed
 
@@ -16,12 +16,7 @@ VICTIM = ("10.99.0.1", 4444)
 
 
 def setup() -> tuple[Link, Node, Node, int, int]:
-    link = Link(seed=11)
-    a = link.add("a")
-    b = link.add("b")
-    cid_a, cid_b = link.establish(a, b)
-    link.advance(0.1)
-    return link, a, b, cid_a, cid_b
+    return connected_pair(seed=11)
 
 
 def bytes_to(link: Link, dst: tuple[str, int], since: int) -> int:
