@@ -70,24 +70,26 @@ def _fan_in(name: str, **match: Any) -> list[tuple[str, str, Callable[[Json], fl
     ]
 
 
+def _stream(intent: str) -> list[tuple[str, str, Callable[[Json], float | None]]]:
+    """intentra's stream rate of one intent, and each side's share of a core."""
+    name = f"stream {intent.upper()}, intentra"
+    return [
+        (name, "msg/s", lambda r: _get(r, "stream", "rate", kind="intentra", intent=intent)),
+        (f"  receiver CPU, {name}", "core",
+         lambda r: _get(r, "stream", "server_cpu", kind="intentra", intent=intent)),
+        (f"  sender CPU, {name}", "core",
+         lambda r: _get(r, "stream", "sender_cpu", kind="intentra", intent=intent)),
+    ]
+
+
 FIGURES: list[tuple[str, str, Callable[[Json], float | None]]] = [
     *_fan_in("intentra, 1 worker, receive()", kind="intentra", workers=1, reader="receive"),
     *_fan_in("intentra, 2 workers, receive()", kind="intentra", workers=2, reader="receive"),
     *_fan_in("intentra, receive_many()", kind="intentra", workers=1, reader="receive_many"),
     *_fan_in("intentra, serve --sink", kind="intentra", workers=1, reader="sink"),
     *_fan_in("raw UDP", kind="raw"),
-    ("stream REALTIME, intentra", "msg/s",
-     lambda r: _get(r, "stream", "rate", kind="intentra", intent="realtime")),
-    ("  receiver CPU, stream REALTIME, intentra", "core",
-     lambda r: _get(r, "stream", "server_cpu", kind="intentra", intent="realtime")),
-    ("  sender CPU, stream REALTIME, intentra", "core",
-     lambda r: _get(r, "stream", "sender_cpu", kind="intentra", intent="realtime")),
-    ("stream RELIABLE, intentra", "msg/s",
-     lambda r: _get(r, "stream", "rate", kind="intentra", intent="reliable")),
-    ("  receiver CPU, stream RELIABLE, intentra", "core",
-     lambda r: _get(r, "stream", "server_cpu", kind="intentra", intent="reliable")),
-    ("  sender CPU, stream RELIABLE, intentra", "core",
-     lambda r: _get(r, "stream", "sender_cpu", kind="intentra", intent="reliable")),
+    *_stream("realtime"),
+    *_stream("reliable"),
     ("stream, raw UDP (1 message per datagram)", "msg/s",
      lambda r: _get(r, "stream", "rate", kind="raw")),
     ("stream DATAGRAM frames, aioquic", "msg/s",
