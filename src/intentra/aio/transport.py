@@ -638,11 +638,11 @@ class Transport:
         Each round gives every ready peer an equal share of the room left (at
         least one); a peer whose inbox empties leaves the ready queue, one
         with more waiting goes to its back, so the next batch (or receive())
-        starts after it. Credit goes back once per peer and share, not per
-        message, and one flush is scheduled for the whole batch.
+        starts after it. The RELIABLE bytes read are credited as receive()'s
+        are: once per session and loop turn (_process).
         """
         ready = self._ready
-        release = self._endpoint.release
+        unreleased = self._released
         reliable = Intent.RELIABLE
         batch: list[Message] = []
         room = limit
@@ -677,7 +677,8 @@ class Transport:
                             realtime += 1
                 peer._inbox_realtime -= realtime
                 if reliable_bytes:
-                    release(peer.conn_id, reliable_bytes)
+                    conn_id = peer.conn_id
+                    unreleased[conn_id] = unreleased.get(conn_id, 0) + reliable_bytes
                     released = True
                 room -= n
                 if not room:
