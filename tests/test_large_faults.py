@@ -1,12 +1,21 @@
 """Large messages and lanes through the fault proxy: real UDP sockets on 127.0.0.1.
 
 Issue 10's figures over real sockets: 200 RELIABLE messages of 100 KB each way
-through 20% loss arrive exactly once and in order (40 MB under 20% loss take about
-35 s on a loaded 2-core host, so that size runs with ``-m soak``; the default suite
-sends 200 of 10 KB each way, the same code paths); REALTIME large messages arrive
+through 20% loss arrive exactly once and in order; REALTIME large messages arrive
 whole or not at all; and a 1 MiB RELIABLE transfer on lane 1 through 5% loss leaves
 lane 0's 50 Hz commands their latency, while on one lane the delay is visible.
 Measured figures are printed (run with ``-s``).
+
+The 200 x 100 KB run sends with ``congestion_control=False`` (the proxy on the
+loopback is a link nobody shares): it tests recovery, not the controller, and
+takes about 5 s. With the controller on it takes 35-45 s (``-m soak``), and that is
+the controller doing what docs/protocol.md section 12 says: 20% random loss puts
+a loss in nearly every round trip, each one caps the window at 0.7 of what was in
+flight, so the window sits at its floor of 4 datagrams (measured: cwnd 4,800 B,
+smoothed RTT about 1 ms); with 4 packets in flight a lost last packet, or its lost
+ACK, is found only by the probe timeout, which includes ACK_DELAY (10 ms). About
+4.8 KB per 10 ms is 0.5 MB/s each way, as measured. Neither the receivers' rate
+limit, ``ack_delay``, ``ack_every`` nor ``min_rto`` moved it by more than the noise.
 """
 
 from __future__ import annotations
@@ -46,16 +55,20 @@ async def collect(t: Transport, n: int, got: list[bytes], intent: Intent) -> Non
             got.append(msg.data)
 
 
-@pytest.mark.parametrize("size", [
-    10_000, pytest.param(100_000, marks=pytest.mark.soak, id="100000-soak")])
-def test_200_reliable_messages_each_way_through_20_percent_loss(size: int) -> None:
-    n = 200
+@pytest.mark.parametrize("congestion_control", [
+    False, pytest.param(True, marks=pytest.mark.soak, id="controller-soak")],
+    ids=lambda cc: "controller-soak" if cc else "no-controller")
+def test_200_reliable_messages_of_100_kb_each_way_through_20_percent_loss(
+        congestion_control: bool) -> None:
+    n, size = 200, 100_000
+    config = EndpointConfig(congestion_control=congestion_control)
     up, down = big_numbered(n, size, 1), big_numbered(n, size, 2)
 
     async def body() -> None:
         async with network() as net:
             faults = Faults(loss=0.2)
-            ln = await link(net, faults, faults, seed=11)
+            ln = await link(net, faults, faults, seed=11, server_config=config,
+                            client_config=config)
             got_up: list[bytes] = []
             got_down: list[bytes] = []
             t0 = time.monotonic()
@@ -67,7 +80,7 @@ def test_200_reliable_messages_each_way_through_20_percent_loss(size: int) -> No
             await step(asyncio.gather(send(ln.cpeer, up, 1), send(ln.speer, down, 0),
                                       collect(ln.server, n, got_up, Intent.RELIABLE),
                                       collect(ln.client, n, got_down, Intent.RELIABLE)),
-                       50.0 if size < 100_000 else 280.0)
+                       280.0 if congestion_control else 50.0)
             took = time.monotonic() - t0
             assert_exactly_once_in_order(got_up, up, "client -> server, lane 1")
             assert_exactly_once_in_order(got_down, down, "server -> client, lane 0")
@@ -77,7 +90,7 @@ def test_200_reliable_messages_each_way_through_20_percent_loss(size: int) -> No
                   f"({2 * n * size / took / 1e6:.1f} MB/s both ways); proxy lost "
                   f"{lost(ln.proxy, 'forward')} forward, {lost(ln.proxy, 'backward')} back")
 
-    run(body(), 60.0 if size < 100_000 else 300.0)
+    run(body(), 300.0 if congestion_control else 60.0)
 
 
 def test_realtime_large_messages_arrive_whole_or_not_at_all_through_loss() -> None:

@@ -1177,7 +1177,8 @@ def test_the_too_large_advice_fits_what_the_user_can_do() -> None:
     assert f"max_message_size={limit + 1}" in text and "max_reorder_buffer=" in text
     top = Endpoint(bytes(32), random.Random(2).randbytes,
                    EndpointConfig(max_message_size=MAX_MESSAGE_LIMIT,
-                                  max_reorder_buffer=MAX_MESSAGE_LIMIT + 1200))
+                                  max_reorder_buffer=MAX_MESSAGE_LIMIT + 1200,
+                                  max_send_queue_bytes=MAX_MESSAGE_LIMIT))
     with pytest.raises(MessageTooLargeError) as info:
         top.check_message(bytes(MAX_MESSAGE_LIMIT + 1), 0, 0)  # beyond what any allows
     assert "64 MiB" in str(info.value) and "max_message_size=" not in str(info.value)

@@ -118,6 +118,11 @@ class EndpointConfig:
     and links nobody else shares; on a shared network it fills queues and loses data."""
     max_send_queue: int = 4096
     """Messages waiting in one session's send queue; beyond it REALTIME sends are dropped."""
+    max_send_queue_bytes: int = 4 << 20
+    """Bytes of the messages waiting in one session's send queue, both intents (a large
+    one counts until its last fragment has left); beyond it REALTIME sends are dropped,
+    ``send_nowait`` of RELIABLE raises and ``await send`` waits. At least
+    max_message_size; the default is four of max_message_size's default."""
     initial_pn: int = 1
     """First packet number a sender uses. Testing only: start near 2**32 to test the wrap."""
     # --- defences against forged handshake packets and floods (docs/security.md, issue 9)
@@ -167,6 +172,13 @@ class EndpointConfig:
                 f"EndpointConfig.max_reorder_buffer must be at least max_message_size + "
                 f"max_datagram ({self.max_message_size + self.max_datagram}), got "
                 f"{self.max_reorder_buffer}; raise it or lower max_message_size")
+        if self.max_send_queue_bytes < self.max_message_size:
+            # The largest message must fit an empty queue, or ``await send`` of it
+            # would wait for ever.
+            raise ConfigError(
+                f"EndpointConfig.max_send_queue_bytes must be at least max_message_size "
+                f"({self.max_message_size}), got {self.max_send_queue_bytes}; raise it or "
+                "lower max_message_size")
         if not self.min_rto <= self.initial_rto <= self.max_rto:
             raise ConfigError("EndpointConfig needs min_rto <= initial_rto <= max_rto")
         if self.max_reliable_in_flight >= 1 << 31:

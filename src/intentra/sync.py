@@ -163,7 +163,7 @@ class Peer:
 
     def send(self, data: bytes, intent: IntentLike = Intent.RELIABLE, priority: int = 0,
              timeout: float | None = None, *, lane: int = 0) -> None:
-        """Queue a message; for RELIABLE, block while the window is full.
+        """Queue a message; for RELIABLE, block while the window (or the send queue) is full.
 
         Raises:
             OperationTimeoutError: no window room within ``timeout`` (not queued).

@@ -195,9 +195,10 @@ MUTATIONS: Final[tuple[Mutation, ...]] = (
       "        self.rt_reassembly.clear()\n", "",
       "a closed session's partial REALTIME bytes stay charged to the endpoint"),
     m("s14-credit-ignores-partials", "14.7", "core/reliable.py",
-      "        return self.buffered_bytes + self.unread_bytes + (lanes.held if lanes else 0)",
-      "        return self.buffered_bytes + self.unread_bytes",
-      "partial and waiting RELIABLE messages do not count against the credit"),
+      "            held += lanes.held\n        return held + open_positions * self.reserve",
+      "            pass\n        return held + open_positions * self.reserve",
+      "partial and waiting RELIABLE messages do not count in the session's reservation "
+      "in the endpoint-wide budget"),
 
     m("s3-a-bit-reliable-data", "3", "core/wire.py",
       "if conn_id == 0 or (intent == _RELIABLE and not eliciting):", "if conn_id == 0:",

@@ -87,6 +87,7 @@ class Peer:
         self.closed_by_peer = False
         self._closing = False
         self._room: asyncio.Event | None = None  # made when a send first waits
+        self._need = 0  # bytes of the RELIABLE message a send waits to queue
         self.reconnect = False
         self.reconnects = 0
         self._targets: list[Address] = []  # responders to reconnect to, in turn
@@ -94,6 +95,7 @@ class Peer:
         self._server_key: bytes | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._backlog: list[tuple[bytes, int, int]] = []  # RELIABLE sent while reconnecting
+        self._backlog_bytes = 0
         self._last_address: Address = transport._endpoint.address(conn_id) or ("", 0)
         self._inbox: deque[Message] = deque()       # delivered, not yet received
         self._inbox_realtime = 0                    # how many of them are REALTIME
@@ -143,7 +145,9 @@ class Peer:
         lanes are independent (a loss or a large message on one never delays
         another). A message may be up to ``EndpointConfig.max_message_size`` (1 MiB by
         default); longer than a datagram, it travels in fragments, and a large
-        RELIABLE one waits here for window room as a run of messages would.
+        RELIABLE one waits here for window room as a run of messages would. A
+        RELIABLE message also waits while the send queue holds too many bytes to take
+        it (``EndpointConfig.max_send_queue_bytes``).
 
         Raises:
             PeerClosedError: the session ended (also while waiting).
@@ -152,11 +156,13 @@ class Peer:
         intent = as_intent(intent)
         self._transport._endpoint.check_message(data, int(intent), priority, lane)
         if intent == Intent.RELIABLE:
+            size = len(data) if type(data) is bytes else memoryview(data).nbytes
             while True:
                 self._check_open()
                 if self._reconnecting is None and \
-                        self._transport._endpoint.reliable_capacity(self.conn_id) > 0:
+                        self._transport._endpoint.can_send_reliable(self.conn_id, size):
                     break
+                self._need = size
                 room = self._room
                 if room is None:
                     room = self._room = asyncio.Event()
@@ -173,7 +179,7 @@ class Peer:
         for a fraction of the cost per message: one wait per window of room
         rather than one coroutine per message. Every message is checked first;
         a bad one raises before any is queued. REALTIME messages never wait
-        (a full queue drops them, as :meth:`send_nowait` does).
+        (a full queue, in messages or bytes, drops them, as :meth:`send_nowait` does).
 
         Raises:
             PeerClosedError: the session ended (also while waiting); messages
@@ -194,25 +200,36 @@ class Peer:
             # waits for room, then queues one
             await self.send(batch[done], intent, priority, lane=lane)
             done += 1
-            room = 0 if self._reconnecting is not None or self.close_reason is not None else \
-                min(endpoint.reliable_capacity(self.conn_id), len(batch) - done)
+            if self._reconnecting is not None or self.close_reason is not None:
+                continue
+            room = min(endpoint.reliable_capacity(self.conn_id), len(batch) - done)
+            if room <= 0:
+                continue
+            left = endpoint.queue_room(self.conn_id)  # and the send queue's bytes
             for data in batch[done:done + room]:
+                left -= len(data) if type(data) is bytes else memoryview(data).nbytes
+                if left < 0:
+                    break
                 self.send_nowait(data, intent, priority, lane=lane)
-            done += max(room, 0)
+                done += 1
 
     def send_nowait(self, data: bytes, intent: IntentLike = Intent.REALTIME,
                     priority: int = 0, *, lane: int = 0) -> bool:
         """Queue a message without waiting; it leaves in this loop turn's flush.
 
         ``lane`` as for :meth:`send`. A large RELIABLE message is queued whole at
-        once (prefer ``await send``, which waits for window room).
+        once (prefer ``await send``, which waits for window room). The send queue
+        takes up to ``EndpointConfig.max_send_queue`` messages and
+        ``max_send_queue_bytes`` bytes (4 MiB); beyond either, RELIABLE raises and
+        REALTIME is dropped.
 
         Returns:
             False if a REALTIME message was dropped because the send queue is
             full (counted in ``intentra_messages_dropped_queue_full_total``).
 
         Raises:
-            SendQueueFullError: a RELIABLE message found the queue full.
+            SendQueueFullError: a RELIABLE message found the queue full, in
+                messages or in bytes (``await send`` waits for room instead).
             PeerClosedError: the session ended.
         """
         if type(intent) is not Intent:
@@ -226,9 +243,18 @@ class Peer:
             transport._endpoint.check_message(data, int(intent), priority, lane)
             if intent != Intent.RELIABLE:
                 return False
-            if len(self._backlog) >= transport._endpoint.config.max_send_queue:
-                raise SendQueueFullError("the peer is reconnecting and its backlog is full")
-            self._backlog.append((bytes(data), priority, lane))
+            config = transport._endpoint.config
+            data = bytes(data)
+            if len(self._backlog) >= config.max_send_queue or \
+                    self._backlog_bytes + len(data) > config.max_send_queue_bytes:
+                raise SendQueueFullError(
+                    f"the peer is reconnecting and its backlog is full ({len(self._backlog)} "
+                    f"messages, {self._backlog_bytes} bytes; max_send_queue "
+                    f"{config.max_send_queue}, max_send_queue_bytes "
+                    f"{config.max_send_queue_bytes}); wait for room (await send waits for "
+                    "the reconnect) or raise those EndpointConfig fields")
+            self._backlog.append((data, priority, lane))
+            self._backlog_bytes += len(data)
             return True
         ok = transport._endpoint.send(self.conn_id, data, intent, priority,
                                       _now(), lane)

@@ -956,7 +956,7 @@ class Transport:
         if self._waiting:
             for peer in list(self._waiting):
                 if peer.closed or endpoint.sessions.get(peer.conn_id) is None or \
-                        endpoint.reliable_capacity(peer.conn_id) > 0:
+                        endpoint.can_send_reliable(peer.conn_id, peer._need):
                     self._waiting.discard(peer)
                     peer._wake()
         # 4. one timer
@@ -1085,10 +1085,15 @@ class Transport:
         peer.reconnects += 1
         resend = pending + peer._backlog
         peer._backlog = []
+        peer._backlog_bytes = 0
         now = _now()
         for data, priority, lane in resend:  # at least once: the old responder may have had them
             with contextlib.suppress(IntentraError):
-                self._endpoint.send(peer.conn_id, data, int(Intent.RELIABLE), priority, now, lane)
+                # Beyond the queue's bounds if need be: each part was within them
+                # (the old session's queue and window, the backlog), and a message
+                # dropped here would be lost without a word.
+                self._endpoint.send(peer.conn_id, data, int(Intent.RELIABLE), priority, now,
+                                    lane, bounded=False)
         self._process(now)
         self._post(PeerEvent("reconnected", peer, None, len(resend)))
         peer._wake()

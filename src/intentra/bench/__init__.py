@@ -396,7 +396,8 @@ def large(options: Options, kind: str) -> Json:
             servers = [server]
         else:
             config = {**STREAM_CONFIG, "max_message_size": max(size, 1 << 20),
-                      "max_reorder_buffer": max(size, 1 << 20) + (256 << 10)}
+                      "max_reorder_buffer": max(size, 1 << 20) + (256 << 10),
+                      "max_send_queue_bytes": 4 * max(size, 1 << 20)}
             servers, target, key = start_servers(stack, kind, 1, config=config)
             client, _ = stack.start(f"{kind}-generator", {
                 "target": target, "server_key": key, "peers": 1, "size": size,

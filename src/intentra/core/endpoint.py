@@ -749,25 +749,29 @@ class Endpoint:
         text = (f"message of {size} bytes exceeds max_message_size ({self._max_message} "
                 "bytes)")
         if size <= MAX_MESSAGE_LIMIT:
+            queue = (f", max_send_queue_bytes={size} or more"
+                     if size > self.config.max_send_queue_bytes else "")
             text += (f"; create both endpoints with EndpointConfig(max_message_size={size}, "
-                     f"max_reorder_buffer={size + self.config.max_datagram} or more) to "
-                     "allow it, or split it into smaller messages")
+                     f"max_reorder_buffer={size + self.config.max_datagram} or more{queue}) "
+                     "to allow it, or split it into smaller messages")
         else:
             text += (f"; the most any endpoint allows is {MAX_MESSAGE_LIMIT} bytes (64 MiB): "
                      "split it into smaller messages")
         return text
 
     def send(self, conn_id: int, data: bytes, intent: int, priority: int, now: float,
-             lane: int = 0) -> bool:
+             lane: int = 0, bounded: bool = True) -> bool:
         """Queue a message for the next flush.
 
         ``lane`` (0..255) chooses the message's order of delivery: RELIABLE messages
         are delivered in the order sent within a lane, independently of other
         lanes (docs/protocol.md section 14). A message longer than a datagram
-        carries is fragmented.
+        carries is fragmented. ``bounded`` False skips the send queue's bounds (a
+        reconnect carrying over what the previous session had queued or in flight).
 
         Returns:
-            False if a REALTIME message was dropped because the queue is full.
+            False if a REALTIME message was dropped because the queue is full
+            (max_send_queue messages or max_send_queue_bytes bytes).
 
         Raises:
             PeerClosedError: the session is not established.
@@ -780,16 +784,25 @@ class Endpoint:
             session = self._established(conn_id)  # raises with the explanation
         if type(data) is not bytes:
             data = memoryview(data).tobytes()
-        if not session.enqueue(data, intent, priority, now, lane):
+        if not session.enqueue(data, intent, priority, now, lane, bounded):
             if intent == _REALTIME:
                 self.stats.messages_dropped_queue_full += 1
                 return False
-            raise SendQueueFullError(
-                f"the send queue of session {conn_id:#010x} is full "
-                f"({self.config.max_send_queue} messages); wait for room (await send) "
-                "or raise EndpointConfig.max_send_queue")
+            raise SendQueueFullError(self._queue_full_advice(session, conn_id))
         self._flush.add(session)
         return True
+
+    def _queue_full_advice(self, session: Session, conn_id: int) -> str:
+        """What a user can do about a full send queue, in messages or in bytes."""
+        cfg = self.config
+        if session.queued >= cfg.max_send_queue:
+            return (f"the send queue of session {conn_id:#010x} is full "
+                    f"({cfg.max_send_queue} messages); wait for room (await send) "
+                    "or raise EndpointConfig.max_send_queue")
+        return (f"the send queue of session {conn_id:#010x} is full "
+                f"({session.rel_bytes + session.rt_bytes} of "
+                f"{cfg.max_send_queue_bytes} bytes queued, max_send_queue_bytes); wait "
+                "for room (await send) or raise EndpointConfig.max_send_queue_bytes")
 
     def broadcast(self, data: bytes, intent: int, priority: int, now: float,
                   exclude: int | None = None, lane: int = 0) -> int:
@@ -820,6 +833,19 @@ class Endpoint:
     def reliable_capacity(self, conn_id: int) -> int:
         """RELIABLE messages that can be queued now without exceeding the window."""
         return self._established(conn_id).reliable_capacity
+
+    def queue_room(self, conn_id: int) -> int:
+        """Bytes of messages the session's send queue takes now (max_send_queue_bytes)."""
+        session = self._established(conn_id)
+        return self.config.max_send_queue_bytes - session.rel_bytes - session.rt_bytes
+
+    def can_send_reliable(self, conn_id: int, size: int) -> bool:
+        """Whether a RELIABLE message of ``size`` bytes may be queued now: the window
+        has room (:meth:`reliable_capacity`) and the send queue has ``size`` bytes
+        (``max_send_queue_bytes``). What ``await send`` waits for."""
+        session = self._established(conn_id)
+        return session.reliable_capacity > 0 and (
+            session.rel_bytes + session.rt_bytes + size <= self.config.max_send_queue_bytes)
 
     def close(self, conn_id: int, now: float, reason: CloseReason = CloseReason.NORMAL) -> None:
         """Close a session (sends CLOSE if established); a no-op if it is gone."""

@@ -252,12 +252,6 @@ class ReceiveWindow:
         self.lanes: LaneReceiver | None = None  # made by the first extended record
 
     @property
-    def held_bytes(self) -> int:
-        """Bytes held for the application: out of order, partial, waiting or unread."""
-        lanes = self.lanes
-        return self.buffered_bytes + self.unread_bytes + (lanes.held if lanes else 0)
-
-    @property
     def ack(self) -> int:
         """Every rseq up to and including this one has been received."""
         return (self.next_rseq - 1) & _MASK

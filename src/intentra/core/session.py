@@ -222,6 +222,7 @@ class Session:
         "recovery",
         "recv_keys",
         "recv_window",
+        "rel_bytes",
         "rel_extra",
         "rel_rings",
         "rel_small",
@@ -340,6 +341,8 @@ class Session:
                                                 config.realtime_deadline, stats)
         self.queued = 0
         self.queued_reliable = 0
+        self.rel_bytes = 0        # bytes of the queued RELIABLE messages, each until it
+        #                           leaves whole (its last fragment has a position)
         self.rt_bytes = 0         # framing bytes of the queued REALTIME messages
         self.retransmit: list[int] = []
         self.retransmitted = 0
@@ -408,13 +411,20 @@ class Session:
     # ------------------------------------------------------------- sending
 
     def enqueue(self, data: bytes, intent: int, priority: int, now: float,
-                lane: int = 0) -> bool:
-        """Queue a message; False when the queue is full (the caller counts the drop)."""
-        if self.queued >= self.config.max_send_queue and self.rt_bytes:
-            self._drop_late_realtime(now)  # they are late anyway: room for the new one
-        if self.queued >= self.config.max_send_queue:
-            self.dropped_queue_full += intent == _REALTIME
-            return False
+                lane: int = 0, bounded: bool = True) -> bool:
+        """Queue a message; False when the queue is full, in messages (max_send_queue)
+        or in bytes (max_send_queue_bytes): the caller counts the drop. ``bounded``
+        False queues it regardless (RELIABLE messages a reconnect carries over)."""
+        cfg = self.config
+        if bounded and (
+                self.queued >= cfg.max_send_queue
+                or self.rel_bytes + self.rt_bytes + len(data) > cfg.max_send_queue_bytes):
+            if self.rt_bytes:
+                self._drop_late_realtime(now)  # they are late anyway: room for the new one
+            if (self.queued >= cfg.max_send_queue
+                    or self.rel_bytes + self.rt_bytes + len(data) > cfg.max_send_queue_bytes):
+                self.dropped_queue_full += intent == _REALTIME
+                return False
         if intent == _REALTIME:
             q = self.rt_queue[priority]
             if q is None:
@@ -432,6 +442,7 @@ class Session:
             if len(data) > self.rel_small:
                 self.rel_extra += self._positions(len(data))
             self.queued_reliable += 1
+            self.rel_bytes += len(data)
         self.queued += 1
         return True
 
@@ -774,7 +785,7 @@ class Session:
         rel_prio = 0
         rel_first = 0
         room = window.room
-        sent_rt = sent_rel = rt_out = 0
+        sent_rt = sent_rel = rt_out = rel_out = 0
         xb: _Extended | None = None
         rings = self.rel_rings
         x0_ok = self.other_last is None or self._x0_allowed()
@@ -867,6 +878,7 @@ class Session:
                             rel_size += need
                             room -= 1
                             sent_rel += 1
+                            rel_out += n
                             taken += 1
                             left = counts[prio] - 1
                             counts[prio] = left
@@ -917,6 +929,7 @@ class Session:
                         moved = status == 2
                         if moved:
                             sent_rel += 1
+                            rel_out += n
                             if n > rel_small:
                                 self.rel_extra -= self._positions(n)
                             moved = olane.pop()
@@ -950,6 +963,7 @@ class Session:
                 rt_out += xb.rt_out
             self.queued -= sent_rt + sent_rel
             self.queued_reliable -= sent_rel
+            self.rel_bytes -= rel_out
             self.rt_bytes -= rt_out
             stats.messages_sent_realtime += sent_rt
             stats.messages_sent_reliable += sent_rel
