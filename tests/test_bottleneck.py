@@ -29,6 +29,9 @@ import pytest
 from intentra.testing.bottleneck import Bottleneck, BottleneckError, unavailable_reason
 from intentra.testing.bottleneck_run import RunError, Scenario, jain, run
 
+# Latency bounds on a real link: run alone, after the parallel part (pyproject "serial").
+pytestmark = pytest.mark.serial
+
 LINK_MBIT = 10.0
 SIZE = 200
 WARMUP = 0.5

@@ -626,6 +626,7 @@ def test_demo_runs_and_summarises(tmp_path: Path) -> None:
                      out), out
 
 
+@pytest.mark.serial
 def test_the_demo_hub_fans_out_everything_at_50_hz(tmp_path: Path) -> None:
     """20 peers at 50 Hz through a hub process: every RELIABLE message and (on an
     unlimited loopback) every REALTIME one arrives, and the hub's sessions shed

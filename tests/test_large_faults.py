@@ -183,6 +183,7 @@ async def _command_latency(large_lane: int | None, seconds: float = 1.5) -> list
         return latencies + [now - t for t in sent_at[len(latencies):]]
 
 
+@pytest.mark.serial
 def test_a_large_transfer_on_lane_1_leaves_lane_0_its_latency() -> None:
     async def body() -> None:
         alone = await _command_latency(None)

@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Final
 
+import pytest
 from hostile import Hostile
 
 from aiohelp import run
@@ -125,6 +126,7 @@ async def honest_run(server: Transport, clients: list[Peer], seconds: float
     return len(lat) / sent, lat[int(0.99 * (len(lat) - 1))]
 
 
+@pytest.mark.serial
 def test_a_hostile_peer_at_its_limits_beside_100_honest_peers_real_sockets() -> None:
     async def body() -> None:
         key = PrivateKey.generate()

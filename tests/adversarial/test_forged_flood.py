@@ -15,6 +15,8 @@ from __future__ import annotations
 import random
 from typing import Final
 
+import pytest
+
 from corelink import Link
 from intentra.constants import Intent, PacketType
 from intentra.core.wire import pack_header
@@ -36,6 +38,7 @@ def forged_data(rng: random.Random, conn_id: int, pn_hint: int) -> bytes:
     return header + rng.randbytes(plen + 16)
 
 
+@pytest.mark.serial
 def test_100000_forged_packets_a_second_do_not_starve_or_close_a_session() -> None:
     link = Link(41)
     a, b = link.add("a"), link.add("b")
