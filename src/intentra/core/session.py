@@ -94,8 +94,9 @@ CREDIT_PROBE_MAX: Final = 1.0
 """Longest gap, seconds, between two credit probes of a sender out of credit."""
 ELICIT_EVERY: Final = 15
 """REALTIME DATA packets sent without A = 1 before the next one asks for an ACK."""
-ELICIT_GAP: Final = 0.1
-"""Seconds after which the next REALTIME DATA packet asks for an ACK in any case."""
+ELICIT_GAP: Final = 0.25
+"""Seconds after which the next REALTIME DATA packet asks for an ACK in any case (an
+app-limited sender's RTT samples; docs/protocol.md 12 says why 250 ms, not 100)."""
 ELICIT_EARLY: Final = 8
 """RTT samples a session takes before its REALTIME packets stop all asking for ACKs."""
 SKIP_SPACING: Final = 256
@@ -502,7 +503,7 @@ class Session:
         controller holds this sender back (it needs every sample then). A sender
         with room to spare marks every ELICIT_EVERY-th packet, and the first after
         ELICIT_GAP: a hub that hears many quiet peers then sends an ACK per 16
-        packets or 100 ms, not one per packet. (A packet sent onto an empty path
+        packets or 250 ms, not one per packet. (A packet sent onto an empty path
         does not ask for that alone: a peer sending 30 updates a second on a fast
         path always finds it empty, and would get an ACK for each.) Until a session
         has ELICIT_EARLY RTT samples every packet asks, so the first samples come
@@ -1089,6 +1090,9 @@ class Session:
         """Step 8 of the receive order, for a packet that authenticated. Violations strike."""
         # Note the pn for our ACKs (largest_pn, pn_bitmap).
         largest = self.rx_largest
+        # A peer heard from after at least ACK_DELAY of silence is sparse: waiting
+        # ACK_DELAY for more of its packets would only delay the ACK (and cost a timer).
+        quiet = now - self.rx_largest_at >= self.config.ack_delay
         if pn > largest:
             shift = pn - largest
             if largest == 0 or shift > 64:
@@ -1104,7 +1108,10 @@ class Session:
                 if pn >= self.last_ack_largest + self.config.ack_every:
                     self.ack_now = True
                 elif eliciting and self.ack_at is None:
-                    self.ack_at = now + self.config.ack_delay
+                    if quiet:
+                        self.ack_now = True  # at the end of this batch, with no timer
+                    else:
+                        self.ack_at = now + self.config.ack_delay
                 if extended:
                     self._on_extended(intent, priority, ack, plaintext, now)
                 else:
