@@ -3,9 +3,10 @@
 Many sessions each send one small REALTIME message per period (30 Hz by default)
 to one server ``Endpoint``; the sends of one period are spread evenly over it and
 reach the server in batches, as a socket's receive batches would. The server is
-driven exactly as ``aio.Transport`` drives it: per batch ``receive_datagrams``,
-``datagrams_to_send``, ``take_events``, ``get_timer``, and ``handle_timer`` when
-its deadline has come. Only the server's calls are timed (CPU time of this thread),
+driven as ``aio.Transport`` drives it: per batch ``receive_datagrams``,
+``datagrams_to_send``, ``events``, ``get_timer``, and ``handle_timer`` when its
+deadline has come (only calls version 1's core has too, so the same script runs on
+version 1's tree with ``PYTHONPATH``). Only the server's calls are timed (CPU time of this thread),
 so the figure is the sans-I/O core's receive cost per message, ACKs and timers
 included, without sockets, the event loop or the clients. The clock is simulated,
 so a loaded machine changes the CPU figures but not what the protocol does (how
@@ -58,9 +59,9 @@ def run(args: argparse.Namespace, profile: cProfile.Profile | None) -> tuple[flo
         for d, addr in server.datagrams_to_send(now):
             by_addr[addr].receive_datagram(d, SERVER, now)
             moved = True
-    server.take_events()
+    server.events()
     for client, _, _ in clients:
-        client.take_events()
+        client.events()
     payload = bytes(args.size)
     period = 1.0 / args.hz
     rounds = round(args.seconds * args.hz)
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace, profile: cProfile.Profile | None) -> tuple[flo
                 client.handle_timer(now)
                 client.send(conn_id, payload, 1, 0, now)
                 batch.extend((d, addr) for d, _ in client.datagrams_to_send(now))
-                client.take_events()
+                client.events()
             if profile is not None and timed:
                 profile.enable()
             t0 = clock()
@@ -87,11 +88,11 @@ def run(args: argparse.Namespace, profile: cProfile.Profile | None) -> tuple[flo
             if timer_at is not None and timer_at <= now:  # Transport._on_timer
                 server.handle_timer(now)
                 out += server.datagrams_to_send(now)
-                server.take_events()
+                server.events()
                 timer_at = server.get_timer()
             server.receive_datagrams(batch, now)  # Transport._work_through, _process
             out += server.datagrams_to_send(now)
-            server.take_events()
+            server.events()
             timer_at = server.get_timer()
             if timed:
                 spent += clock() - t0
@@ -123,7 +124,7 @@ def main() -> None:
         if profile is not None:
             pstats.Stats(profile).sort_stats("tottime").print_stats(25)
     us, acks, _ = min(results)
-    native = os.environ.get("INTENTRA_NATIVE", "") != "0"
+    native = getattr(Endpoint(bytes(32), os.urandom), "native", False)
     print(f"best of {args.repeat}: {us:.2f} us/msg, {acks:.3f} ACKs/msg "
           f"({args.peers} peers at {args.hz:g} Hz, {'native' if native else 'python'})")
 
