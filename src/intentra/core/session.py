@@ -94,9 +94,8 @@ CREDIT_PROBE_MAX: Final = 1.0
 """Longest gap, seconds, between two credit probes of a sender out of credit."""
 ELICIT_EVERY: Final = 15
 """REALTIME DATA packets sent without A = 1 before the next one asks for an ACK."""
-ELICIT_GAP: Final = 0.25
-"""Seconds after which the next REALTIME DATA packet asks for an ACK in any case (an
-app-limited sender's RTT samples; docs/protocol.md 12 says why 250 ms, not 100)."""
+ELICIT_GAP: Final = 0.1
+"""Seconds after which the next REALTIME DATA packet asks for an ACK in any case."""
 ELICIT_EARLY: Final = 8
 """RTT samples a session takes before its REALTIME packets stop all asking for ACKs."""
 SKIP_SPACING: Final = 256
@@ -503,7 +502,7 @@ class Session:
         controller holds this sender back (it needs every sample then). A sender
         with room to spare marks every ELICIT_EVERY-th packet, and the first after
         ELICIT_GAP: a hub that hears many quiet peers then sends an ACK per 16
-        packets or 250 ms, not one per packet. (A packet sent onto an empty path
+        packets or 100 ms, not one per packet. (A packet sent onto an empty path
         does not ask for that alone: a peer sending 30 updates a second on a fast
         path always finds it empty, and would get an ACK for each.) Until a session
         has ELICIT_EARLY RTT samples every packet asks, so the first samples come
