@@ -726,6 +726,33 @@ def test_a_quiet_peer_is_acknowledged_in_its_own_turn_with_no_timer_work(
     assert b.endpoint.sessions[cid_b].ack_at is None
 
 
+def test_the_ack_timer_fires_once_per_ack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/protocol.md 4: a packet that follows another within ``ack_delay`` waits for
+    the ACK timer, which fires once: the deadline is re-armed after the ACK it made due
+    has gone, so it does not name the ACK timer a second time."""
+    link, a, b, cid_a, cid_b = setup()
+    fired: list[float] = []
+    handle_timer = b.endpoint.handle_timer
+
+    def firing(now: float) -> None:
+        fired.append(now)
+        handle_timer(now)
+
+    monkeypatch.setattr(b.endpoint, "handle_timer", firing)
+    t0 = link.now
+    link.send(a, cid_a, b"first", RELIABLE)
+    link.advance(0.002)
+    link.send(a, cid_a, b"second", RELIABLE)
+    link.advance(0.1)
+
+    assert b.payloads(RELIABLE) == [b"first", b"second"]
+    acks = [d.sent_at - t0 for d in link.sent_by(b, is_ack) if d.sent_at > t0]
+    delay = b.endpoint.config.ack_delay
+    assert acks == pytest.approx([LATENCY, 0.002 + LATENCY + delay], abs=1e-9)
+    assert [t - t0 for t in fired] == pytest.approx([0.002 + LATENCY + delay], abs=1e-9)
+    assert b.endpoint.sessions[cid_b].ack_at is None
+
+
 def test_reading_moves_the_credit_edge_and_an_ack_tells_the_sender() -> None:
     """docs/protocol.md 6: unread messages hold the receiver's credit; when the
     application reads, the edge moves, and once it can move by a quarter of

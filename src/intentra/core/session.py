@@ -1089,9 +1089,7 @@ class Session:
         """Step 8 of the receive order, for a packet that authenticated. Violations strike."""
         # Note the pn for our ACKs (largest_pn, pn_bitmap).
         largest = self.rx_largest
-        # A peer heard from after at least ACK_DELAY of silence is sparse: waiting
-        # ACK_DELAY for more of its packets would only delay the ACK (and cost a timer).
-        quiet = now - self.rx_largest_at >= self.config.ack_delay
+        heard_at = self.rx_largest_at
         if pn > largest:
             shift = pn - largest
             if largest == 0 or shift > 64:
@@ -1107,8 +1105,11 @@ class Session:
                 if pn >= self.last_ack_largest + self.config.ack_every:
                     self.ack_now = True
                 elif eliciting and self.ack_at is None:
-                    if quiet:
-                        self.ack_now = True  # at the end of this batch, with no timer
+                    # A peer heard from after ACK_DELAY of silence is quiet: waiting
+                    # ACK_DELAY for more of its packets would only delay the ACK and
+                    # cost a timer. Its ACK goes at the end of this batch.
+                    if now - heard_at >= self.config.ack_delay:
+                        self.ack_now = True
                     else:
                         self.ack_at = now + self.config.ack_delay
                 if extended:
