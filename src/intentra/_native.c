@@ -934,17 +934,22 @@ fast_realtime(ReceiverObject *self, PyObject *session, PyObject *conn_id, const 
     int r;
     /* Read first: nothing may change before the packet is known to stay here. */
     uint64_t largest, bits, last_ack_largest;
+    double largest_at;
     if ((r = slot_u64(SL(S_RX_LARGEST), session, &largest)) != 0
         || (r = slot_u64(SL(S_RX_BITS), session, &bits)) != 0
         || (r = slot_u64(SL(S_LAST_ACK_LARGEST), session, &last_ack_largest)) != 0)
         return r < 0 ? P_ERROR : P_PYTHON; /* unreachable for a session in step */
+    if (slot_double(SL(S_RX_LARGEST_AT), session, &largest_at) < 0)
+        return P_ERROR;
+    /* a sparse peer (ACK_DELAY of silence): its ACK goes at the end of the batch */
+    int quiet = now - largest_at >= self->ack_delay;
     /* 7. (no new address, no path budget) the idle timer restarts */
     if (slot_set(SL(S_LAST_RECV_AT), session, now_obj) < 0)
         return P_ERROR;
     /* 8. */
     if ((r = slot_is_none(SL(S_ACK_AT), session)) < 0)
         return P_ERROR;
-    int had_ack_at = !r;
+    int had_ack_at = !r, started_ack_at = 0;
     /* the pn for our ACKs (largest_pn, pn_bitmap) */
     if (pn > largest) {
         uint64_t shift = pn - largest;
@@ -966,12 +971,16 @@ fast_realtime(ReceiverObject *self, PyObject *session, PyObject *conn_id, const 
     if ((unsigned __int128)pn >= (unsigned __int128)last_ack_largest + self->ack_every) {
         if (slot_set(SL(S_ACK_NOW), session, Py_True) < 0)
             return P_ERROR;
-    } else if (h->eliciting) {
-        if ((r = slot_is_none(SL(S_ACK_AT), session)) < 0)
-            return P_ERROR;
-        if (r && slot_set_new(SL(S_ACK_AT), session,
-                              PyFloat_FromDouble(now + self->ack_delay)) < 0)
-            return P_ERROR;
+    } else if (h->eliciting && !had_ack_at) {
+        if (quiet) {
+            if (slot_set(SL(S_ACK_NOW), session, Py_True) < 0)
+                return P_ERROR;
+        } else {
+            if (slot_set_new(SL(S_ACK_AT), session,
+                             PyFloat_FromDouble(now + self->ack_delay)) < 0)
+                return P_ERROR;
+            started_ack_at = 1;
+        }
     }
     /* deliver, one event per message, in order */
     PyObject *priority = PyLong_FromLong(h->priority);
@@ -1016,7 +1025,7 @@ fast_realtime(ReceiverObject *self, PyObject *session, PyObject *conn_id, const 
     int dirty;
     if ((r = slot_is_none(SL(S_TIMER_AT), session)) < 0)
         return P_ERROR;
-    dirty = r || !had_ack_at;
+    dirty = r || started_ack_at;
     if (!dirty) {
         PyObject *recovery = slot_get(SL(S_RECOVERY), session);
         if (recovery == NULL)

@@ -325,13 +325,14 @@ class Endpoint:
             stats.roams += 1
             self._events.append(PeerRoamed(session.conn_id, old, addr))
         # Re-arm only if a deadline may have moved earlier. A REALTIME DATA that
-        # moved no key, found the ACK timer already running and nothing of ours
-        # in flight only pushes the idle deadline later, which the lazy heap
-        # entry handles (see _rearm): a fan-in of REALTIME messages then costs
-        # no timer work per packet.
+        # moved no key, started no ACK timer and found nothing of ours in flight
+        # only pushes the idle deadline later, which the lazy heap entry handles
+        # (see _rearm): a fan-in of REALTIME messages then costs no timer work
+        # per packet (an ACK it makes due goes at the end of the batch).
         if (ptype != _DATA or intent != _REALTIME or moves_phase or extended
                 or session.timer_at is None
-                or not had_ack_at or session.recovery.in_flight):
+                or (not had_ack_at and session.ack_at is not None)
+                or session.recovery.in_flight):
             self._dirty.add(session)
         if session.ack_now or session.retransmit or session.queued:
             self._flush.add(session)  # an ACK may have opened the window for queued messages
@@ -917,7 +918,9 @@ class Endpoint:
                 continue
             session.timer_at = None
             self._on_session_timer(session, now)
-        self._rearm()
+        # No re-arm here: what the timers made due (an ACK above all) is sent by
+        # the datagrams_to_send that follows, and a deadline taken before that
+        # would still name it and fire again for nothing; get_timer re-arms.
 
     def _on_session_timer(self, session: Session, now: float) -> None:
         state = session.state
@@ -956,12 +959,17 @@ class Endpoint:
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
         """Flush every session with queued output; return what to send, in order."""
         if self._flush:
+            dirty = self._dirty
             for session in list(self._flush):
+                # A flush that can only send a non-eliciting ACK moves no deadline
+                # earlier (the ACK timer stops, keepalive moves later): no re-arm.
+                rearm = (session.queued or session.retransmit or session.ack_probe
+                         or session.timer_at is None)
                 session.flush(now)
                 if session.state is SessionState.CLOSED:
                     self._remove(session)
-                else:
-                    self._dirty.add(session)
+                elif rearm:
+                    dirty.add(session)
             self._flush.clear()
         out = self._out
         if not out:
