@@ -2,9 +2,11 @@
  * intentra._native: the per-datagram path of intentra in C (docs/native.md).
  *
  * Owns: AES-256-GCM through OpenSSL's EVP interface (the AESGCM type, a drop-in
- * for the part of cryptography's AESGCM that core/aead.py uses), the receive
- * loop of docs/protocol.md section 6 over a batch of datagrams (Receiver), and a
- * recvmmsg/GRO socket reader (Reader).
+ * for the part of cryptography's AESGCM that core/aead.py uses, and seal_packet:
+ * a whole datagram, header and nonce from the pn included), the receive loop of
+ * docs/protocol.md section 6 over a batch of datagrams (Receiver), a recvmmsg/GRO
+ * socket reader (Reader), and the packing of small messages into one DATA packet
+ * during a flush (Packer; core/packing.py is its reference).
  *
  * Never: keeps protocol state of its own. Every value the receive order reads
  * or changes (token bucket, replay window, receive keys, the pn
