@@ -777,10 +777,9 @@ class Session:
         rto = self.rtt.rto
         rt_small = limit - LEN_PREFIX
         rel_small = limit - RSEQ_LEN - LEN_PREFIX
-        packer = self.packer()
-        take = packer.take
-        rpacker = self.packer(reliable=True)
-        take_reliable = rpacker.take_reliable
+        # The packets being filled, made on first use (a flush often needs only one).
+        packer: RealtimePacker | None = None
+        rpacker: RealtimePacker | None = None
         room = window.room
         sent_rt = sent_rel = rt_out = 0
         xb: _Extended | None = None
@@ -797,7 +796,9 @@ class Session:
                     # Plain messages (lane 0, whole, in time) go into the packet being
                     # filled by the packer (in C on the native datapath); it stops at
                     # a full packet or at a head it leaves to the code below.
-                    status = take(q, level, now, deadline, limit, rt_small)
+                    if packer is None:
+                        packer = self.packer()
+                    status = packer.take(q, level, now, deadline, limit, rt_small)
                     if status == FULL:
                         if not self._seal_data(_REALTIME, packer.prio, ack,
                                                packer.plaintext(), 0, 0, now):
@@ -847,10 +848,12 @@ class Session:
                         single = len(ring) == 1
                         moved = False
                         taken = 0
+                        if rpacker is None:
+                            rpacker = self.packer(reliable=True)
                         while True:
                             # in C on the native datapath: the messages, their rseqs
-                            status, took = take_reliable(olane, window, now, rto, room,
-                                                         single, rel_small, limit)
+                            status, took = rpacker.take_reliable(olane, window, now, rto, room,
+                                                                 single, rel_small, limit)
                             room -= took
                             taken += took
                             if status == FULL:
@@ -878,7 +881,7 @@ class Session:
                                 break
                             ring.rotate(-1)
                             continue
-                        if rpacker.count:
+                        if rpacker is not None and rpacker.count:
                             if not self._seal_reliable(rpacker, ack, now):
                                 return
                             go = cc.can_send(recovery.in_flight, now)
@@ -913,10 +916,11 @@ class Session:
                             other.append(olane)
                     elif len(ring) > 1:
                         ring.rotate(-1)
-            if packer.count and not self._seal_data(_REALTIME, packer.prio, ack,
-                                                   packer.plaintext(), 0, 0, now):
+            if packer is not None and packer.count and not self._seal_data(
+                    _REALTIME, packer.prio, ack, packer.plaintext(), 0, 0, now):
                 return
-            if rpacker.count and not self._seal_reliable(rpacker, ack, now):
+            if rpacker is not None and rpacker.count and not self._seal_reliable(rpacker, ack,
+                                                                                 now):
                 return
             if xb is not None:
                 if xb.rt_parts and not xb.seal_realtime():
@@ -924,9 +928,11 @@ class Session:
                 if xb.rel_parts:
                     xb.seal_reliable()
         finally:
-            sent_rt += packer.sent
-            rt_out += packer.taken
-            sent_rel += rpacker.sent
+            if packer is not None:
+                sent_rt += packer.sent
+                rt_out += packer.taken
+            if rpacker is not None:
+                sent_rel += rpacker.sent
             if xb is not None:
                 sent_rt += xb.sent_rt
                 rt_out += xb.rt_out
