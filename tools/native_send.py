@@ -11,9 +11,15 @@ sockets and no event loop: what the core costs.
     python tools/native_send.py [--messages N] [--burst K] [--size BYTES] [--path P]
     python tools/native_send.py --profile python   # cProfile of the sender's flush
 
-Instructions rather than seconds (the machine's load does not move them): run one
-path under callgrind and compare (``valgrind --tool=callgrind python
-tools/native_send.py --path native --messages 100000``).
+Instructions rather than seconds (the machine's load does not move them): run the
+sender alone (``--alone``: no congestion control, no receiver, nothing but the
+sending endpoint's calls after the handshake) under callgrind at two message
+counts and take the difference per message,
+
+    valgrind --tool=callgrind python tools/native_send.py --alone --path native \
+        --messages 40000
+    valgrind --tool=callgrind python tools/native_send.py --alone --path native \
+        --messages 20000
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ def endpoint(seed: str, config: EndpointConfig, native: bool) -> Endpoint:
 def run(native: bool, args: argparse.Namespace, profile: cProfile.Profile | None = None
         ) -> tuple[float, float, float, int, int]:
     """(queue, flush, ack seconds, messages sent, datagrams sent) of one sender."""
-    config = EndpointConfig(rate_limit_pps=1e9, rate_limit_burst=1e9)
+    config = EndpointConfig(rate_limit_pps=1e9, rate_limit_burst=1e9,
+                            congestion_control=not args.alone)
     a, b = endpoint("a", config, native), endpoint("b", config, False)
     now = 1.0
     cid = a.connect(B_ADDR, now)
@@ -71,6 +78,10 @@ def run(native: bool, args: argparse.Namespace, profile: cProfile.Profile | None
         t2 = clock()
         sent += args.burst
         datagrams += len(out)
+        t_queue += t1 - t0
+        t_flush += t2 - t1
+        if args.alone:
+            continue
         b.receive_datagrams([(d, A_ADDR) for d, _ in out], now)
         b.take_events()
         b.handle_timer(now)
@@ -80,8 +91,6 @@ def run(native: bool, args: argparse.Namespace, profile: cProfile.Profile | None
         a.handle_timer(now)
         a.take_events()
         t4 = clock()
-        t_queue += t1 - t0
-        t_flush += t2 - t1
         t_ack += t4 - t3
     return t_queue, t_flush, t_ack, a.stats.messages_sent_realtime + \
         a.stats.messages_sent_reliable, datagrams
@@ -94,6 +103,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--intent", choices=["realtime", "reliable"], default="realtime")
     parser.add_argument("--path", choices=["both", "python", "native"], default="both")
+    parser.add_argument("--alone", action="store_true",
+                        help="the sender alone: no congestion control, its datagrams dropped "
+                             "and no ACKs back (for instruction counts of the sender only)")
     parser.add_argument("--profile", choices=["python", "native"],
                         help="print a cProfile of this path's flushes instead")
     args = parser.parse_args()

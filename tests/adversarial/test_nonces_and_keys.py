@@ -80,9 +80,9 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
 
     monkeypatch.setattr(aead, "AESGCM", RecordingAESGCM)
     # The recorder wraps the Python AEAD object; endpoints on the native datapath
-    # use intentra._native.AESGCM instead. Both paths seal through SendKeys.seal
-    # with the session's one pn counter (tests/test_native.py checks the native
-    # path's nonces), so these tests run on the reference.
+    # use intentra._native.AESGCM instead (see native_recorder below). Both paths
+    # seal through SendKeys with the session's one pn counter, so the tests of this
+    # fixture run on the reference.
     monkeypatch.setenv("INTENTRA_NATIVE", "0")
     yield rec
 
@@ -94,6 +94,8 @@ def native_recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
     to log the key and the nonce each packet is sealed under."""
     if not intentra.native.available():
         pytest.skip("intentra._native is not built")
+    if not intentra.native.requested():
+        pytest.skip("INTENTRA_NATIVE=0: the pure-Python pass of the suite")
     rec = Recorder()
     module = intentra.native.module()
     native_aesgcm = module.AESGCM
