@@ -762,12 +762,15 @@ class Session:
     def _flush_queue(self, now: float, limit: int, ack: int) -> None:
         """Pack what is queued by priority, as far as the budget allows.
 
-        The hot path of a sender: per message one pop and two appends; counters
-        are written back once. Levels go from 7 down; at each, REALTIME first, then
-        the lanes whose turn is at that level, in rotation, a message or a fragment
-        at a time (docs/protocol.md section 14.8). Lane-0 messages that fit go in
-        X = 0 packets exactly as version 2 packs them; anything else becomes a
-        record of an extended packet (``_Extended``).
+        The hot path of a sender: small messages are packed by a packer
+        (core/packing.py, or ``intentra._native.Packer`` in C on the native
+        datapath), which stops at each full packet for this loop to seal it and ask
+        the controller; counters are written back once. Levels go from 7 down; at
+        each, REALTIME first, then the lanes whose turn is at that level, in
+        rotation, a message or a fragment at a time (docs/protocol.md section
+        14.8). Lane-0 messages that fit go in X = 0 packets exactly as version 2
+        packs them; anything else becomes a record of an extended packet
+        (``_Extended``).
         """
         stats = self.stats
         deadline = self.config.realtime_deadline
