@@ -2,9 +2,11 @@
  * intentra._native: the per-datagram path of intentra in C (docs/native.md).
  *
  * Owns: AES-256-GCM through OpenSSL's EVP interface (the AESGCM type, a drop-in
- * for the part of cryptography's AESGCM that core/aead.py uses), the receive
- * loop of docs/protocol.md section 6 over a batch of datagrams (Receiver), and a
- * recvmmsg/GRO socket reader (Reader).
+ * for the part of cryptography's AESGCM that core/aead.py uses, and seal_packet:
+ * a whole datagram, header and nonce from the pn included), the receive loop of
+ * docs/protocol.md section 6 over a batch of datagrams (Receiver), a recvmmsg/GRO
+ * socket reader (Reader), and the packing of small messages into one DATA packet
+ * during a flush (Packer; core/packing.py is its reference).
  *
  * Never: keeps protocol state of its own. Every value the receive order reads
  * or changes (token bucket, replay window, receive keys, the pn
@@ -255,11 +257,82 @@ done:
     return out;
 }
 
+/* seal_packet(b0, b1, conn_id, pn, ack, plaintext) -> datagram: the header of
+ * docs/protocol.md section 3 (b0, b1, len(plaintext), conn_id, pn mod 2^32, ack),
+ * then the plaintext sealed under nonce conn_id (4) || pn (8) with the header as
+ * associated data; in one bytes object, the datagram as sent. core/aead.py's
+ * SendKeys.seal_packet does the same in Python (struct and encrypt). */
+static PyObject *
+Aead_seal_packet(AeadObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "seal_packet(b0, b1, conn_id, pn, ack, plaintext) takes 6 arguments");
+        return NULL;
+    }
+    long b0 = PyLong_AsLong(args[0]);
+    long b1 = PyLong_AsLong(args[1]);
+    unsigned long long conn_id = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long pn = PyLong_AsUnsignedLongLong(args[3]);
+    unsigned long long ack = PyLong_AsUnsignedLongLong(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (b0 < 0 || b0 > 0xFF || b1 < 0 || b1 > 0xFF || conn_id > 0xFFFFFFFFULL
+        || ack > 0xFFFFFFFFULL) {
+        PyErr_SetString(PyExc_OverflowError, "a header field is out of range");
+        return NULL;
+    }
+    PyObject *pt = args[5];
+    if (!PyBytes_Check(pt)) {
+        PyErr_SetString(PyExc_TypeError, "plaintext must be bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(pt);
+    if (n > 0xFFFF) {
+        PyErr_SetString(PyExc_OverflowError, "plaintext longer than 65535 bytes");
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, HEADER_LEN + n + TAG_LEN);
+    if (out == NULL)
+        return NULL;
+    unsigned char *d = (unsigned char *)PyBytes_AS_STRING(out);
+    uint32_t seq = (uint32_t)pn;
+    d[0] = (unsigned char)b0;
+    d[1] = (unsigned char)b1;
+    d[2] = (unsigned char)(n >> 8);
+    d[3] = (unsigned char)n;
+    d[4] = (unsigned char)(conn_id >> 24);
+    d[5] = (unsigned char)(conn_id >> 16);
+    d[6] = (unsigned char)(conn_id >> 8);
+    d[7] = (unsigned char)conn_id;
+    d[8] = (unsigned char)(seq >> 24);
+    d[9] = (unsigned char)(seq >> 16);
+    d[10] = (unsigned char)(seq >> 8);
+    d[11] = (unsigned char)seq;
+    d[12] = (unsigned char)(ack >> 24);
+    d[13] = (unsigned char)(ack >> 16);
+    d[14] = (unsigned char)(ack >> 8);
+    d[15] = (unsigned char)ack;
+    unsigned char nonce[NONCE_LEN];
+    memcpy(nonce, d + 4, 4);
+    for (int i = 0; i < 8; i++)
+        nonce[4 + i] = (unsigned char)(pn >> (56 - 8 * i));
+    if (aead_seal(self, nonce, d, HEADER_LEN, (const unsigned char *)PyBytes_AS_STRING(pt),
+                  (int)n, d + HEADER_LEN) < 0) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL AES-256-GCM seal failed");
+        return NULL;
+    }
+    return out;
+}
+
 static PyMethodDef Aead_methods[] = {
     {"encrypt", (PyCFunction)Aead_encrypt, METH_VARARGS,
      "encrypt(nonce, data, associated_data) -> ciphertext || tag"},
     {"decrypt", (PyCFunction)Aead_decrypt, METH_VARARGS,
      "decrypt(nonce, data, associated_data) -> plaintext; raises InvalidTag"},
+    {"seal_packet", (PyCFunction)(void (*)(void))Aead_seal_packet, METH_FASTCALL,
+     "seal_packet(b0, b1, conn_id, pn, ack, plaintext) -> header || ciphertext || tag"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -273,6 +346,320 @@ static PyTypeObject AeadType = {
     .tp_init = (initproc)Aead_init,
     .tp_dealloc = (destructor)Aead_dealloc,
     .tp_methods = Aead_methods,
+};
+
+/* ===================================================================== Packer */
+
+/* The plaintext of one X = 0 REALTIME DATA packet being filled during a flush
+ * (core/packing.py's Packer is the reference: the same interface and results).
+ * take() moves plain messages (lane 0, whole, not late) from the head of one
+ * priority level's queue, as Session._flush_queue's loop did message by
+ * message; whatever is not plain is left at the head for the Python core. */
+#define LEN_PREFIX 2
+
+#define RSEQ_LEN 4
+#define SEQ_MASK 0xFFFFFFFFULL
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t size;  /* plaintext bytes of the packet being filled (RELIABLE: with rseq) */
+    Py_ssize_t sent;  /* messages taken, this flush */
+    Py_ssize_t taken; /* LEN_PREFIX + length of each message taken, this flush */
+    Py_ssize_t count; /* messages in the packet being filled */
+    int prio;         /* the packet's priority */
+    int reliable;     /* a RELIABLE packet: rseq of the first message, then the messages */
+    unsigned long long first; /* RELIABLE: the rseq of the packet's first message */
+    unsigned char buf[MAX_PACKET_SIZE];
+} PackerObject;
+
+static PyObject *str_popleft, *str_assign;
+
+static int
+Packer_init(PackerObject *self, PyObject *args, PyObject *kwds)
+{
+    int reliable = 0;
+    static char *kwlist[] = {"reliable", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|p", kwlist, &reliable))
+        return -1;
+    self->reliable = reliable;
+    self->size = reliable ? RSEQ_LEN : 0;
+    self->sent = self->taken = self->count = 0;
+    self->prio = 0;
+    self->first = 0;
+    return 0;
+}
+
+/* take(q, level, now, deadline, limit, small) -> 0 the queue is empty, 1 its head is
+ * not plain (late, on a lane, or larger than small), 2 the packet is full (the
+ * head does not fit in what is left of limit). */
+static PyObject *
+Packer_take(PackerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "take(q, level, now, deadline, limit, small) takes 6 arguments");
+        return NULL;
+    }
+    PyObject *q = args[0];
+    long level = PyLong_AsLong(args[1]);
+    double now = PyFloat_AsDouble(args[2]);
+    double deadline = PyFloat_AsDouble(args[3]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[4]);
+    Py_ssize_t small = PyLong_AsSsize_t(args[5]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (limit < 0 || limit > MAX_PACKET_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "limit must be between 0 and MAX_PACKET_SIZE");
+        return NULL;
+    }
+    for (;;) {
+        Py_ssize_t len = PySequence_Size(q);
+        if (len < 0)
+            return NULL;
+        if (len == 0)
+            return PyLong_FromLong(0);
+        PyObject *head = PySequence_GetItem(q, 0);
+        if (head == NULL)
+            return NULL;
+        if (!PyTuple_CheckExact(head) || PyTuple_GET_SIZE(head) != 3
+            || !PyBytes_CheckExact(PyTuple_GET_ITEM(head, 0))) {
+            Py_DECREF(head);
+            PyErr_SetString(PyExc_TypeError, "a queued REALTIME message must be a tuple "
+                                             "(bytes, queued_at, lane), as enqueue makes it");
+            return NULL;
+        }
+        PyObject *data = PyTuple_GET_ITEM(head, 0);
+        double queued_at = PyFloat_AsDouble(PyTuple_GET_ITEM(head, 1));
+        int lane = PyObject_IsTrue(PyTuple_GET_ITEM(head, 2));
+        if ((queued_at == -1.0 && PyErr_Occurred()) || lane < 0) {
+            Py_DECREF(head);
+            return NULL;
+        }
+        Py_ssize_t n = PyBytes_GET_SIZE(data);
+        Py_ssize_t need = LEN_PREFIX + n;
+        if (now - queued_at > deadline || lane || n > small) {
+            Py_DECREF(head);
+            return PyLong_FromLong(1);
+        }
+        if (self->count && self->size + need > limit) {
+            Py_DECREF(head);
+            return PyLong_FromLong(2);
+        }
+        if (need > MAX_PACKET_SIZE - self->size) {
+            Py_DECREF(head);
+            PyErr_SetString(PyExc_ValueError, "a message larger than the packet buffer");
+            return NULL;
+        }
+        /* data stays alive through head while the queue lets go of it */
+        PyObject *popped = PyObject_CallMethodNoArgs(q, str_popleft);
+        if (popped == NULL) {
+            Py_DECREF(head);
+            return NULL;
+        }
+        Py_DECREF(popped);
+        if (self->count == 0)
+            self->prio = (int)level;
+        unsigned char *p = self->buf + self->size;
+        p[0] = (unsigned char)(n >> 8);
+        p[1] = (unsigned char)n;
+        memcpy(p + LEN_PREFIX, PyBytes_AS_STRING(data), (size_t)n);
+        Py_DECREF(head);
+        self->size += need;
+        self->taken += need;
+        self->sent += 1;
+        self->count += 1;
+    }
+}
+
+/* take_reliable(olane, window, now, rto, room, single, small, limit) -> (status, taken):
+ * whole lane-0 RELIABLE messages from the head of olane.queue, each given its rseq
+ * by window.assign(data, priority, now, rto), as Session._flush_queue's loop
+ * (docs/protocol.md section 14.8: a lane alone at its level is drained without a
+ * turn per message). status 0: stop here (the lane's turn is over: not single, no
+ * room, or the head is too large), 1: the lane's level must move (olane.relevel()
+ * is the caller's), 2: the packet is full. taken: messages taken by this call. */
+static PyObject *
+Packer_take_reliable(PackerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "take_reliable(olane, window, now, rto, room, "
+                                         "single, small, limit) takes 8 arguments");
+        return NULL;
+    }
+    if (!self->reliable) {
+        PyErr_SetString(PyExc_ValueError, "take_reliable on a REALTIME packer");
+        return NULL;
+    }
+    PyObject *olane = args[0], *window = args[1], *now = args[2], *rto = args[3];
+    Py_ssize_t room = PyLong_AsSsize_t(args[4]);
+    int single = PyObject_IsTrue(args[5]);
+    Py_ssize_t small = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[7]);
+    if (PyErr_Occurred() || single < 0)
+        return NULL;
+    if (limit < RSEQ_LEN || limit > MAX_PACKET_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "limit must be between RSEQ_LEN and MAX_PACKET_SIZE");
+        return NULL;
+    }
+    PyObject *queue = PyObject_GetAttrString(olane, "queue");
+    PyObject *counts = queue ? PyObject_GetAttrString(olane, "counts") : NULL;
+    PyObject *level_obj = counts ? PyObject_GetAttrString(olane, "level") : NULL;
+    PyObject *result = NULL, *head = NULL;
+    Py_ssize_t taken = 0;
+    int status = 0;
+    if (level_obj == NULL)
+        goto done;
+    long lane_level = PyLong_AsLong(level_obj);
+    if (lane_level == -1 && PyErr_Occurred())
+        goto done;
+    if (!PyList_CheckExact(counts)) {
+        PyErr_SetString(PyExc_TypeError, "olane.counts must be a list");
+        goto done;
+    }
+    for (;;) {
+        head = PySequence_GetItem(queue, 0);
+        if (head == NULL)
+            goto done;
+        if (!PyTuple_CheckExact(head) || PyTuple_GET_SIZE(head) != 2
+            || !PyBytes_CheckExact(PyTuple_GET_ITEM(head, 0))) {
+            PyErr_SetString(PyExc_TypeError, "a queued RELIABLE message must be a tuple "
+                                             "(bytes, priority), as enqueue makes it");
+            goto done;
+        }
+        PyObject *data = PyTuple_GET_ITEM(head, 0), *prio_obj = PyTuple_GET_ITEM(head, 1);
+        long prio = PyLong_AsLong(prio_obj);
+        if (prio == -1 && PyErr_Occurred())
+            goto done;
+        if (prio < 0 || prio >= PyList_GET_SIZE(counts)) {
+            PyErr_SetString(PyExc_ValueError, "a priority without its count");
+            goto done;
+        }
+        Py_ssize_t n = PyBytes_GET_SIZE(data);
+        Py_ssize_t need = LEN_PREFIX + n;
+        if (taken && n > small) { /* the first head was checked by the caller */
+            status = 0;
+            break;
+        }
+        if (self->count && self->size + need > limit) {
+            status = 2;
+            break;
+        }
+        if (need > MAX_PACKET_SIZE - self->size) {
+            PyErr_SetString(PyExc_ValueError, "a message larger than the packet buffer");
+            goto done;
+        }
+        PyObject *popped = PyObject_CallMethodNoArgs(queue, str_popleft);
+        if (popped == NULL)
+            goto done;
+        Py_DECREF(popped);
+        PyObject *rseq_obj = PyObject_CallMethodObjArgs(window, str_assign, data, prio_obj, now,
+                                                        rto, NULL);
+        if (rseq_obj == NULL)
+            goto done;
+        unsigned long long rseq = PyLong_AsUnsignedLongLong(rseq_obj);
+        Py_DECREF(rseq_obj);
+        if (PyErr_Occurred())
+            goto done;
+        if (self->count == 0) {
+            self->first = rseq & SEQ_MASK;
+            self->prio = (int)prio;
+        } else if (prio > self->prio) {
+            self->prio = (int)prio;
+        }
+        unsigned char *p = self->buf + self->size;
+        p[0] = (unsigned char)(n >> 8);
+        p[1] = (unsigned char)n;
+        memcpy(p + LEN_PREFIX, PyBytes_AS_STRING(data), (size_t)n);
+        Py_CLEAR(head);
+        self->size += need;
+        self->taken += need;
+        self->sent += 1;
+        self->count += 1;
+        room -= 1;
+        taken += 1;
+        PyObject *count_obj = PyList_GET_ITEM(counts, prio);
+        long left = PyLong_AsLong(count_obj) - 1;
+        if (left == -2 && PyErr_Occurred())
+            goto done;
+        PyObject *left_obj = PyLong_FromLong(left);
+        if (left_obj == NULL)
+            goto done;
+        PyList_SetItem(counts, prio, left_obj); /* steals left_obj */
+        if (!left && prio == lane_level) {
+            status = 1;
+            break;
+        }
+        if (!single || room <= 0) {
+            status = 0;
+            break;
+        }
+        /* the loop reads the next head: the queue holds it (counts say so) */
+    }
+    result = Py_BuildValue("(in)", status, taken);
+done:
+    Py_XDECREF(head);
+    Py_XDECREF(queue);
+    Py_XDECREF(counts);
+    Py_XDECREF(level_obj);
+    return result;
+}
+
+/* plaintext() -> the packet's plaintext; the packer is empty again. */
+static PyObject *
+Packer_plaintext(PackerObject *self, PyObject *unused)
+{
+    if (self->reliable) {
+        uint32_t first = (uint32_t)self->first;
+        self->buf[0] = (unsigned char)(first >> 24);
+        self->buf[1] = (unsigned char)(first >> 16);
+        self->buf[2] = (unsigned char)(first >> 8);
+        self->buf[3] = (unsigned char)first;
+    }
+    PyObject *out = PyBytes_FromStringAndSize((const char *)self->buf, self->size);
+    if (out != NULL) {
+        self->size = self->reliable ? RSEQ_LEN : 0;
+        self->prio = 0;
+        self->count = 0;
+        self->first = 0;
+    }
+    return out;
+}
+
+static PyMemberDef Packer_members[] = {
+    {"size", T_PYSSIZET, offsetof(PackerObject, size), READONLY,
+     "plaintext bytes of the packet being filled"},
+    {"prio", T_INT, offsetof(PackerObject, prio), READONLY,
+     "priority of the packet being filled (the level of its first message)"},
+    {"count", T_PYSSIZET, offsetof(PackerObject, count), READONLY,
+     "messages in the packet being filled"},
+    {"first", T_ULONGLONG, offsetof(PackerObject, first), READONLY,
+     "RELIABLE: the rseq of the packet's first message"},
+    {"sent", T_PYSSIZET, offsetof(PackerObject, sent), 0, "messages taken"},
+    {"taken", T_PYSSIZET, offsetof(PackerObject, taken), 0,
+     "LEN_PREFIX + length of every message taken"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef Packer_methods[] = {
+    {"take", (PyCFunction)(void (*)(void))Packer_take, METH_FASTCALL,
+     "take(q, level, now, deadline, limit, small) -> 0 empty, 1 head not plain, 2 full"},
+    {"take_reliable", (PyCFunction)(void (*)(void))Packer_take_reliable, METH_FASTCALL,
+     "take_reliable(olane, window, now, rto, room, single, small, limit) -> (status, taken)"},
+    {"plaintext", (PyCFunction)Packer_plaintext, METH_NOARGS,
+     "plaintext() -> bytes of the packet; empties the packer"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject PackerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "intentra._native.Packer",
+    .tp_basicsize = sizeof(PackerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The plaintext of one X = 0 DATA packet being packed (core/packing.py).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Packer_init,
+    .tp_members = Packer_members,
+    .tp_methods = Packer_methods,
 };
 
 /* ============================================================ slot access */
@@ -1789,6 +2176,8 @@ PyInit__native(void)
     INTERN(str_expire_previous, "expire_previous");
     INTERN(str_mark, "mark");
     INTERN(str_is_fresh, "is_fresh");
+    INTERN(str_popleft, "popleft");
+    INTERN(str_assign, "assign");
 
     PyObject *exceptions = PyImport_ImportModule("cryptography.exceptions");
     if (exceptions == NULL)
@@ -1798,7 +2187,7 @@ PyInit__native(void)
     if (InvalidTag == NULL)
         return NULL;
     if (PyType_Ready(&AeadType) < 0 || PyType_Ready(&ReceiverType) < 0
-        || PyType_Ready(&ReaderType) < 0)
+        || PyType_Ready(&ReaderType) < 0 || PyType_Ready(&PackerType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (m == NULL)
@@ -1806,9 +2195,11 @@ PyInit__native(void)
     Py_INCREF(&AeadType);
     Py_INCREF(&ReceiverType);
     Py_INCREF(&ReaderType);
+    Py_INCREF(&PackerType);
     if (PyModule_AddObject(m, "AESGCM", (PyObject *)&AeadType) < 0
         || PyModule_AddObject(m, "Receiver", (PyObject *)&ReceiverType) < 0
         || PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0
+        || PyModule_AddObject(m, "Packer", (PyObject *)&PackerType) < 0
         || PyModule_AddStringConstant(m, "OPENSSL_VERSION",
                                       OpenSSL_version(OPENSSL_VERSION)) < 0) {
         Py_DECREF(m);

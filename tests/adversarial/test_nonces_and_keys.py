@@ -27,6 +27,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hostile import Hostile
 
+import intentra.native
 from corelink import Link, Node
 from intentra.config import EndpointConfig
 from intentra.constants import HEADER_LEN, TAG_LEN, Intent, PacketType
@@ -79,10 +80,53 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
 
     monkeypatch.setattr(aead, "AESGCM", RecordingAESGCM)
     # The recorder wraps the Python AEAD object; endpoints on the native datapath
-    # use intentra._native.AESGCM instead. Both paths seal through SendKeys.seal
-    # with the session's one pn counter (tests/test_native.py checks the native
-    # path's nonces), so these tests run on the reference.
+    # use intentra._native.AESGCM instead (see native_recorder below). Both paths
+    # seal through SendKeys with the session's one pn counter, so the tests of this
+    # fixture run on the reference.
     monkeypatch.setenv("INTENTRA_NATIVE", "0")
+    yield rec
+
+
+@pytest.fixture
+def native_recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
+    """The recorder on the native datapath: the extension's AESGCM (C on OpenSSL), which
+    seals whole packets in C (``seal_packet``: header, nonce from the pn, AEAD), wrapped
+    to log the key and the nonce each packet is sealed under."""
+    if not intentra.native.available():
+        pytest.skip("intentra._native is not built")
+    if not intentra.native.requested():
+        pytest.skip("INTENTRA_NATIVE=0: the pure-Python pass of the suite")
+    rec = Recorder()
+    module = intentra.native.module()
+    native_aesgcm = module.AESGCM
+
+    class RecordingNativeAESGCM:
+        """The extension's AESGCM, logging what it seals under which key."""
+
+        def __init__(self, key: bytes) -> None:
+            self.key = bytes(key)
+            self._inner = native_aesgcm(key)
+            rec.made.append(self)
+
+        def encrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+            out: bytes = self._inner.encrypt(nonce, data, aad)
+            rec.seals.append((self.key, bytes(nonce), out))
+            return out
+
+        def decrypt(self, nonce: bytes, data: bytes | memoryview,
+                    aad: bytes | memoryview) -> bytes:
+            out: bytes = self._inner.decrypt(nonce, data, aad)
+            return out
+
+        def seal_packet(self, b0: int, b1: int, conn_id: int, pn: int, ack: int,
+                        plaintext: bytes) -> bytes:
+            datagram: bytes = self._inner.seal_packet(b0, b1, conn_id, pn, ack, plaintext)
+            nonce = conn_id.to_bytes(4, "big") + pn.to_bytes(8, "big")
+            rec.seals.append((self.key, nonce, datagram[HEADER_LEN:]))
+            return datagram
+
+    monkeypatch.setattr(module, "AESGCM", RecordingNativeAESGCM)
+    monkeypatch.setenv("INTENTRA_NATIVE", "1")
     yield rec
 
 
@@ -128,8 +172,14 @@ UPDATE_EVERY = 64
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
+@pytest.mark.parametrize("datapath", ["python", "native"])
 def test_no_key_nonce_pair_ever_repeats_across_many_key_updates(
-        name: str, recorder: Recorder) -> None:
+        name: str, datapath: str, request: pytest.FixtureRequest) -> None:
+    """On each datapath (the native one seals DATA and ACKs in C, CLOSE through
+    ``encrypt``); the receiver opens with the nonce the header implies, so a packet
+    sealed under another nonce than the one logged would not be delivered."""
+    recorder: Recorder = request.getfixturevalue(
+        "recorder" if datapath == "python" else "native_recorder")
     sc = SCENARIOS[name]
     config = EndpointConfig(key_update_packets=UPDATE_EVERY, key_update_min_interval=0.02,
                             key_update_time=0.5, initial_pn=sc.initial_pn)

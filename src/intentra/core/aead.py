@@ -16,6 +16,8 @@ from typing import Final, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from intentra.core.wire import HEADER
+
 _NONCE: Final = struct.Struct("!IQ")
 _REKEY_NONCE: Final = bytes(4) + b"\xff" * 8
 _ZEROS32: Final = bytes(32)
@@ -47,13 +49,15 @@ def nonce(conn_id: int, pn: int) -> bytes:
 class SendKeys:
     """The sending direction: current key, its phase, and when to update it."""
 
-    __slots__ = ("_aead", "_factory", "_key", "key_started_at", "packets_under_key", "phase",
-                 "updated_at")
+    __slots__ = ("_aead", "_factory", "_key", "_packets", "key_started_at", "packets_under_key",
+                 "phase", "updated_at")
 
     def __init__(self, key: bytes, now: float, aead: AeadFactory | None = None) -> None:
         self._key = key
         self._factory: AeadFactory = aead if aead is not None else AESGCM
         self._aead = self._factory(key)
+        # The extension's AESGCM seals a whole packet (header, nonce, AEAD) in one call.
+        self._packets = hasattr(self._aead, "seal_packet")
         self.phase = 0
         self.packets_under_key = 0
         self.key_started_at = now
@@ -63,6 +67,19 @@ class SendKeys:
         """Ciphertext and tag of one packet (header is the AAD, as sent)."""
         self.packets_under_key += 1
         return self._aead.encrypt(_NONCE.pack(conn_id, pn), plaintext, header)
+
+    def seal_packet(self, b0: int, b1: int, conn_id: int, pn: int, ack: int,
+                    plaintext: bytes) -> bytes:
+        """The datagram of one packet: its header (docs/protocol.md section 3, with this
+        key's phase in ``b1``), then ``plaintext`` sealed under nonce (conn_id, pn) with
+        the header as associated data. The same bytes as ``header + seal(...)``."""
+        self.packets_under_key += 1
+        b1 |= self.phase
+        if self._packets:
+            return self._aead.seal_packet(b0, b1, conn_id, pn, ack,  # type: ignore[attr-defined, no-any-return]
+                                          plaintext)
+        header = HEADER.pack(b0, b1, len(plaintext), conn_id, pn & 0xFFFFFFFF, ack)
+        return header + self._aead.encrypt(_NONCE.pack(conn_id, pn), plaintext, header)
 
     def due(self, now: float, max_packets: int, max_age: float, min_interval: float) -> bool:
         """Whether the next packet should go out under the next key."""
@@ -74,6 +91,7 @@ class SendKeys:
         """Move to the next key and flip the phase; the old key is dropped."""
         self._key = rekey(self._key)
         self._aead = self._factory(self._key)
+        self._packets = hasattr(self._aead, "seal_packet")
         self.phase ^= 1
         self.packets_under_key = 0
         self.key_started_at = now

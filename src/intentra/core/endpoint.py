@@ -41,6 +41,7 @@ from intentra.core.cookie import CookieJar, address_bytes
 from intentra.core.hsguard import InitiatorGuard
 from intentra.core.lanes import ReassemblyBudget
 from intentra.core.noise import InitiatorHandshake, ResponderHandshake
+from intentra.core.packing import PackerFactory
 from intentra.core.ratelimit import TokenBucket
 from intentra.core.reliable import CreditBudget
 from intentra.core.session import Session, SessionState
@@ -164,11 +165,13 @@ class Endpoint:
         # state, so both paths share one pn space, one replay window, one set of keys.
         self._native: Any = None
         self._aead: AeadFactory | None = None
+        self._packer: PackerFactory | None = None
         if native is None:
             native = intentra.native.enabled()
         if native:
             module = intentra.native.module()
             self._aead = module.AESGCM
+            self._packer = module.Packer
             self._native = module.Receiver(self, MessageReceived, Intent.REALTIME)
         self.native = bool(native)
         """Whether this endpoint runs the native datapath (``intentra.native.describe``)."""
@@ -524,7 +527,8 @@ class Endpoint:
         session.hs_datagram = b""  # the HELLO is never resent once RESPONSE arrived
         session.cookie = b""
         session.establish(body.sender_id, result.remote_static, result.send_key,
-                          result.receive_key, now, self._aead)
+                          result.receive_key, now, self._aead,
+                          self._packer)
         session.hs_rto = self.config.initial_rto
         session.hs_retransmit_at = now + session.hs_rto
         session.hs_deadline_at = now + self.config.handshake_timeout  # to be confirmed
@@ -585,7 +589,8 @@ class Endpoint:
         session.addr = addr
         session.validated_addr = addr
         session.establish(session.remote_id, result.remote_static, result.send_key,
-                          result.receive_key, now, self._aead)
+                          result.receive_key, now, self._aead,
+                          self._packer)
         old_id = self._by_peer_key.get(result.remote_static)
         if old_id is not None:
             old = self.sessions.get(old_id)

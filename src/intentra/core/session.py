@@ -45,6 +45,7 @@ from intentra.core.lanes import (
     RealtimeReassembly,
     ReassemblyBudget,
 )
+from intentra.core.packing import EMPTY, FULL, RELEVEL, Packer, PackerFactory, RealtimePacker
 from intentra.core.ratelimit import TokenBucket
 from intentra.core.recovery import Recovery, SentPacket
 from intentra.core.reliable import (
@@ -208,6 +209,7 @@ class Session:
         "other_last",
         "out",
         "pace_at",
+        "packer",
         "path_budget",
         "path_probe_pn",
         "peer_key",
@@ -300,6 +302,7 @@ class Session:
         self.send_keys: SendKeys | None = None
         self.recv_keys: ReceiveKeys | None = None
         self.pn_next = config.initial_pn
+        self.packer: PackerFactory = Packer  # the C one on the native datapath
         self.replay = ReplayWindow(config.replay_window)
         self.bucket = TokenBucket(config.rate_limit_pps, config.rate_limit_burst, now)
         self.strikes = 0
@@ -362,8 +365,12 @@ class Session:
     # ----------------------------------------------------------------- state
 
     def establish(self, remote_id: int, peer_key: bytes, send_key: bytes, recv_key: bytes,
-                  now: float, aead: AeadFactory | None = None) -> None:
-        """Established: keys (``aead`` makes their AES-GCM objects; None: cryptography's)."""
+                  now: float, aead: AeadFactory | None = None,
+                  packer: PackerFactory | None = None) -> None:
+        """Established: keys (``aead`` makes their AES-GCM objects; None: cryptography's;
+        ``packer`` packs small messages; None: core/packing.py's)."""
+        if packer is not None:
+            self.packer = packer
         self.remote_id = remote_id
         self.peer_key = peer_key
         self.send_keys = SendKeys(send_key, now, aead)
@@ -493,10 +500,9 @@ class Session:
         if pn is None:
             self.close(CloseReason.KEY_EXHAUSTED, now)
             return 0
-        header = HEADER.pack(_VERSION_BITS | ptype,
-                             (intent << 6) | (priority << 3) | extended | eliciting | keys.phase,
-                             len(plaintext), self.remote_id, pn & _SEQ_MASK, ack)
-        datagram = header + keys.seal(self.remote_id, pn, header, plaintext)
+        datagram = keys.seal_packet(_VERSION_BITS | ptype,
+                                    (intent << 6) | (priority << 3) | extended | eliciting,
+                                    self.remote_id, pn, ack, plaintext)
         self.out.append((datagram, self.addr))
         self.sent_bytes += len(datagram)
         if self.path_budget is not None:
@@ -539,6 +545,12 @@ class Session:
         recovery.on_sent(pn, HEADER_LEN + TAG_LEN + len(plaintext), True, rseq, count, now,
                          eliciting != 0)
         return True
+
+    def _seal_reliable(self, rpacker: RealtimePacker, ack: int, now: float) -> bool:
+        """Seal the X = 0 RELIABLE packet ``rpacker`` filled (section 4)."""
+        first, count = rpacker.first, rpacker.count
+        return self._seal_data(_RELIABLE, rpacker.prio, ack, rpacker.plaintext(), first, count,
+                               now)
 
     def send_ack(self, now: float, eliciting: bool = False) -> None:
         """Send an ACK: rseq and pn acknowledgements and this side's credit (section 4)."""
@@ -761,12 +773,15 @@ class Session:
     def _flush_queue(self, now: float, limit: int, ack: int) -> None:
         """Pack what is queued by priority, as far as the budget allows.
 
-        The hot path of a sender: per message one pop and two appends; counters
-        are written back once. Levels go from 7 down; at each, REALTIME first, then
-        the lanes whose turn is at that level, in rotation, a message or a fragment
-        at a time (docs/protocol.md section 14.8). Lane-0 messages that fit go in
-        X = 0 packets exactly as version 2 packs them; anything else becomes a
-        record of an extended packet (``_Extended``).
+        The hot path of a sender: small messages are packed by a packer
+        (core/packing.py, or ``intentra._native.Packer`` in C on the native
+        datapath), which stops at each full packet for this loop to seal it and ask
+        the controller; counters are written back once. Levels go from 7 down; at
+        each, REALTIME first, then the lanes whose turn is at that level, in
+        rotation, a message or a fragment at a time (docs/protocol.md section
+        14.8). Lane-0 messages that fit go in X = 0 packets exactly as version 2
+        packs them; anything else becomes a record of an extended packet
+        (``_Extended``).
         """
         stats = self.stats
         deadline = self.config.realtime_deadline
@@ -774,16 +789,11 @@ class Session:
         cc = self.cc
         recovery = self.recovery
         rto = self.rtt.rto
-        pack_len = U16.pack
         rt_small = limit - LEN_PREFIX
         rel_small = limit - RSEQ_LEN - LEN_PREFIX
-        rt_parts: list[bytes] = []
-        rt_size = 0
-        rt_prio = 0
-        rel_parts: list[bytes] = []
-        rel_size = RSEQ_LEN
-        rel_prio = 0
-        rel_first = 0
+        # The packets being filled, made on first use (a flush often needs only one).
+        packer: RealtimePacker | None = None
+        rpacker: RealtimePacker | None = None
         room = window.room
         sent_rt = sent_rel = rt_out = rel_out = 0
         xb: _Extended | None = None
@@ -797,6 +807,22 @@ class Session:
                     break
                 q = self.rt_queue[level]
                 while q:
+                    # Plain messages (lane 0, whole, in time) go into the packet being
+                    # filled by the packer (in C on the native datapath); it stops at
+                    # a full packet or at a head it leaves to the code below.
+                    if packer is None:
+                        packer = self.packer()
+                    status = packer.take(q, level, now, deadline, limit, rt_small)
+                    if status == FULL:
+                        if not self._seal_data(_REALTIME, packer.prio, ack,
+                                               packer.plaintext(), 0, 0, now):
+                            return
+                        go = cc.can_send(recovery.in_flight, now)
+                        if not go:
+                            break
+                        continue
+                    if status == EMPTY:
+                        break
                     data, queued_at, lane = q[0]
                     n = len(data)
                     need = LEN_PREFIX + n
@@ -818,22 +844,7 @@ class Session:
                             go = False
                             break
                         continue
-                    if rt_parts and rt_size + need > limit:
-                        if not self._seal_data(_REALTIME, rt_prio, ack, b"".join(rt_parts), 0,
-                                               0, now):
-                            return
-                        rt_parts, rt_size = [], 0
-                        go = cc.can_send(recovery.in_flight, now)
-                        if not go:
-                            break
-                    q.popleft()
-                    if not rt_parts:
-                        rt_prio = level
-                    rt_parts.append(pack_len(n))
-                    rt_parts.append(data)
-                    rt_size += need
-                    rt_out += need
-                    sent_rt += 1
+                    raise AssertionError("the packer left a plain REALTIME message")
                 ring = rings[level]
                 while ring and room > 0 and go:
                     olane = ring[0]
@@ -848,50 +859,28 @@ class Session:
                             go = cc.can_send(recovery.in_flight, now)
                             if not go:
                                 break
-                        queue = olane.queue
-                        counts = olane.counts
-                        lane_level = olane.level
                         single = len(ring) == 1
                         moved = False
                         taken = 0
+                        if rpacker is None:
+                            rpacker = self.packer(reliable=True)
                         while True:
-                            need = LEN_PREFIX + n
-                            if rel_parts and rel_size + need > limit:
-                                if not self._seal_data(_RELIABLE, rel_prio, ack,
-                                                       U32.pack(rel_first)
-                                                       + b"".join(rel_parts),
-                                                       rel_first, len(rel_parts) >> 1, now):
+                            # in C on the native datapath: the messages, their rseqs
+                            status, took = rpacker.take_reliable(olane, window, now, rto, room,
+                                                                 single, rel_small, limit)
+                            room -= took
+                            taken += took
+                            if status == FULL:
+                                if not self._seal_reliable(rpacker, ack, now):
                                     return
-                                rel_parts, rel_size = [], RSEQ_LEN
                                 go = cc.can_send(recovery.in_flight, now)
                                 if not go:
                                     break
-                            queue.popleft()
-                            rseq = window.assign(data, prio, now, rto)
-                            if not rel_parts:
-                                rel_first = rseq
-                                rel_prio = prio
-                            elif prio > rel_prio:
-                                rel_prio = prio
-                            rel_parts.append(pack_len(n))
-                            rel_parts.append(data)
-                            rel_size += need
-                            room -= 1
-                            sent_rel += 1
-                            rel_out += n
-                            taken += 1
-                            left = counts[prio] - 1
-                            counts[prio] = left
-                            if not left and prio == lane_level:
+                                continue
+                            if status == RELEVEL:
                                 olane.relevel()
                                 moved = True
-                                break
-                            if not single or room <= 0:
-                                break
-                            data, prio = queue[0]
-                            n = len(data)
-                            if n > rel_small:
-                                break
+                            break
                         olane.lseq = (olane.lseq + taken) & _SEQ_MASK
                         if not go:
                             break
@@ -906,12 +895,9 @@ class Session:
                                 break
                             ring.rotate(-1)
                             continue
-                        if rel_parts:
-                            if not self._seal_data(_RELIABLE, rel_prio, ack,
-                                                   U32.pack(rel_first) + b"".join(rel_parts),
-                                                   rel_first, len(rel_parts) >> 1, now):
+                        if rpacker is not None and rpacker.count:
+                            if not self._seal_reliable(rpacker, ack, now):
                                 return
-                            rel_parts, rel_size = [], RSEQ_LEN
                             go = cc.can_send(recovery.in_flight, now)
                             if not go:
                                 break
@@ -945,12 +931,11 @@ class Session:
                             other.append(olane)
                     elif len(ring) > 1:
                         ring.rotate(-1)
-            if rt_parts and not self._seal_data(_REALTIME, rt_prio, ack, b"".join(rt_parts),
-                                                0, 0, now):
+            if packer is not None and packer.count and not self._seal_data(
+                    _REALTIME, packer.prio, ack, packer.plaintext(), 0, 0, now):
                 return
-            if rel_parts and not self._seal_data(_RELIABLE, rel_prio, ack,
-                                                 U32.pack(rel_first) + b"".join(rel_parts),
-                                                 rel_first, len(rel_parts) >> 1, now):
+            if rpacker is not None and rpacker.count and not self._seal_reliable(rpacker, ack,
+                                                                                 now):
                 return
             if xb is not None:
                 if xb.rt_parts and not xb.seal_realtime():
@@ -958,6 +943,12 @@ class Session:
                 if xb.rel_parts:
                     xb.seal_reliable()
         finally:
+            if packer is not None:
+                sent_rt += packer.sent
+                rt_out += packer.taken
+            if rpacker is not None:
+                sent_rel += rpacker.sent
+                rel_out += rpacker.taken - LEN_PREFIX * rpacker.sent  # rel_bytes: data only
             if xb is not None:
                 sent_rt += xb.sent_rt
                 rt_out += xb.rt_out
