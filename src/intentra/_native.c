@@ -1321,15 +1321,10 @@ fast_realtime(ReceiverObject *self, PyObject *session, PyObject *conn_id, const 
     int r;
     /* Read first: nothing may change before the packet is known to stay here. */
     uint64_t largest, bits, last_ack_largest;
-    double largest_at;
     if ((r = slot_u64(SL(S_RX_LARGEST), session, &largest)) != 0
         || (r = slot_u64(SL(S_RX_BITS), session, &bits)) != 0
         || (r = slot_u64(SL(S_LAST_ACK_LARGEST), session, &last_ack_largest)) != 0)
         return r < 0 ? P_ERROR : P_PYTHON; /* unreachable for a session in step */
-    if (slot_double(SL(S_RX_LARGEST_AT), session, &largest_at) < 0)
-        return P_ERROR;
-    /* a sparse peer (ACK_DELAY of silence): its ACK goes at the end of the batch */
-    int quiet = now - largest_at >= self->ack_delay;
     /* 7. (no new address, no path budget) the idle timer restarts */
     if (slot_set(SL(S_LAST_RECV_AT), session, now_obj) < 0)
         return P_ERROR;
@@ -1359,15 +1354,10 @@ fast_realtime(ReceiverObject *self, PyObject *session, PyObject *conn_id, const 
         if (slot_set(SL(S_ACK_NOW), session, Py_True) < 0)
             return P_ERROR;
     } else if (h->eliciting && !had_ack_at) {
-        if (quiet) {
-            if (slot_set(SL(S_ACK_NOW), session, Py_True) < 0)
-                return P_ERROR;
-        } else {
-            if (slot_set_new(SL(S_ACK_AT), session,
-                             PyFloat_FromDouble(now + self->ack_delay)) < 0)
-                return P_ERROR;
-            started_ack_at = 1;
-        }
+        if (slot_set_new(SL(S_ACK_AT), session,
+                         PyFloat_FromDouble(now + self->ack_delay)) < 0)
+            return P_ERROR;
+        started_ack_at = 1;
     }
     /* deliver, one event per message, in order */
     PyObject *priority = PyLong_FromLong(h->priority);

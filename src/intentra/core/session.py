@@ -1094,7 +1094,6 @@ class Session:
         """Step 8 of the receive order, for a packet that authenticated. Violations strike."""
         # Note the pn for our ACKs (largest_pn, pn_bitmap).
         largest = self.rx_largest
-        heard_at = self.rx_largest_at
         if pn > largest:
             shift = pn - largest
             if largest == 0 or shift > 64:
@@ -1110,13 +1109,7 @@ class Session:
                 if pn >= self.last_ack_largest + self.config.ack_every:
                     self.ack_now = True
                 elif eliciting and self.ack_at is None:
-                    # A peer heard from after ACK_DELAY of silence is quiet: waiting
-                    # ACK_DELAY for more of its packets would only delay the ACK and
-                    # cost a timer. Its ACK goes at the end of this batch.
-                    if now - heard_at >= self.config.ack_delay:
-                        self.ack_now = True
-                    else:
-                        self.ack_at = now + self.config.ack_delay
+                    self.ack_at = now + self.config.ack_delay
                 if extended:
                     self._on_extended(intent, priority, ack, plaintext, now)
                 else:
