@@ -247,22 +247,20 @@ def measure_step(servers: list[Role], generator: Role, rate: float, duration: fl
                  latency: bool = False) -> Json:
     """One offered rate for ``duration`` seconds.
 
-    Every step sends packets the intentra generator sealed before the clock
-    started (see ``roles.intentra_generator``): throughput steps in GSO batches,
-    latency steps each datagram alone when it falls due. A message's stamp is
-    its scheduled send time, so one-way latency runs from when the application
-    would have sent it to the receiving application, the generator's own
-    lateness included (the generator only calls ``sendmsg``: a few
-    microseconds a datagram). The step records each process's share of a core and its
+    Throughput steps send packets the intentra generator sealed before the
+    clock started, in GSO batches (see ``roles.intentra_generator``). Latency
+    steps seal each message as it goes, stamped just before: one-way latency
+    from the sender's ``send`` to the receiving application, the generator's
+    pacing excluded. The step records each process's share of a core and its
     wait for one, the machine's busy cores while the generator sent, and what
     the intentra servers' receive path refused (all zero for genuine packets).
     """
     reset(servers, latency)
     before = server_stats(servers)
     sent = generator.ask(cmd="go", rate=rate, duration=duration, intent="realtime",
-                         presealed=True, spread=latency, timeout=duration * 20 + 60)
+                         presealed=not latency, timeout=duration * 20 + 60)
     time.sleep(0.25)  # datagrams in flight and queued in the server land
-    stats = server_stats(servers, int(sent.get("start_ns", 0)))
+    stats = server_stats(servers, 0 if latency else int(sent.get("start_ns", 0)))
     settle(servers)  # what lands later counts in no step
     seconds = sent["seconds"]
     # CPU shares: seconds of CPU per second of the step (1.0 = one core busy). The

@@ -221,7 +221,7 @@ def intentra_generator(args: Json) -> None:
         # socket refuses UDP_SEGMENT, that peer's datagrams go one per sendto.
         gso = [probe_gso(t._sock) for t in transports]
 
-        def preseal(total: int, rate: float, intent: Intent, per_send: int) -> list[Send]:
+        def preseal(total: int, rate: float, intent: Intent) -> list[Send]:
             """Seal ``total`` messages, ``segments`` per peer in turn, before the clock starts.
 
             Each is a genuine packet of its session, sealed by the session itself
@@ -234,8 +234,7 @@ def intentra_generator(args: Json) -> None:
             dropped, its unsent tail too: no packet number is ever sent twice
             under one key (the server would count a replay). Message k carries
             its scheduled send time, k / rate after the start, as its stamp
-            (``start_ns`` in the reply is the start). ``per_send`` 1 (latency
-            steps) sends each datagram alone, at its own time.
+            (``start_ns`` in the reply is the start).
             """
             now = time.monotonic()  # the core's clock, as the Transport's
             code = int(intent)
@@ -247,7 +246,7 @@ def intentra_generator(args: Json) -> None:
                 endpoint = t.endpoint
                 conn_id = peers[i].conn_id
                 out: list[tuple[bytes, Any]] = []
-                for _ in range(min(per_send, total - n)):
+                for _ in range(min(segments, total - n)):
                     seq = seqs[i]
                     seqs[i] = seq + 1
                     pack_into(buf, 0, int(n * 1e9 / rate), seq)
@@ -255,7 +254,7 @@ def intentra_generator(args: Json) -> None:
                     out += endpoint.datagrams_to_send(now)
                     n += 1
                 sendmsg = t._sock.sendmsg
-                for parts, size, addr in plan_sends(out, per_send if gso[i] else 1):
+                for parts, size, addr in plan_sends(out, segments if gso[i] else 1):
                     control = [(SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(size))] \
                         if len(parts) > 1 else []
                     plan.append((sendmsg, parts, control, addr))
@@ -264,12 +263,8 @@ def intentra_generator(args: Json) -> None:
                     i = 0
             return plan
 
-        async def replay_plan(rate: float, duration: float, intent: Intent,
-                              spread: bool = False) -> Json:
-            """Send a presealed plan at ``rate``: in bursts of about PACE's worth, or
-            (``spread``, the latency steps) each datagram alone when it falls due."""
-            per_send = 1 if spread else segments
-            plan = preseal(int(rate * duration) + 1, rate, intent, per_send)
+        async def replay_plan(rate: float, duration: float, intent: Intent) -> Json:
+            plan = preseal(int(rate * duration) + 1, rate, intent)
             cpu0 = cpu_seconds()
             wait0 = wait_seconds()
             busy0 = machine_busy()
@@ -293,20 +288,58 @@ def intentra_generator(args: Json) -> None:
                     calls += 1
                 # Sleep rather than spin between bursts (at most about a millisecond's
                 # worth of datagrams each): the generator's CPU share then shows how
-                # much of a core the load costs, next to the server's. Spread: sleep
-                # until the next datagram is due (the kernel's timer slack makes
-                # that tens of microseconds at least), as the raw baseline does.
-                if spread:
-                    ahead = (sent + 1) / rate - (time.monotonic() - start)
-                    if ahead > 0:
-                        time.sleep(min(ahead, PACE / 2))
-                    await asyncio.sleep(0)
-                else:
-                    await asyncio.sleep(PACE)
+                # much of a core the load costs, next to the server's.
+                await asyncio.sleep(PACE)
             return {"sent": sent, "dropped": dropped, "seconds": time.monotonic() - start,
                     "cpu": cpu_seconds() - cpu0, "wait": wait_seconds() - wait0,
                     "machine": machine_busy() - busy0, "start_ns": start_ns, "sends": calls,
                     "segments": segments, "gso_peers": sum(gso)}
+
+        async def paced(rate: float, duration: float, intent: Intent) -> Json:
+            loop = asyncio.get_running_loop()
+            cpu0 = cpu_seconds()
+            wait0 = wait_seconds()
+            busy0 = machine_busy()
+            start = loop.time()
+            sent = dropped = 0
+            i = 0
+            # The generator drives each peer's sans-I/O endpoint and socket itself
+            # (the same seal and send a Transport does) rather than through 1000
+            # asyncio flush callbacks: the load generator must not be what limits
+            # the measurement. Replies (keepalives) still arrive via the loop.
+            lanes = [(t.endpoint, t._sock.sendto, p.conn_id)
+                     for t, p in zip(transports, peers, strict=True)]
+            code = int(intent)
+            while True:
+                now = loop.time()
+                elapsed = now - start
+                if elapsed >= duration:
+                    break
+                due = min(int(elapsed * rate) - sent, 512)
+                for _ in range(due):
+                    endpoint, sendto, conn_id = lanes[i]
+                    seq = seqs[i]
+                    seqs[i] = seq + 1
+                    pack_into(buf, 0, clock(), seq)
+                    if not endpoint.send(conn_id, bytes(buf), code, 0, now):
+                        dropped += 1
+                    for data, addr in endpoint.datagrams_to_send(now):
+                        try:
+                            sendto(data, addr)
+                        except OSError:
+                            dropped += 1
+                    i += 1
+                    if i == count:
+                        i = 0
+                sent += max(due, 0)
+                # Spin (one loop turn, no timer): arrivals as smooth as one core
+                # can pace them. Timers of 1 ms would send bursts of rate/1000
+                # messages, and latency would measure the bursts, not intentra.
+                await asyncio.sleep(0)
+            seconds = loop.time() - start
+            return {"sent": sent, "dropped": dropped, "seconds": seconds,
+                    "cpu": cpu_seconds() - cpu0, "wait": wait_seconds() - wait0,
+                    "machine": machine_busy() - busy0}
 
         async def blast(duration: float, intent: Intent) -> Json:
             """One peer (the first) as fast as it can."""
@@ -371,8 +404,8 @@ def intentra_generator(args: Json) -> None:
                 return True
             intent = Intent[command.get("intent", "realtime").upper()]
             if cmd == "go":
-                rate, duration = float(command["rate"]), float(command["duration"])
-                reply(**await replay_plan(rate, duration, intent, bool(command.get("spread"))))
+                run = replay_plan if command.get("presealed") else paced
+                reply(**await run(float(command["rate"]), float(command["duration"]), intent))
             elif cmd == "blast":
                 reply(**await blast(float(command["duration"]), intent))
             else:
@@ -395,8 +428,8 @@ def raw_generator(args: Json) -> None:
     stream's ``blast`` send each peer's datagrams ``segments`` at a time with
     one GSO ``sendmsg`` (a timestamp and sequence number written into each,
     nothing else to do), so the baseline measures its receiver, as the intentra
-    scenarios do; latency steps (``spread``) send one datagram per ``sendto``,
-    stamped just before.
+    scenarios do; latency steps send one datagram per ``sendto``, stamped just
+    before.
     """
     host, port = args["target"].rsplit(":", 1)
     target = (host, int(port))
@@ -426,7 +459,7 @@ def raw_generator(args: Json) -> None:
             return
         duration = float(command["duration"])
         rate = float(command["rate"]) if cmd == "go" else float("inf")
-        batched = (bool(command.get("presealed")) and not command.get("spread")) or cmd != "go"
+        batched = bool(command.get("presealed")) or cmd != "go"
         cpu0 = cpu_seconds()
         wait0 = wait_seconds()
         busy0 = machine_busy()
