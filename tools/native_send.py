@@ -27,22 +27,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import random
 import time
+
+from native_receive import A_ADDR, B_ADDR, endpoint  # the same two seeded endpoints
 
 from intentra.config import EndpointConfig
 from intentra.constants import Intent
-from intentra.core.endpoint import Endpoint
-from intentra.keys import PrivateKey
-
-A_ADDR = ("127.0.0.1", 1)
-B_ADDR = ("127.0.0.1", 2)
-
-
-def endpoint(seed: str, config: EndpointConfig, native: bool) -> Endpoint:
-    rng = random.Random(seed)
-    return Endpoint(PrivateKey(rng.randbytes(32)).to_bytes(), rng.randbytes, config,
-                    native=native)
 
 
 def run(native: bool, args: argparse.Namespace, profile: cProfile.Profile | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Final
 
 from corelink import Link, Node
+from intentra.config import EndpointConfig
 from intentra.constants import Intent, PacketType
 from intentra.core.reliable import serial_gt
 from intentra.core.session import Session
@@ -124,3 +125,25 @@ class Hostile:
     def deliver(self, datagram: bytes) -> None:
         """Hand the datagram to the target now (at ``link.now``) and drain it."""
         self.link.deliver(datagram, self.node.addr, self.target)
+
+
+def an_honest_session_delivers(link: Link, server: Node, config: EndpointConfig | None = None,
+                               count: int = 200) -> None:
+    """Open an honest session to ``server`` now and check it gets credit and delivers
+    ``count`` RELIABLE messages in order (the endpoint-wide budget's promise while
+    hostile sessions hold the rest)."""
+    from intentra.core.endpoint import CREDIT_FLOOR_DATAGRAMS  # noqa: PLC0415
+
+    honest = link.add("honest", config, addr=("192.0.2.7", 5000))
+    cid, _ = link.establish(honest, server)
+    link.advance(0.02)
+    assert honest.endpoint.sessions[cid].send_window.credit >= CREDIT_FLOOR_DATAGRAMS
+    sent = 0
+    while sent < count:
+        for _ in range(min(honest.endpoint.reliable_capacity(cid), count - sent)):
+            link.send(honest, cid, b"honest %d" % sent)
+            sent += 1
+        link.advance(0.01)
+    link.advance(1.0)
+    got = [p for p in server.payloads(Intent.RELIABLE) if p.startswith(b"honest")]
+    assert got == [b"honest %d" % i for i in range(count)]

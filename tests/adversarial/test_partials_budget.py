@@ -13,7 +13,7 @@ may finish its partial message, section 12) + each session's floor of 4 datagram
 
 from __future__ import annotations
 
-from hostile import SEQ_MASK, Hostile
+from hostile import SEQ_MASK, Hostile, an_honest_session_delivers
 
 from corelink import Link
 from intentra.config import EndpointConfig
@@ -92,16 +92,5 @@ def test_sessions_holding_partial_and_waiting_messages_stay_within_the_endpoint_
     assert ep.stats.strike_events == 0  # within the credit, no rule is broken
 
     # An honest session opened now still gets credit and delivers, in order.
-    honest = link.add("honest", CONFIG, addr=("192.0.2.7", 5000))
-    cid, _ = link.establish(honest, server)
-    link.advance(0.02)
-    assert honest.endpoint.sessions[cid].send_window.credit >= CREDIT_FLOOR_DATAGRAMS
-    sent = 0
-    while sent < 200:
-        for _ in range(min(honest.endpoint.reliable_capacity(cid), 200 - sent)):
-            link.send(honest, cid, b"honest %d" % sent)
-            sent += 1
-        link.advance(0.01)
-    link.advance(0.5)
-    assert server.payloads(Intent.RELIABLE) == [b"honest %d" % i for i in range(200)]
+    an_honest_session_delivers(link, server, CONFIG)
     assert held(ep) <= bound

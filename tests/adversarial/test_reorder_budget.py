@@ -11,11 +11,11 @@ MAX_RETRANSMISSIONS x MAX_RTO closes its session, which returns its part.
 
 from __future__ import annotations
 
-from hostile import Hostile
+from hostile import Hostile, an_honest_session_delivers
 
 from corelink import Link
 from intentra.config import EndpointConfig
-from intentra.constants import CloseReason, Intent
+from intentra.constants import CloseReason
 from intentra.core.endpoint import CREDIT_FLOOR_DATAGRAMS
 
 ATTACKERS = 1000
@@ -53,19 +53,7 @@ def test_a_thousand_parking_sessions_stay_within_the_bound_and_an_honest_one_del
     assert ep.stats.strike_events == 0  # parking within the credit breaks no rule
 
     # An honest session opened now still gets credit and delivers, in order.
-    honest = link.add("honest", addr=("192.0.2.7", 5000))
-    cid, _ = link.establish(honest, server)
-    link.advance(0.02)
-    assert honest.endpoint.sessions[cid].send_window.credit >= CREDIT_FLOOR_DATAGRAMS
-    sent = 0
-    while sent < 200:
-        for _ in range(min(honest.endpoint.reliable_capacity(cid), 200 - sent)):
-            link.send(honest, cid, b"honest %d" % sent)
-            sent += 1
-        link.advance(0.01)
-    link.advance(1.0)
-    got = [p for p in server.payloads(Intent.RELIABLE) if p.startswith(b"honest")]
-    assert got == [b"honest %d" % i for i in range(200)]
+    an_honest_session_delivers(link, server, None)
 
     # The parked holes close their sessions after MAX_RETRANSMISSIONS x MAX_RTO, and
     # their part of the budget returns.
