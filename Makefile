@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 
 # `make test` runs the whole suite on both datapaths: the native one (where it was
 # built) and the pure-Python reference (INTENTRA_NATIVE=0). Most tests mostly wait
-# (sockets, subprocesses, timers), so pytest-xdist runs them 3 at a time; the tests
+# (sockets, subprocesses, timers), so pytest-xdist runs them 3 at a time (worksteal:
+# a worker that finishes early takes tests queued for another); the tests
 # marked "serial" assert latency or rate bounds on real sockets and run alone after.
 # See README "Tests on both paths".
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
-PARALLEL := -n 3 -m "not serial and not soak and not fuzz"
+PARALLEL := -n 3 --dist worksteal -m "not serial and not soak and not fuzz"
 SERIAL := -m "serial and not soak and not fuzz"
 
 $(BIN)/python:

@@ -55,9 +55,12 @@ async def collect(t: Transport, n: int, got: list[bytes], intent: Intent) -> Non
             got.append(msg.data)
 
 
+# Without the controller the two sides send as fast as the in-process fault proxy
+# takes them: on a machine busy with other tests the proxy falls behind, drops far
+# more than 20%, and the sessions time out. So it runs alone ("serial").
 @pytest.mark.parametrize("congestion_control", [
-    False, pytest.param(True, marks=pytest.mark.soak, id="controller-soak")],
-    ids=lambda cc: "controller-soak" if cc else "no-controller")
+    pytest.param(False, marks=pytest.mark.serial, id="no-controller"),
+    pytest.param(True, marks=pytest.mark.soak, id="controller-soak")])
 def test_200_reliable_messages_of_100_kb_each_way_through_20_percent_loss(
         congestion_control: bool) -> None:
     n, size = 200, 100_000
