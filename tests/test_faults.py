@@ -454,7 +454,10 @@ def test_realtime_send_nowait_never_blocks_and_the_queue_stays_bounded() -> None
                   f"{slowest * 1e6:.0f} us; queued peak {peak}, accepted {accepted}, "
                   f"dropped {dropped}")
             assert peak <= cfg.max_send_queue
-            assert accepted == cfg.max_send_queue and dropped == n - accepted
+            # A full queue first drops what is already late (older than the REALTIME
+            # deadline: a slow machine gets there within the loop) to make room.
+            made_room = ln.client.endpoint.stats.messages_dropped_deadline
+            assert accepted == cfg.max_send_queue + made_room and dropped == n - accepted
             assert slowest < 0.02 and total < 2.0
 
             # v2: the congestion window takes what it can into the blackhole (no ACK
