@@ -6,7 +6,7 @@ whole or not at all; and a 1 MiB RELIABLE transfer on lane 1 through 5% loss lea
 lane 0's 50 Hz commands their latency, while on one lane the delay is visible.
 Measured figures are printed (run with ``-s``).
 
-The 200 x 100 KB run takes 35-45 s, mostly waiting, and runs alone ("serial"). That
+The 200 x 100 KB run takes 35-45 s, mostly waiting, beside other tests. That
 is the controller doing what docs/protocol.md section 12 says: 20% random loss puts
 a loss in nearly every round trip, each one caps the window at 0.7 of what was in
 flight, so the window sits at its floor of 4 datagrams (measured: cwnd 4,800 B,
@@ -54,10 +54,9 @@ async def collect(t: Transport, n: int, got: list[bytes], intent: Intent) -> Non
 
 
 # The congestion controller backs off on each lossy round trip, so this takes about
-# 35 s of mostly waiting; it runs alone ("serial"), after the parallel part. Without
-# the controller the two sides outran the in-process fault proxy on a busy machine and
-# the sessions timed out, so the controller stays on.
-@pytest.mark.serial
+# 35 s of mostly waiting (beside other tests under xdist). Without the controller the
+# two sides outran the in-process fault proxy on a busy machine and the sessions timed
+# out, so the controller stays on.
 @pytest.mark.parametrize("congestion_control", [True])
 def test_200_reliable_messages_of_100_kb_each_way_through_20_percent_loss(
         congestion_control: bool) -> None:
