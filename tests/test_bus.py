@@ -193,6 +193,10 @@ def test_without_nats_py_the_bus_says_which_extra_to_install(tmp_path: Path) -> 
         result.stderr.splitlines()
 
 
+# Alone ("serial"): under the parallel pass the --workers 2 hub's connects hung twice,
+# most likely another test's socket sharing the port the workers re-bind with
+# SO_REUSEPORT (a race of `--bind :0 --workers N`, not yet fixed).
+@pytest.mark.serial
 @pytest.mark.parametrize("workers", [1, 2])
 def test_conn_id_class_names_the_hub_for_a_balancer(tmp_path: Path, workers: int) -> None:
     """``--conn-id-class 1/3``: every conn_id the hub hands out says "hub 1 of 3", so a
