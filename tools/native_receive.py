@@ -36,6 +36,17 @@ def endpoint(seed: str, config: EndpointConfig, native: bool) -> Endpoint:
                     native=native)
 
 
+def handshake(a: Endpoint, b: Endpoint, now: float) -> int:
+    """a connects to b (at A_ADDR, B_ADDR), both take their events; a's conn_id."""
+    cid = a.connect(B_ADDR, now)
+    for _ in range(10):
+        for src, dst, addr in ((a, b, A_ADDR), (b, a, B_ADDR)):
+            dst.receive_datagrams([(d, addr) for d, _ in src.datagrams_to_send(now)], now)
+    a.events()
+    b.events()
+    return cid
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--datagrams", type=int, default=100_000)
@@ -53,12 +64,7 @@ def main() -> None:
     for native in paths:
         a, b = endpoint("a", config, False), endpoint("b", config, native)
         now = 1.0
-        cid = a.connect(B_ADDR, now)
-        for _ in range(10):
-            for src, dst, addr in ((a, b, A_ADDR), (b, a, B_ADDR)):
-                dst.receive_datagrams([(d, addr) for d, _ in src.datagrams_to_send(now)], now)
-        a.events()
-        b.events()
+        cid = handshake(a, b, now)
         payload = bytes(args.size)
         wire: list[tuple[bytes, tuple[str, int]]] = []
         while len(wire) < args.datagrams:

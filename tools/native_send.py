@@ -29,7 +29,7 @@ import cProfile
 import pstats
 import time
 
-from native_receive import A_ADDR, B_ADDR, endpoint  # the same two seeded endpoints
+from native_receive import A_ADDR, B_ADDR, endpoint, handshake  # the same two seeded endpoints
 
 from intentra.config import EndpointConfig
 from intentra.constants import Intent
@@ -42,12 +42,7 @@ def run(native: bool, args: argparse.Namespace, profile: cProfile.Profile | None
                             congestion_control=not args.alone)
     a, b = endpoint("a", config, native), endpoint("b", config, False)
     now = 1.0
-    cid = a.connect(B_ADDR, now)
-    for _ in range(10):
-        for src, dst, addr in ((a, b, A_ADDR), (b, a, B_ADDR)):
-            dst.receive_datagrams([(d, addr) for d, _ in src.datagrams_to_send(now)], now)
-    a.events()
-    b.events()
+    cid = handshake(a, b, now)
     intent = Intent[args.intent.upper()]
     payload = bytes(args.size)
     send = a.send
